@@ -1,0 +1,513 @@
+//! The agent's configuration: typed TOML, unknown fields refused, every cross-field rule checked
+//! at load so that `warden serve` either starts with a coherent config or names what is wrong.
+//! The commented reference is `agent/warden.example.toml`.
+
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// The only schema this build reads.
+pub const SCHEMA_VERSION: u32 = 1;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("config {path}: field `{field}`: {message}")]
+    Invalid {
+        path: PathBuf,
+        field: String,
+        message: String,
+    },
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub schema_version: u32,
+    pub server: ServerConfig,
+    pub tls: TlsConfig,
+    #[serde(default)]
+    pub audit: AuditConfig,
+    #[serde(default)]
+    pub runtime: RuntimeConfig,
+    pub trust: TrustConfig,
+    #[serde(default)]
+    pub state: StateConfig,
+    #[serde(default, rename = "model")]
+    pub models: Vec<ModelConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Address of the inference listener.
+    pub listen: SocketAddr,
+    /// Largest request body accepted, in bytes.
+    #[serde(default = "default_max_body_bytes")]
+    pub max_body_bytes: usize,
+    /// Largest request head (request line and headers) accepted, in bytes.
+    #[serde(default = "default_max_header_bytes")]
+    pub max_header_bytes: usize,
+    /// Time allowed for one request from its first byte to its response.
+    #[serde(default = "default_request_timeout_ms")]
+    pub request_timeout_ms: u64,
+    /// Time a client gets to complete the TLS handshake.
+    #[serde(default = "default_handshake_timeout_ms")]
+    pub handshake_timeout_ms: u64,
+    /// On SIGTERM, how long in-flight requests may take before connections are closed.
+    #[serde(default = "default_shutdown_grace_ms")]
+    pub shutdown_grace_ms: u64,
+    /// Concurrent HTTP/2 streams per connection.
+    #[serde(default = "default_max_concurrent_streams")]
+    pub max_concurrent_streams: u32,
+    /// Open connections at once; further ones wait in the kernel backlog.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM certificate chain of the server, leaf first.
+    pub certificate: PathBuf,
+    /// PEM private key of the server (PKCS#8, SEC1 or PKCS#1).
+    pub private_key: PathBuf,
+    /// PEM CA certificates that client certificates must chain to.
+    pub client_ca: Option<PathBuf>,
+    /// Serve clients that present no certificate. Only for local experiments: every request
+    /// is then anonymous. Off by default; `client_ca` is then still used when a client offers
+    /// a certificate.
+    #[serde(default)]
+    pub insecure_allow_anonymous_clients: bool,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditConfig {
+    /// File the audit trail is appended to, one JSON object per line. Absent: standard output.
+    pub path: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuntimeConfig {
+    /// The worker binary. Absent: `warden-runtime` beside the `warden` executable.
+    pub worker_binary: Option<PathBuf>,
+    /// `libonnxruntime.so`. Absent: the `ORT_DYLIB_PATH` environment variable.
+    pub onnxruntime_library: Option<PathBuf>,
+    /// Threads ONNX Runtime uses inside one inference.
+    #[serde(default = "one")]
+    pub intra_op_threads: usize,
+    /// Inferences one worker runs at the same time.
+    #[serde(default = "default_worker_concurrency")]
+    pub worker_concurrency: usize,
+    /// Time a worker gets to load its model and say hello.
+    #[serde(default = "default_worker_startup_timeout_ms")]
+    pub worker_startup_timeout_ms: u64,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        RuntimeConfig {
+            worker_binary: None,
+            onnxruntime_library: None,
+            intra_op_threads: one(),
+            worker_concurrency: default_worker_concurrency(),
+            worker_startup_timeout_ms: default_worker_startup_timeout_ms(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StateConfig {
+    /// The agent's private state: verified model copies. Created with mode 0700.
+    #[serde(default = "default_state_directory")]
+    pub directory: PathBuf,
+}
+
+impl Default for StateConfig {
+    fn default() -> Self {
+        StateConfig {
+            directory: default_state_directory(),
+        }
+    }
+}
+
+fn default_state_directory() -> PathBuf {
+    PathBuf::from("/var/lib/warden")
+}
+
+/// Who may sign the models this appliance serves. A model loads when its signature verifies
+/// against any one anchor.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrustConfig {
+    /// PEM public keys of model signers (OMS key method).
+    #[serde(default)]
+    pub model_signer_keys: Vec<PathBuf>,
+    /// PEM root certificates for model signers (OMS certificate method).
+    #[serde(default)]
+    pub model_signer_roots: Vec<PathBuf>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    /// Name in the API (`/v2/models/{name}`).
+    pub name: String,
+    /// Version in the API (`/v2/models/{name}/versions/{version}`).
+    pub version: String,
+    /// The signed model directory.
+    pub directory: PathBuf,
+    /// The ONNX file inside `directory` that the engine loads.
+    pub file: PathBuf,
+    /// The OMS signature. Absent: `model.sig` inside `directory`.
+    pub signature: Option<PathBuf>,
+}
+
+impl ModelConfig {
+    pub fn signature_path(&self) -> PathBuf {
+        self.signature
+            .clone()
+            .unwrap_or_else(|| self.directory.join("model.sig"))
+    }
+}
+
+fn default_max_body_bytes() -> usize {
+    4 * 1024 * 1024
+}
+fn default_max_header_bytes() -> usize {
+    16 * 1024
+}
+fn default_request_timeout_ms() -> u64 {
+    30_000
+}
+fn default_handshake_timeout_ms() -> u64 {
+    10_000
+}
+fn default_shutdown_grace_ms() -> u64 {
+    10_000
+}
+fn default_max_concurrent_streams() -> u32 {
+    128
+}
+fn default_max_connections() -> usize {
+    1024
+}
+fn one() -> usize {
+    1
+}
+fn default_worker_concurrency() -> usize {
+    2
+}
+fn default_worker_startup_timeout_ms() -> u64 {
+    30_000
+}
+
+impl ServerConfig {
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_millis(self.request_timeout_ms)
+    }
+    pub fn handshake_timeout(&self) -> Duration {
+        Duration::from_millis(self.handshake_timeout_ms)
+    }
+    pub fn shutdown_grace(&self) -> Duration {
+        Duration::from_millis(self.shutdown_grace_ms)
+    }
+}
+
+impl Config {
+    /// Reads, parses and validates a config file. Relative paths inside it are taken relative
+    /// to the file's directory, so a config and its PKI can move together.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        Config::parse(&text, path, base)
+    }
+
+    /// Parses and validates config text; `origin` names it in errors, `base` anchors relative
+    /// paths.
+    pub fn parse(text: &str, origin: &Path, base: &Path) -> Result<Config, ConfigError> {
+        let mut config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: origin.to_path_buf(),
+            message: e.to_string().trim_end().to_string(),
+        })?;
+        config.anchor_paths(base);
+        config.validate(origin)?;
+        Ok(config)
+    }
+
+    fn anchor_paths(&mut self, base: &Path) {
+        let fix = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        fix(&mut self.tls.certificate);
+        fix(&mut self.tls.private_key);
+        if let Some(p) = self.tls.client_ca.as_mut() {
+            fix(p);
+        }
+        fix(&mut self.state.directory);
+        if let Some(p) = self.audit.path.as_mut() {
+            fix(p);
+        }
+        if let Some(p) = self.runtime.worker_binary.as_mut() {
+            fix(p);
+        }
+        if let Some(p) = self.runtime.onnxruntime_library.as_mut() {
+            fix(p);
+        }
+        self.trust.model_signer_keys.iter_mut().for_each(fix);
+        self.trust.model_signer_roots.iter_mut().for_each(fix);
+        for m in &mut self.models {
+            fix(&mut m.directory);
+            if let Some(p) = m.signature.as_mut() {
+                fix(p);
+            }
+        }
+    }
+
+    fn validate(&self, origin: &Path) -> Result<(), ConfigError> {
+        let invalid = |field: &str, message: String| ConfigError::Invalid {
+            path: origin.to_path_buf(),
+            field: field.to_string(),
+            message,
+        };
+        if self.schema_version != SCHEMA_VERSION {
+            return Err(invalid(
+                "schema_version",
+                format!(
+                    "this build reads schema {SCHEMA_VERSION}, the file says {}",
+                    self.schema_version
+                ),
+            ));
+        }
+        let s = &self.server;
+        if !(1024..=1024 * 1024 * 1024).contains(&s.max_body_bytes) {
+            return Err(invalid(
+                "server.max_body_bytes",
+                "must be between 1 KiB and 1 GiB".into(),
+            ));
+        }
+        if !(1024..=1024 * 1024).contains(&s.max_header_bytes) {
+            return Err(invalid(
+                "server.max_header_bytes",
+                "must be between 1 KiB and 1 MiB".into(),
+            ));
+        }
+        for (field, ms) in [
+            ("server.request_timeout_ms", s.request_timeout_ms),
+            ("server.handshake_timeout_ms", s.handshake_timeout_ms),
+            ("server.shutdown_grace_ms", s.shutdown_grace_ms),
+            (
+                "runtime.worker_startup_timeout_ms",
+                self.runtime.worker_startup_timeout_ms,
+            ),
+        ] {
+            if !(1..=3_600_000).contains(&ms) {
+                return Err(invalid(field, "must be between 1 ms and one hour".into()));
+            }
+        }
+        if s.max_concurrent_streams == 0 {
+            return Err(invalid(
+                "server.max_concurrent_streams",
+                "must be at least 1".into(),
+            ));
+        }
+        if s.max_connections == 0 {
+            return Err(invalid(
+                "server.max_connections",
+                "must be at least 1".into(),
+            ));
+        }
+        if self.tls.client_ca.is_none() && !self.tls.insecure_allow_anonymous_clients {
+            return Err(invalid(
+                "tls.client_ca",
+                "mutual TLS is required: name the CA that client certificates chain to \
+                 (or set tls.insecure_allow_anonymous_clients = true for a local experiment)"
+                    .into(),
+            ));
+        }
+        let r = &self.runtime;
+        if !(1..=256).contains(&r.intra_op_threads) {
+            return Err(invalid(
+                "runtime.intra_op_threads",
+                "must be between 1 and 256".into(),
+            ));
+        }
+        if !(1..=1024).contains(&r.worker_concurrency) {
+            return Err(invalid(
+                "runtime.worker_concurrency",
+                "must be between 1 and 1024".into(),
+            ));
+        }
+        if !self.models.is_empty()
+            && self.trust.model_signer_keys.is_empty()
+            && self.trust.model_signer_roots.is_empty()
+        {
+            return Err(invalid(
+                "trust",
+                "models are configured but no model signer is trusted: set \
+                 trust.model_signer_keys or trust.model_signer_roots"
+                    .into(),
+            ));
+        }
+        let mut seen = std::collections::HashSet::new();
+        for (i, m) in self.models.iter().enumerate() {
+            let field = |f: &str| format!("model[{i}].{f}");
+            if !valid_name(&m.name) {
+                return Err(invalid(
+                    &field("name"),
+                    format!(
+                        "{:?} must be 1-64 characters of letters, digits, '-', '_' or '.'",
+                        m.name
+                    ),
+                ));
+            }
+            if !valid_name(&m.version) {
+                return Err(invalid(
+                    &field("version"),
+                    format!(
+                        "{:?} must be 1-64 characters of letters, digits, '-', '_' or '.'",
+                        m.version
+                    ),
+                ));
+            }
+            if !seen.insert((m.name.clone(), m.version.clone())) {
+                return Err(invalid(
+                    &field("version"),
+                    format!("model {} version {} is configured twice", m.name, m.version),
+                ));
+            }
+            if m.file.is_absolute()
+                || m.file
+                    .components()
+                    .any(|c| !matches!(c, std::path::Component::Normal(_)))
+            {
+                return Err(invalid(
+                    &field("file"),
+                    "must be a plain relative path inside the model directory".into(),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Names that are safe in URLs, logs and file names.
+pub fn valid_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        && s != "."
+        && s != ".."
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+schema_version = 1
+[server]
+listen = "127.0.0.1:8443"
+[tls]
+certificate = "pki/server.pem"
+private_key = "pki/server.key"
+client_ca = "pki/ca.pem"
+[trust]
+model_signer_keys = ["signer.pub"]
+[[model]]
+name = "demo"
+version = "1"
+directory = "models/demo"
+file = "model.onnx"
+"#;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(
+            text,
+            Path::new("/etc/warden/warden.toml"),
+            Path::new("/etc/warden"),
+        )
+    }
+
+    #[test]
+    fn good_config_loads_with_defaults_and_anchored_paths() {
+        let c = parse(GOOD).unwrap();
+        assert_eq!(c.server.max_body_bytes, 4 * 1024 * 1024);
+        assert_eq!(c.tls.certificate, Path::new("/etc/warden/pki/server.pem"));
+        assert_eq!(
+            c.models[0].signature_path(),
+            Path::new("/etc/warden/models/demo/model.sig")
+        );
+        assert!(!c.tls.insecure_allow_anonymous_clients);
+    }
+
+    #[test]
+    fn unknown_field_is_named() {
+        let text = GOOD.replace("[server]", "[server]\nlisten_adress = \"x\"");
+        let err = parse(&text).unwrap_err().to_string();
+        assert!(err.contains("listen_adress"), "{err}");
+    }
+
+    #[test]
+    fn mtls_is_required_unless_opted_out_by_name() {
+        let text = GOOD.replace("client_ca = \"pki/ca.pem\"\n", "");
+        let err = parse(&text).unwrap_err().to_string();
+        assert!(err.contains("tls.client_ca"), "{err}");
+        let text = GOOD.replace(
+            "client_ca = \"pki/ca.pem\"\n",
+            "insecure_allow_anonymous_clients = true\n",
+        );
+        assert!(parse(&text).is_ok());
+    }
+
+    #[test]
+    fn cross_field_rules() {
+        let err = parse(&GOOD.replace("schema_version = 1", "schema_version = 2"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("schema_version"), "{err}");
+        let err = parse(&GOOD.replace("model_signer_keys = [\"signer.pub\"]", ""))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("`trust`"), "{err}");
+        let err = parse(&GOOD.replace("file = \"model.onnx\"", "file = \"../x.onnx\""))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("model[0].file"), "{err}");
+        let err = parse(&GOOD.replace("name = \"demo\"", "name = \"de mo\""))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("model[0].name"), "{err}");
+        let twice = format!(
+            "{GOOD}\n[[model]]\nname = \"demo\"\nversion = \"1\"\ndirectory = \"d\"\nfile = \"m.onnx\"\n"
+        );
+        let err = parse(&twice).unwrap_err().to_string();
+        assert!(err.contains("configured twice"), "{err}");
+        let err = parse(&GOOD.replace("[server]", "[server]\nmax_body_bytes = 10"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("server.max_body_bytes"), "{err}");
+    }
+
+    #[test]
+    fn reference_config_is_valid() {
+        let text = include_str!("../warden.example.toml");
+        parse(text).unwrap();
+    }
+}

@@ -1,0 +1,230 @@
+//! `warden demo`: everything a first look needs, on a machine with nothing set up. It writes a
+//! development PKI, a development model-signing key, the shipped demo model (embedded in this
+//! binary) signed with that key, and a config; then it serves the model on 127.0.0.1 over
+//! mutual TLS exactly as `warden serve` would, verification included. What is development-only
+//! is printed as such.
+
+use crate::config::Config;
+use crate::pki::DevCa;
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use warden_attest::bundle::{self, SignOptions, Signer};
+
+/// The shipped demo model: gradient boosting on scikit-learn's breast-cancer dataset,
+/// trained and exported by `agent/demo-model/train.py`.
+pub const DEMO_MODEL_ONNX: &[u8] = include_bytes!("../demo-model/model/model.onnx");
+/// Two held-out rows of that dataset as an infer request.
+pub const DEMO_REQUEST_JSON: &str = include_str!("../demo-model/sample-request.json");
+
+#[derive(Debug, thiserror::Error)]
+pub enum DemoError {
+    #[error("cannot write {path}: {source}")]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Pki(#[from] crate::pki::PkiError),
+    #[error("signing the demo model: {0}")]
+    Sign(#[from] warden_attest::bundle::BundleError),
+    #[error("the generated config is invalid: {0}")]
+    Config(#[from] crate::config::ConfigError),
+}
+
+/// Paths of what the demo wrote.
+pub struct DemoFiles {
+    pub dir: PathBuf,
+    pub config: PathBuf,
+    pub ca: PathBuf,
+    pub client_cert: PathBuf,
+    pub client_key: PathBuf,
+    pub request: PathBuf,
+    pub root_digest: String,
+}
+
+fn write(path: &Path, contents: &[u8], private: bool) -> Result<(), DemoError> {
+    let err = |source| DemoError::Write {
+        path: path.to_path_buf(),
+        source,
+    };
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).map_err(err)?;
+    }
+    // Private keys are created 0600 and never exist with wider permissions.
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(if private { 0o600 } else { 0o644 })
+        .open(path)
+        .map_err(err)?;
+    f.write_all(contents).map_err(err)
+}
+
+/// Writes the demo's PKI, signer, signed model and config under `dir`; fresh on every run.
+pub fn prepare(dir: &Path, port: u16) -> Result<(DemoFiles, Config), DemoError> {
+    let dir = if dir.is_absolute() {
+        dir.to_path_buf()
+    } else {
+        std::env::current_dir()
+            .map_err(|source| DemoError::Write {
+                path: dir.to_path_buf(),
+                source,
+            })?
+            .join(dir)
+    };
+    let pki = dir.join("pki");
+    let ca = DevCa::new("Warden demo CA (development only)")?;
+    let server = ca.issue_server()?;
+    let client = ca.issue_client(
+        Some("spiffe://warden.demo/tenant/demo/app/curl"),
+        "warden demo client (development only)",
+    )?;
+    write(&pki.join("ca.pem"), ca.cert_pem().as_bytes(), false)?;
+    write(&pki.join("server.pem"), server.cert_pem.as_bytes(), false)?;
+    write(&pki.join("server.key"), server.key_pem.as_bytes(), true)?;
+    write(&pki.join("client.pem"), client.cert_pem.as_bytes(), false)?;
+    write(&pki.join("client.key"), client.key_pem.as_bytes(), true)?;
+
+    let (signer_key, signer_pub) = bundle::generate_private_key_pem(bundle::Curve::P256)?;
+    write(
+        &dir.join("trust/model-signer.key"),
+        signer_key.as_bytes(),
+        true,
+    )?;
+    write(
+        &dir.join("trust/model-signer.pub"),
+        signer_pub.as_bytes(),
+        false,
+    )?;
+
+    let model_dir = dir.join("models/demo");
+    if model_dir.exists() {
+        std::fs::remove_dir_all(&model_dir).map_err(|source| DemoError::Write {
+            path: model_dir.clone(),
+            source,
+        })?;
+    }
+    write(&model_dir.join("model.onnx"), DEMO_MODEL_ONNX, false)?;
+    let signer = Signer::from_private_key_pem(&signer_key)?;
+    let signed = bundle::sign_model(
+        &model_dir,
+        &signer,
+        &SignOptions {
+            model_name: Some("demo".into()),
+            ..SignOptions::default()
+        },
+    )?;
+    let signature = dir.join("models/demo.sig");
+    write(&signature, &signed.json, false)?;
+    write(
+        &dir.join("sample-request.json"),
+        DEMO_REQUEST_JSON.as_bytes(),
+        false,
+    )?;
+
+    let config_text = format!(
+        r#"# Written by `warden demo`. DEVELOPMENT ONLY: keys are files, the CA is self-made.
+schema_version = 1
+
+[server]
+listen = "127.0.0.1:{port}"
+
+[tls]
+certificate = "pki/server.pem"
+private_key = "pki/server.key"
+client_ca = "pki/ca.pem"
+
+[audit]
+path = "audit.jsonl"
+
+[state]
+directory = "state"
+
+[trust]
+model_signer_keys = ["trust/model-signer.pub"]
+
+[[model]]
+name = "demo"
+version = "1"
+directory = "models/demo"
+file = "model.onnx"
+signature = "models/demo.sig"
+"#
+    );
+    let config_path = dir.join("warden.toml");
+    write(&config_path, config_text.as_bytes(), false)?;
+    let config = Config::load(&config_path)?;
+    Ok((
+        DemoFiles {
+            config: config_path,
+            ca: pki.join("ca.pem"),
+            client_cert: pki.join("client.pem"),
+            client_key: pki.join("client.key"),
+            request: dir.join("sample-request.json"),
+            root_digest: signed.root_digest,
+            dir,
+        },
+        config,
+    ))
+}
+
+/// What the demo prints once it is serving.
+pub fn banner(files: &DemoFiles, addr: std::net::SocketAddr) -> String {
+    let q = |p: &Path| shell_quote(&p.display().to_string());
+    format!(
+        r#"Warden demo — serving model "demo" version 1 on https://{addr} (mutual TLS required)
+
+DEVELOPMENT ONLY, do not use on an appliance:
+  - software keys: the CA, server, client and model-signer private keys are plain files in {dir}
+  - the CA ({ca}) was made just now by this demo; nothing outside this machine trusts it
+  - the model signer key was generated just now; production signers keep theirs in an HSM
+
+Verified before serving: OMS signature of models/demo (root digest {digest}) against trust/model-signer.pub
+Config: {config}   Audit trail: {dir}/audit.jsonl
+
+Run an inference (two held-out rows of the breast-cancer dataset):
+
+curl --cacert {ca} --cert {cert} --key {key} -H 'Content-Type: application/json' --data @{req} https://{addr}/v2/models/demo/infer
+
+Stop with Ctrl-C (in-flight requests finish first).
+listening on https://{addr}
+"#,
+        dir = files.dir.display(),
+        ca = q(&files.ca),
+        cert = q(&files.client_cert),
+        key = q(&files.client_key),
+        req = q(&files.request),
+        config = files.config.display(),
+        digest = files.root_digest,
+    )
+}
+
+/// Quotes a path for a POSIX shell when it needs it.
+fn shell_quote(s: &str) -> String {
+    if s.bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"/._-+:@".contains(&b))
+    {
+        s.to_string()
+    } else {
+        format!("'{}'", s.replace('\'', r"'\''"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quoting() {
+        assert_eq!(shell_quote("/a/b.pem"), "/a/b.pem");
+        assert_eq!(shell_quote("/a b/it's"), r"'/a b/it'\''s'");
+    }
+
+    #[test]
+    fn embedded_request_is_valid_for_the_demo_model() {
+        let req = crate::api::codec::decode_request(DEMO_REQUEST_JSON.as_bytes(), None).unwrap();
+        assert_eq!(req.inputs[0].shape, vec![2, 30]);
+    }
+}

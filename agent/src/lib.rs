@@ -1,0 +1,15 @@
+//! The Warden agent: the HTTPS gateway and Open Inference Protocol API, model loading (verify,
+//! then hand to a sandboxed worker), the audit trail, and the demo.
+//!
+//! The binary `warden` (src/main.rs) is a thin CLI over these modules.
+
+pub mod api;
+pub mod audit;
+pub mod config;
+pub mod demo;
+pub mod models;
+pub mod pki;
+pub mod serve;
+pub mod server;
+pub mod tls;
+pub mod validate;

@@ -1,0 +1,161 @@
+//! `warden`: the agent's command line.
+
+mod bundle_cli;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+use std::path::PathBuf;
+use warden_agent::{config::Config, demo, serve};
+
+#[derive(Parser)]
+#[command(name = "warden", version, about = "Secure edge inference agent")]
+struct Cli {
+    /// Log format on standard error.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Plain)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Plain,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the configured models over HTTPS (Open Inference Protocol v2).
+    Serve {
+        #[arg(long, short, default_value = "/etc/warden/warden.toml")]
+        config: PathBuf,
+    },
+    /// Check a config, its TLS material, trust anchors and model signatures, without serving.
+    Check {
+        #[arg(long, short, default_value = "/etc/warden/warden.toml")]
+        config: PathBuf,
+    },
+    /// Set up a development PKI, sign the shipped demo model and serve it on 127.0.0.1.
+    Demo {
+        /// Where the demo writes its PKI, keys, signed model, config and audit trail.
+        #[arg(long, default_value = ".warden-demo")]
+        dir: PathBuf,
+        /// Port on 127.0.0.1 (0 picks a free one).
+        #[arg(long, default_value_t = 8443)]
+        port: u16,
+    },
+    /// Sign and verify model bundles (OpenSSF Model Signing format).
+    #[command(subcommand)]
+    Bundle(bundle_cli::BundleCommand),
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("WARDEN_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Plain => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    match cli.command {
+        Command::Serve { config } => {
+            let config = Config::load(&config)?;
+            runtime()?.block_on(async {
+                let prepared = serve::prepare(&config).await?;
+                tracing::info!(addr = %prepared.local_addr, "serving");
+                prepared.run_until_signalled().await?;
+                Ok(())
+            })
+        }
+        Command::Check { config } => check(&config),
+        Command::Demo { dir, port } => {
+            let (files, config) = demo::prepare(&dir, port)?;
+            runtime()?.block_on(async {
+                let prepared = serve::prepare(&config).await?;
+                print!("{}", demo::banner(&files, prepared.local_addr));
+                use std::io::Write;
+                std::io::stdout().flush().ok();
+                prepared.run_until_signalled().await?;
+                Ok(())
+            })
+        }
+        Command::Bundle(cmd) => bundle_cli::run(cmd),
+    }
+}
+
+/// Loads everything `serve` would load, short of starting workers and binding, and says what is
+/// wrong with a hint.
+fn check(path: &std::path::Path) -> anyhow::Result<()> {
+    let config = Config::load(path)?;
+    println!(
+        "config {}: schema {} ok",
+        path.display(),
+        config.schema_version
+    );
+    warden_agent::tls::server_config(&config.tls).context("TLS")?;
+    println!(
+        "tls: server certificate and key ok; client certificates {}",
+        if config.tls.insecure_allow_anonymous_clients {
+            "OPTIONAL (insecure_allow_anonymous_clients)"
+        } else {
+            "required"
+        }
+    );
+    let anchors = warden_agent::models::trust_anchors(&config)?;
+    println!("trust: {} model signer anchor(s)", anchors.len());
+    let mut failed = 0;
+    for m in &config.models {
+        let mut reasons = Vec::new();
+        let ok = anchors.iter().any(|(anchor, v)| {
+            match warden_attest::bundle::verify_model(
+                &m.directory,
+                &m.signature_path(),
+                v,
+                &Default::default(),
+            ) {
+                Ok(verified) => {
+                    println!(
+                        "model {} version {}: signature ok (root digest {}, signer {})",
+                        m.name, m.version, verified.root_digest, verified.signer
+                    );
+                    true
+                }
+                Err(e) => {
+                    reasons.push(format!("{}: {e}", anchor.display()));
+                    false
+                }
+            }
+        });
+        if !ok {
+            failed += 1;
+            println!(
+                "model {} version {}: REFUSED: {}",
+                m.name,
+                m.version,
+                reasons.join("; ")
+            );
+            println!(
+                "  hint: re-sign the directory with `warden bundle sign`, or trust its signer in [trust]"
+            );
+        }
+    }
+    if failed > 0 {
+        anyhow::bail!("{failed} model(s) would not be served");
+    }
+    println!("ok");
+    Ok(())
+}

@@ -1,0 +1,520 @@
+//! Signed model bundles in the OpenSSF Model Signing (OMS) format, byte-compatible with the
+//! reference tool `model-signing` 1.1.1 for the key and certificate methods.
+//!
+//! A bundle is a Sigstore bundle v0.3 (JSON) holding a DSSE envelope over an in-toto
+//! Statement v1. The statement's predicate (`https://model_signing/signature/v1.0`) lists every
+//! resource of the model (each file, or each shard of each file) with its digest, and how the
+//! model was serialized; the subject's SHA-256 is taken over the resource digests in order.
+//!
+//! Verification, in order: the bundle's media type and payload type; the signer (key hint and
+//! signature, or certificate chain to the configured roots and signature) over the payload
+//! bytes *as received*; the statement and predicate types; the root digest against the
+//! resources; and finally the model on disk, hashed again with the signed serialization and
+//! compared file by file. Files under an ignored path (recorded in the signed predicate, given
+//! by the caller, or the signature file itself) are not covered: callers must only use the
+//! files listed in [`VerifiedModel::files`].
+
+mod certificate;
+mod digest;
+mod dsse;
+mod error;
+mod hash;
+mod key;
+mod manifest;
+mod statement;
+mod walk;
+
+use std::io::Read as _;
+use std::path::{Path, PathBuf};
+
+use base64::Engine as _;
+use rustls_pki_types::CertificateDer;
+
+pub use digest::HashAlgorithm;
+pub use error::BundleError;
+pub use key::Curve;
+pub use manifest::Serialization;
+
+use manifest::SerializationDesc;
+use walk::IgnoreSet;
+
+/// Signature files larger than this are refused before parsing. A manifest entry takes about
+/// 200 bytes, so this allows models of well over 100 000 files or shards.
+pub const MAX_SIGNATURE_BYTES: u64 = 32 * 1024 * 1024;
+
+/// Paths that model_signing ignores by default (`ignore_git_paths=True`).
+const GIT_PATHS: [&str; 4] = [".git", ".gitattributes", ".github", ".gitignore"];
+
+/// How to sign a model.
+#[derive(Debug, Clone)]
+pub struct SignOptions {
+    /// Files, or shards of files, as resources. With BLAKE3, shards fall back to files, as in
+    /// model_signing (BLAKE3 is already parallel inside a file).
+    pub serialization: Serialization,
+    /// Digest of each resource.
+    pub hash: HashAlgorithm,
+    /// Paths left out of the signature, relative to the model directory (absolute paths must
+    /// lie inside it). They are recorded in the predicate. Put the signature file here when
+    /// it is written inside the model.
+    pub ignore_paths: Vec<PathBuf>,
+    /// Also ignore `.git`, `.gitattributes`, `.github`, `.gitignore`, as model_signing does by
+    /// default. Default: true.
+    pub ignore_git_paths: bool,
+    /// The subject name; default: the model directory's name, as model_signing does.
+    pub model_name: Option<String>,
+    /// Show a progress bar (only on a terminal, and only for large models).
+    pub progress: bool,
+}
+
+impl Default for SignOptions {
+    fn default() -> Self {
+        Self {
+            serialization: Serialization::Files,
+            hash: HashAlgorithm::Sha256,
+            ignore_paths: Vec::new(),
+            ignore_git_paths: true,
+            model_name: None,
+            progress: false,
+        }
+    }
+}
+
+/// How to verify a model.
+#[derive(Debug, Clone, Default)]
+pub struct VerifyOptions {
+    /// Extra paths not covered, relative to the model directory (absolute ones must lie inside
+    /// it). The paths recorded in the signed predicate, and the signature file when it lies
+    /// inside the model, are always ignored.
+    pub ignore_paths: Vec<PathBuf>,
+    /// Show a progress bar (only on a terminal, and only for large models).
+    pub progress: bool,
+}
+
+/// A signing identity: a private key, optionally with its certificate chain.
+pub struct Signer {
+    key: key::PrivateKey,
+    /// Signing certificate first, then the chain; empty for the key method.
+    chain: Vec<CertificateDer<'static>>,
+}
+
+impl std::fmt::Debug for Signer {
+    // Never print key material.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Signer")
+            .field(
+                "method",
+                &if self.chain.is_empty() {
+                    "key"
+                } else {
+                    "certificate"
+                },
+            )
+            .finish_non_exhaustive()
+    }
+}
+
+impl Signer {
+    /// A signer for the key method, from a PEM ECDSA private key (PKCS#8 `PRIVATE KEY` or
+    /// SEC1 `EC PRIVATE KEY`) on P-256, P-384 or P-521. Encrypted keys are refused.
+    pub fn from_private_key_pem(pem: &str) -> Result<Self, BundleError> {
+        Ok(Self {
+            key: key::PrivateKey::from_pem(pem)?,
+            chain: Vec::new(),
+        })
+    }
+
+    /// Switches to the certificate method: `signing_cert_pem` must certify this signer's key;
+    /// `chain_pem` holds the intermediates (and optionally the root), in any number,
+    /// possibly none. They are embedded in the bundle in that order.
+    pub fn with_certificate_chain(
+        mut self,
+        signing_cert_pem: &str,
+        chain_pem: &str,
+    ) -> Result<Self, BundleError> {
+        let leaf = certificate::parse_pem_certs(signing_cert_pem, "signing certificate")?;
+        let [leaf] = <[CertificateDer<'static>; 1]>::try_from(leaf).map_err(|v| {
+            BundleError::MalformedPem {
+                what: "signing certificate",
+                detail: format!("expected exactly one certificate, found {}", v.len()),
+            }
+        })?;
+        if certificate::leaf_public_key(&leaf)? != self.key.public_key() {
+            return Err(BundleError::CertificateKeyMismatch);
+        }
+        let chain = certificate::parse_pem_certs(chain_pem, "certificate chain")?;
+        if chain.len() + 1 > certificate::MAX_CHAIN_LEN {
+            return Err(BundleError::TooLarge {
+                what: "certificate chain (certificates)".to_owned(),
+                size: (chain.len() + 1) as u64,
+                limit: certificate::MAX_CHAIN_LEN as u64,
+            });
+        }
+        self.chain = std::iter::once(leaf).chain(chain).collect();
+        Ok(self)
+    }
+
+    fn verification_material(&self) -> Result<dsse::VerificationMaterial, BundleError> {
+        let b64 = base64::engine::general_purpose::STANDARD;
+        Ok(if self.chain.is_empty() {
+            dsse::VerificationMaterial {
+                public_key: Some(dsse::PublicKeyIdentifier {
+                    hint: Some(self.key.public_key().hint()?),
+                }),
+                ..Default::default()
+            }
+        } else {
+            dsse::VerificationMaterial {
+                x509_certificate_chain: Some(dsse::CertificateChain {
+                    certificates: self
+                        .chain
+                        .iter()
+                        .map(|c| dsse::RawCertificate {
+                            raw_bytes: b64.encode(c.as_ref()),
+                        })
+                        .collect(),
+                }),
+                ..Default::default()
+            }
+        })
+    }
+}
+
+/// What a bundle must be signed by.
+#[derive(Debug, Clone)]
+pub enum Verifier {
+    /// The key method: this public key.
+    PublicKey(PublicKeyVerifier),
+    /// The certificate method: a chain to one of these roots.
+    Certificate(CertificateVerifier),
+}
+
+/// Configuration of [`Verifier::PublicKey`].
+#[derive(Debug, Clone)]
+pub struct PublicKeyVerifier {
+    key: key::PublicKey,
+    hint: String,
+}
+
+/// Configuration of [`Verifier::Certificate`].
+#[derive(Debug, Clone)]
+pub struct CertificateVerifier {
+    roots: certificate::Roots,
+}
+
+impl Verifier {
+    /// A verifier for the key method, from a PEM public key (`PUBLIC KEY`) on P-256, P-384 or
+    /// P-521.
+    pub fn from_public_key_pem(pem: &str) -> Result<Self, BundleError> {
+        let key = key::PublicKey::from_pem(pem)?;
+        let hint = key.hint()?;
+        Ok(Self::PublicKey(PublicKeyVerifier { key, hint }))
+    }
+
+    /// A verifier for the certificate method: every certificate in `pem` is a root of trust.
+    pub fn from_certificate_roots_pem(pem: &str) -> Result<Self, BundleError> {
+        Ok(Self::Certificate(CertificateVerifier {
+            roots: certificate::Roots::from_pem(pem)?,
+        }))
+    }
+
+    /// Checks the signer and the signature over the payload; returns who signed it.
+    fn verify_envelope(&self, bundle: &dsse::ParsedBundle) -> Result<String, BundleError> {
+        let m = &bundle.material;
+        let found = if m.x509_certificate_chain.is_some() {
+            "certificate"
+        } else if m.public_key.is_some() {
+            "key"
+        } else if m.certificate.is_some() {
+            "sigstore (single certificate)"
+        } else {
+            "unknown"
+        };
+        let message = dsse::pae(dsse::PAYLOAD_TYPE, &bundle.payload);
+        match self {
+            Self::PublicKey(v) => {
+                let Some(pk) = &m.public_key else {
+                    return Err(BundleError::WrongVerificationMaterial {
+                        expected: "key",
+                        found,
+                    });
+                };
+                if m.x509_certificate_chain.is_some() {
+                    return Err(BundleError::WrongVerificationMaterial {
+                        expected: "key",
+                        found,
+                    });
+                }
+                // Bundles from model_signing < 1.0 carry no hint; the signature still decides.
+                if let Some(hint) = &pk.hint
+                    && *hint != v.hint
+                {
+                    return Err(BundleError::WrongKey {
+                        bundle_hint: hint.clone(),
+                        verifier_hint: v.hint.clone(),
+                    });
+                }
+                let signer = format!("key {}", v.hint);
+                if !v.key.verify(&message, &bundle.signature) {
+                    return Err(BundleError::BadSignature { signer });
+                }
+                Ok(signer)
+            }
+            Self::Certificate(v) => {
+                let Some(chain) = &m.x509_certificate_chain else {
+                    return Err(BundleError::WrongVerificationMaterial {
+                        expected: "certificate",
+                        found,
+                    });
+                };
+                if chain.certificates.len() > certificate::MAX_CHAIN_LEN {
+                    return Err(BundleError::TooLarge {
+                        what: "certificate chain (certificates)".to_owned(),
+                        size: chain.certificates.len() as u64,
+                        limit: certificate::MAX_CHAIN_LEN as u64,
+                    });
+                }
+                let ders = chain
+                    .certificates
+                    .iter()
+                    .map(|c| {
+                        dsse::decode_b64("x509CertificateChain.certificates.rawBytes", &c.raw_bytes)
+                            .map(CertificateDer::from)
+                    })
+                    .collect::<Result<Vec<_>, _>>()?;
+                let (key, subject) = certificate::verify_chain(&v.roots, &ders)?;
+                if !key.verify(&message, &bundle.signature) {
+                    return Err(BundleError::BadSignature { signer: subject });
+                }
+                Ok(subject)
+            }
+        }
+    }
+}
+
+/// A bundle produced by [`sign_model`].
+#[derive(Debug, Clone)]
+pub struct SignedBundle {
+    /// The Sigstore bundle JSON, as model_signing writes it.
+    pub json: Vec<u8>,
+    /// The statement's subject digest, `sha256:<hex>`.
+    pub root_digest: String,
+}
+
+impl SignedBundle {
+    /// Writes the bundle to `path` (replacing it).
+    pub fn write_to(&self, path: &Path) -> Result<(), BundleError> {
+        std::fs::write(path, &self.json).map_err(|e| BundleError::io(path, e))
+    }
+}
+
+/// One resource of a verified model.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResourceDigest {
+    /// `path` for files, `path:start:end` for shards (POSIX separators, relative).
+    pub name: String,
+    /// As named in the manifest: `sha256`, `blake2b`, `blake3`, or `<hash>-sharded-<size>`.
+    pub algorithm: String,
+    /// The digest, hex.
+    pub digest_hex: String,
+}
+
+/// The outcome of a successful [`verify_model`].
+#[derive(Debug, Clone)]
+pub struct VerifiedModel {
+    /// The subject name of the statement (informative only: renaming a model directory does
+    /// not invalidate its signature).
+    pub model_name: String,
+    /// `sha256:<hex>` over the resource digests: the model's identity for release statements,
+    /// audit and measurement.
+    pub root_digest: String,
+    /// Every covered resource, as signed and as found on disk.
+    pub files: Vec<ResourceDigest>,
+    /// `key <hint>` for the key method, the signing certificate's subject for certificates.
+    pub signer: String,
+    /// Serialization method as signed: `files` or `shards`.
+    pub serialization: String,
+    /// Paths not covered by the signature (recorded in the predicate, given by the caller, or
+    /// the signature file), relative to the model directory.
+    pub ignored_paths: Vec<String>,
+}
+
+/// Hashes `model_dir` and signs it.
+pub fn sign_model(
+    model_dir: &Path,
+    signer: &Signer,
+    opts: &SignOptions,
+) -> Result<SignedBundle, BundleError> {
+    let mut ignore = IgnoreSet::default();
+    for p in &opts.ignore_paths {
+        if p.as_os_str().is_empty() || p.components().all(|c| c == std::path::Component::CurDir) {
+            return Err(BundleError::InvalidOption {
+                detail: "an empty ignore path would leave the whole model unsigned".to_owned(),
+            });
+        }
+        ignore.add_caller_path(model_dir, p);
+    }
+    if opts.ignore_git_paths {
+        for g in GIT_PATHS {
+            ignore.add_relative(g);
+        }
+    }
+    let method = match (opts.serialization, opts.hash) {
+        // model_signing's use_shard_serialization: BLAKE3 bypasses sharding.
+        (Serialization::Shards { .. }, HashAlgorithm::Blake3) => Serialization::Files,
+        (Serialization::Shards { shard_size: 0 }, _) => {
+            return Err(BundleError::InvalidOption {
+                detail: "shard size must be positive".to_owned(),
+            });
+        }
+        (m, _) => m,
+    };
+    let files = walk::list_files(model_dir, &ignore)?;
+    let resources = hash::hash_model(&files, method, opts.hash, opts.progress)?;
+    let desc = SerializationDesc {
+        method,
+        hash: opts.hash,
+        allow_symlinks: false,
+        ignore_paths: ignore.recorded(),
+    };
+    let name = match &opts.model_name {
+        Some(n) => n.clone(),
+        None => model_name_of(model_dir),
+    };
+    let (payload, root) = statement::build(&name, &desc, &resources)?;
+    let signature = signer.key.sign(&dsse::pae(dsse::PAYLOAD_TYPE, &payload))?;
+    let json = dsse::assemble(&payload, &signature, signer.verification_material()?)?;
+    Ok(SignedBundle {
+        json,
+        root_digest: format!("sha256:{root}"),
+    })
+}
+
+/// model_signing's rule: the directory's last component, or the resolved one for `.`/`..`.
+fn model_name_of(model_dir: &Path) -> String {
+    let name = match model_dir.file_name() {
+        Some(n) => Some(n.to_owned()),
+        None => std::fs::canonicalize(model_dir)
+            .ok()
+            .and_then(|p| p.file_name().map(ToOwned::to_owned)),
+    };
+    name.map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+/// Reads a signature file, refusing it beyond [`MAX_SIGNATURE_BYTES`].
+fn read_bounded(path: &Path) -> Result<Vec<u8>, BundleError> {
+    let file = std::fs::File::open(path).map_err(|e| BundleError::io(path, e))?;
+    let mut buf = Vec::new();
+    // Read one byte past the limit to tell "exactly at the limit" from "over it" without
+    // trusting metadata (the file could be a FIFO or growing).
+    file.take(MAX_SIGNATURE_BYTES + 1)
+        .read_to_end(&mut buf)
+        .map_err(|e| BundleError::io(path, e))?;
+    if buf.len() as u64 > MAX_SIGNATURE_BYTES {
+        return Err(BundleError::TooLarge {
+            what: format!("signature file {}", path.display()),
+            size: buf.len() as u64,
+            limit: MAX_SIGNATURE_BYTES,
+        });
+    }
+    Ok(buf)
+}
+
+/// Verifies `model_dir` against the bundle at `signature_file`.
+pub fn verify_model(
+    model_dir: &Path,
+    signature_file: &Path,
+    verifier: &Verifier,
+    opts: &VerifyOptions,
+) -> Result<VerifiedModel, BundleError> {
+    let raw = read_bounded(signature_file)?;
+    verify_model_bytes(model_dir, &raw, Some(signature_file), verifier, opts)
+}
+
+/// Like [`verify_model`], with the bundle already in memory (e.g. received over the network).
+/// `signature_path`, when given and inside the model, is ignored like a signature file.
+pub fn verify_model_bytes(
+    model_dir: &Path,
+    bundle_json: &[u8],
+    signature_path: Option<&Path>,
+    verifier: &Verifier,
+    opts: &VerifyOptions,
+) -> Result<VerifiedModel, BundleError> {
+    if bundle_json.len() as u64 > MAX_SIGNATURE_BYTES {
+        return Err(BundleError::TooLarge {
+            what: "signature".to_owned(),
+            size: bundle_json.len() as u64,
+            limit: MAX_SIGNATURE_BYTES,
+        });
+    }
+    let bundle = dsse::parse(bundle_json)?;
+    let signer = verifier.verify_envelope(&bundle)?;
+    // Only now, with the signature checked over the exact bytes, is the payload parsed.
+    let signed = statement::parse(&bundle.payload)?;
+
+    let mut ignore = IgnoreSet::default();
+    for p in &signed.serialization.ignore_paths {
+        ignore.add_relative(p);
+    }
+    for p in &opts.ignore_paths {
+        ignore.add_caller_path(model_dir, p);
+    }
+    if let Some(sig) = signature_path {
+        let abs = if sig.is_absolute() {
+            sig.to_path_buf()
+        } else {
+            std::env::current_dir()
+                .map_err(|e| BundleError::io(sig, e))?
+                .join(sig)
+        };
+        let model_abs = if model_dir.is_absolute() {
+            model_dir.to_path_buf()
+        } else {
+            std::env::current_dir()
+                .map_err(|e| BundleError::io(model_dir, e))?
+                .join(model_dir)
+        };
+        if let Some(rel) = walk::relative_to_model(&model_abs, &abs)
+            && let Some(s) = rel.to_str()
+        {
+            ignore.add_relative(s);
+        }
+    }
+
+    let files = walk::list_files(model_dir, &ignore)?;
+    let actual = hash::hash_model(
+        &files,
+        signed.serialization.method,
+        signed.serialization.hash,
+        opts.progress,
+    )?;
+    let algorithm = signed.serialization.resource_algorithm();
+    manifest::compare(&signed.resources, &actual, &algorithm)?;
+
+    Ok(VerifiedModel {
+        model_name: signed.model_name,
+        root_digest: format!("sha256:{}", signed.root_digest),
+        files: signed
+            .resources
+            .iter()
+            .map(|r| ResourceDigest {
+                name: r.name(),
+                algorithm: algorithm.clone(),
+                digest_hex: hex::encode(&r.digest),
+            })
+            .collect(),
+        signer,
+        serialization: match signed.serialization.method {
+            Serialization::Files => "files".to_owned(),
+            Serialization::Shards { .. } => "shards".to_owned(),
+        },
+        ignored_paths: ignore.recorded(),
+    })
+}
+
+/// Generates an ECDSA key pair: (PKCS#8 PEM private key, PEM public key). For development
+/// signers (`warden demo`); production keys live in the key store.
+pub fn generate_private_key_pem(curve: Curve) -> Result<(String, String), BundleError> {
+    let k = key::PrivateKey::generate(curve);
+    Ok((k.to_pkcs8_pem()?, k.public_key().to_pem()?))
+}

@@ -1,0 +1,116 @@
+//! The cost of the process hop: in-process `OrtEngine::run` against `Worker::infer` (socket to
+//! the `warden-runtime` worker and back) on the demo model at batch 1.
+//!
+//! `source .cache/env && cargo bench -p warden-runtime --bench worker_hop`
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use warden_runtime::engine::{EngineOptions, OrtEngine};
+use warden_runtime::tensor::{DataType, Tensor};
+use warden_runtime::worker::{Worker, WorkerOptions};
+
+const WARMUP: usize = 300;
+const ITERATIONS: usize = 3000;
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+fn report(name: &str, mut samples: Vec<Duration>) -> (Duration, Duration) {
+    samples.sort();
+    let (p50, p99) = (percentile(&samples, 0.50), percentile(&samples, 0.99));
+    println!(
+        "{name:<22} p50 {:>9.1} µs   p99 {:>9.1} µs   (n = {})",
+        p50.as_secs_f64() * 1e6,
+        p99.as_secs_f64() * 1e6,
+        samples.len()
+    );
+    (p50, p99)
+}
+
+fn main() {
+    let ort = PathBuf::from(
+        std::env::var_os("ORT_DYLIB_PATH")
+            .expect("ORT_DYLIB_PATH is not set: run scripts/setup.sh"),
+    );
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let model = root.join("agent/demo-model/model/model.onnx");
+    let bytes = std::fs::read(&model).unwrap();
+    let sha = {
+        use sha2::Digest;
+        sha2::Sha256::digest(&bytes)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
+    };
+    let text = std::fs::read_to_string(root.join("agent/demo-model/sample-request.json")).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let row: Vec<u8> = v["inputs"][0]["data"].as_array().unwrap()[..30]
+        .iter()
+        .flat_map(|x| (x.as_f64().unwrap() as f32).to_le_bytes())
+        .collect();
+    let input = Tensor::new("input", DataType::Fp32, vec![1, 30], Bytes::from(row)).unwrap();
+
+    let engine = OrtEngine::load(
+        &ort,
+        &bytes,
+        EngineOptions {
+            intra_op_threads: 1,
+            sessions: 1,
+        },
+    )
+    .unwrap();
+    for _ in 0..WARMUP {
+        engine.run(std::slice::from_ref(&input), &[]).unwrap();
+    }
+    let mut local = Vec::with_capacity(ITERATIONS);
+    for _ in 0..ITERATIONS {
+        let t = Instant::now();
+        let out = engine.run(std::slice::from_ref(&input), &[]).unwrap();
+        local.push(t.elapsed());
+        assert_eq!(out.len(), 2);
+    }
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let hop = rt.block_on(async {
+        let mut o = WorkerOptions::new(
+            PathBuf::from(env!("CARGO_BIN_EXE_warden-runtime")),
+            ort,
+            model,
+            sha,
+        );
+        o.concurrency = 1;
+        o.intra_op_threads = 1;
+        let worker = Worker::start(o).await.unwrap();
+        for _ in 0..WARMUP {
+            worker.infer(vec![input.clone()], vec![]).await.unwrap();
+        }
+        let mut samples = Vec::with_capacity(ITERATIONS);
+        for _ in 0..ITERATIONS {
+            let t = Instant::now();
+            let out = worker.infer(vec![input.clone()], vec![]).await.unwrap();
+            samples.push(t.elapsed());
+            assert_eq!(out.len(), 2);
+        }
+        worker.shutdown().await;
+        samples
+    });
+
+    println!("demo model, batch 1, one session, one intra-op thread");
+    let (l50, l99) = report("OrtEngine::run", local);
+    let (w50, w99) = report("Worker::infer", hop);
+    println!(
+        "ratio worker/in-process: p50 {:.1}x, p99 {:.1}x; hop overhead p50 {:.1} µs",
+        w50.as_secs_f64() / l50.as_secs_f64(),
+        w99.as_secs_f64() / l99.as_secs_f64(),
+        (w50.as_secs_f64() - l50.as_secs_f64()) * 1e6
+    );
+}

@@ -1,0 +1,520 @@
+//! ONNX Runtime, loaded dynamically through `ort`, behind a small tensor-in/tensor-out API.
+//!
+//! Concurrency: `ort::session::Session::run` takes `&mut self` in 2.0.0-rc.15 (ONNX Runtime's
+//! execution providers keep state that is not thread safe), so one session serves one call at a
+//! time. [`OrtEngine`] therefore holds a **pool of sessions** ([`EngineOptions::sessions`]), each
+//! built from the same model bytes: a call checks a session out (waiting on a condition
+//! variable when all are busy), runs, and checks it back in. `OrtEngine` is `Send + Sync` and
+//! `run` takes `&self`, so it can be shared by any number of threads; at most `sessions` calls
+//! run at once. Each session holds its own copy of the weights: size the pool with that in mind.
+
+use std::collections::HashSet;
+use std::path::Path;
+use std::sync::{Condvar, Mutex, MutexGuard};
+
+use bytes::Bytes;
+use ort::environment::Environment;
+use ort::session::builder::GraphOptimizationLevel;
+use ort::session::{OutputSelector, RunOptions, Session, SessionInputValue, SessionOutputs};
+use ort::value::{DynValue, TensorElementType, ValueType};
+
+use crate::tensor::{DataType, ModelSignature, Tensor, TensorSpec, byte_len};
+
+/// Engine settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EngineOptions {
+    /// Threads ONNX Runtime may use inside one operator, per session (0 = ONNX Runtime's default,
+    /// one per core).
+    pub intra_op_threads: usize,
+    /// Sessions in the pool, i.e. how many `run` calls execute at the same time (at least 1).
+    pub sessions: usize,
+}
+
+impl Default for EngineOptions {
+    fn default() -> Self {
+        EngineOptions {
+            intra_op_threads: 1,
+            sessions: 1,
+        }
+    }
+}
+
+/// What went wrong in the engine.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// The ONNX Runtime library could not be loaded (missing, wrong version, not a library).
+    #[error("cannot load ONNX Runtime from {path}: {message}")]
+    Library { path: String, message: String },
+    /// The model could not be loaded, or declares something this engine cannot serve.
+    #[error("cannot load model: {0}")]
+    Model(String),
+    /// The request does not fit the model's signature; nothing was run.
+    #[error("invalid input: {0}")]
+    InvalidInput(String),
+    /// ONNX Runtime failed while running the model.
+    #[error("inference failed: {0}")]
+    Run(String),
+}
+
+/// ONNX Runtime engine for one model. See the module documentation for the concurrency model.
+pub struct OrtEngine {
+    signature: ModelSignature,
+    pool: Mutex<Vec<Session>>,
+    available: Condvar,
+}
+
+impl std::fmt::Debug for OrtEngine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OrtEngine")
+            .field("signature", &self.signature)
+            .finish_non_exhaustive()
+    }
+}
+
+impl OrtEngine {
+    /// Loads ONNX Runtime from `onnxruntime_library` (the first successful load in a process
+    /// wins: the library is process-global) and builds `opts.sessions` sessions from
+    /// `model_bytes`.
+    pub fn load(
+        onnxruntime_library: &Path,
+        model_bytes: &[u8],
+        opts: EngineOptions,
+    ) -> Result<OrtEngine, EngineError> {
+        let env = environment(onnxruntime_library)?;
+
+        let count = opts.sessions.max(1);
+        let mut sessions = Vec::with_capacity(count);
+        for _ in 0..count {
+            let mut builder = Session::builder(&env)
+                .map_err(|e| EngineError::Model(e.to_string()))?
+                .with_optimization_level(GraphOptimizationLevel::All)
+                .map_err(|e| EngineError::Model(e.to_string()))?;
+            if opts.intra_op_threads > 0 {
+                builder = builder
+                    .with_intra_threads(opts.intra_op_threads)
+                    .map_err(|e| EngineError::Model(e.to_string()))?;
+            }
+            let session = builder
+                .commit_from_memory(model_bytes)
+                .map_err(|e| EngineError::Model(e.to_string()))?;
+            sessions.push(session);
+        }
+        let signature = match sessions.first() {
+            Some(session) => read_signature(session)?,
+            None => return Err(EngineError::Model("no session was built".into())),
+        };
+        Ok(OrtEngine {
+            signature,
+            pool: Mutex::new(sessions),
+            available: Condvar::new(),
+        })
+    }
+
+    /// The model's inputs and outputs, as the model file declares them.
+    pub fn signature(&self) -> &ModelSignature {
+        &self.signature
+    }
+
+    /// Runs the model. `inputs` must name every model input exactly once, with the declared
+    /// datatype and a shape the declaration accepts. `outputs` selects outputs by name (empty:
+    /// all, in signature order); the result follows the order asked for.
+    pub fn run(&self, inputs: &[Tensor], outputs: &[String]) -> Result<Vec<Tensor>, EngineError> {
+        self.validate(inputs, outputs)?;
+        let values = inputs
+            .iter()
+            .map(|t| Ok((t.name.as_str(), SessionInputValue::from(to_ort(t)?))))
+            .collect::<Result<Vec<_>, EngineError>>()?;
+        let wanted: Vec<&str> = if outputs.is_empty() {
+            self.signature
+                .outputs
+                .iter()
+                .map(|o| o.name.as_str())
+                .collect()
+        } else {
+            outputs.iter().map(String::as_str).collect()
+        };
+
+        let mut lease = self.checkout();
+        let session = lease.session_mut()?;
+        if outputs.is_empty() {
+            let mut produced = session
+                .run(values)
+                .map_err(|e| EngineError::Run(e.to_string()))?;
+            collect_outputs(&mut produced, &wanted)
+        } else {
+            let selector = wanted
+                .iter()
+                .fold(OutputSelector::no_default(), |s, name| s.with(*name));
+            let options = RunOptions::new()
+                .map_err(|e| EngineError::Run(e.to_string()))?
+                .with_outputs(selector);
+            let mut produced = session
+                .run_with_options(values, &options)
+                .map_err(|e| EngineError::Run(e.to_string()))?;
+            collect_outputs(&mut produced, &wanted)
+        }
+    }
+
+    fn validate(&self, inputs: &[Tensor], outputs: &[String]) -> Result<(), EngineError> {
+        let mut seen = HashSet::new();
+        for t in inputs {
+            let Some(spec) = self.signature.inputs.iter().find(|s| s.name == t.name) else {
+                return Err(EngineError::InvalidInput(format!(
+                    "unknown input {:?}; the model's inputs are {:?}",
+                    t.name,
+                    names(&self.signature.inputs)
+                )));
+            };
+            if !seen.insert(t.name.as_str()) {
+                return Err(EngineError::InvalidInput(format!(
+                    "input {:?} given more than once",
+                    t.name
+                )));
+            }
+            if t.dtype != spec.datatype {
+                return Err(EngineError::InvalidInput(format!(
+                    "input {:?} has datatype {}, the model expects {}",
+                    t.name, t.dtype, spec.datatype
+                )));
+            }
+            if !spec.accepts_shape(&t.shape) {
+                return Err(EngineError::InvalidInput(format!(
+                    "input {:?} has shape {:?}, the model expects {:?} (-1: any size)",
+                    t.name, t.shape, spec.shape
+                )));
+            }
+            if t.shape.iter().any(|&d| i64::try_from(d).is_err()) {
+                return Err(EngineError::InvalidInput(format!(
+                    "input {:?}: dimension too large",
+                    t.name
+                )));
+            }
+            match byte_len(t.dtype, &t.shape) {
+                Some(n) if n == t.data.len() => {}
+                expected => {
+                    return Err(EngineError::InvalidInput(format!(
+                        "input {:?}: {} shape {:?} needs {} bytes, got {}",
+                        t.name,
+                        t.dtype,
+                        t.shape,
+                        expected.map_or_else(|| "too many".to_string(), |n| n.to_string()),
+                        t.data.len()
+                    )));
+                }
+            }
+        }
+        if let Some(missing) = self
+            .signature
+            .inputs
+            .iter()
+            .find(|s| !seen.contains(s.name.as_str()))
+        {
+            return Err(EngineError::InvalidInput(format!(
+                "missing input {:?}",
+                missing.name
+            )));
+        }
+        let mut asked = HashSet::new();
+        for name in outputs {
+            if !self.signature.outputs.iter().any(|s| &s.name == name) {
+                return Err(EngineError::InvalidInput(format!(
+                    "unknown output {:?}; the model's outputs are {:?}",
+                    name,
+                    names(&self.signature.outputs)
+                )));
+            }
+            if !asked.insert(name.as_str()) {
+                return Err(EngineError::InvalidInput(format!(
+                    "output {name:?} asked for more than once"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    fn checkout(&self) -> Lease<'_> {
+        let mut pool = lock(&self.pool);
+        loop {
+            if let Some(session) = pool.pop() {
+                return Lease {
+                    engine: self,
+                    session: Some(session),
+                };
+            }
+            pool = self
+                .available
+                .wait(pool)
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+        }
+    }
+}
+
+/// A session checked out of the pool; returned on drop, even when the run fails or unwinds.
+struct Lease<'a> {
+    engine: &'a OrtEngine,
+    session: Option<Session>,
+}
+
+impl Lease<'_> {
+    fn session_mut(&mut self) -> Result<&mut Session, EngineError> {
+        self.session
+            .as_mut()
+            .ok_or_else(|| EngineError::Run("session lease is empty".into()))
+    }
+}
+
+impl Drop for Lease<'_> {
+    fn drop(&mut self) {
+        if let Some(session) = self.session.take() {
+            lock(&self.engine.pool).push(session);
+            self.engine.available.notify_one();
+        }
+    }
+}
+
+/// The process's ONNX Runtime environment. `ort` allows one per process, ever (a second
+/// `build` fails even after the first was dropped), so it is created once and kept.
+static ENVIRONMENT: Mutex<Option<Environment>> = Mutex::new(None);
+
+fn environment(onnxruntime_library: &Path) -> Result<Environment, EngineError> {
+    let mut slot = lock(&ENVIRONMENT);
+    if let Some(env) = slot.as_ref() {
+        return Ok(env.clone());
+    }
+    // `init_from` reports a missing or unusable library as an error; every other `ort` call
+    // would go through the lazy loader, which panics. Nothing else is called before this.
+    let env = ort::init_from(onnxruntime_library)
+        .map_err(|e| EngineError::Library {
+            path: onnxruntime_library.display().to_string(),
+            message: e.to_string(),
+        })?
+        .with_name("warden")
+        .with_telemetry(false)
+        .build()
+        .map_err(|e| EngineError::Model(format!("cannot create the environment: {e}")))?;
+    *slot = Some(env.clone());
+    Ok(env)
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn names(specs: &[TensorSpec]) -> Vec<&str> {
+    specs.iter().map(|s| s.name.as_str()).collect()
+}
+
+fn read_signature(session: &Session) -> Result<ModelSignature, EngineError> {
+    let spec = |kind: &str, name: &str, ty: &ValueType| -> Result<TensorSpec, EngineError> {
+        match ty {
+            ValueType::Tensor { ty, shape, .. } => {
+                let datatype = from_ort_type(*ty).ok_or_else(|| {
+                    EngineError::Model(format!(
+                        "{kind} {name:?} has element type {ty:?}, which this engine does not \
+                         support (supported: {})",
+                        supported()
+                    ))
+                })?;
+                Ok(TensorSpec {
+                    name: name.to_string(),
+                    datatype,
+                    shape: shape.iter().map(|&d| if d < 0 { -1 } else { d }).collect(),
+                })
+            }
+            other => Err(EngineError::Model(format!(
+                "{kind} {name:?} is a {other}, not a tensor; this engine serves tensors only"
+            ))),
+        }
+    };
+    Ok(ModelSignature {
+        inputs: session
+            .inputs()
+            .iter()
+            .map(|o| spec("input", o.name(), o.dtype()))
+            .collect::<Result<_, _>>()?,
+        outputs: session
+            .outputs()
+            .iter()
+            .map(|o| spec("output", o.name(), o.dtype()))
+            .collect::<Result<_, _>>()?,
+    })
+}
+
+fn supported() -> String {
+    DataType::ALL
+        .iter()
+        .map(|d| d.as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn from_ort_type(ty: TensorElementType) -> Option<DataType> {
+    Some(match ty {
+        TensorElementType::Bool => DataType::Bool,
+        TensorElementType::Uint8 => DataType::Uint8,
+        TensorElementType::Uint16 => DataType::Uint16,
+        TensorElementType::Uint32 => DataType::Uint32,
+        TensorElementType::Uint64 => DataType::Uint64,
+        TensorElementType::Int8 => DataType::Int8,
+        TensorElementType::Int16 => DataType::Int16,
+        TensorElementType::Int32 => DataType::Int32,
+        TensorElementType::Int64 => DataType::Int64,
+        TensorElementType::Float16 => DataType::Fp16,
+        TensorElementType::Float32 => DataType::Fp32,
+        TensorElementType::Float64 => DataType::Fp64,
+        _ => return None,
+    })
+}
+
+/// Decodes little-endian elements; the caller has checked that the length is a multiple.
+fn decode<T, const N: usize>(data: &[u8], f: fn([u8; N]) -> T) -> Vec<T> {
+    data.chunks_exact(N)
+        .map(|c| {
+            let mut a = [0u8; N];
+            a.copy_from_slice(c);
+            f(a)
+        })
+        .collect()
+}
+
+fn encode<T: Copy, const N: usize>(values: &[T], f: fn(T) -> [u8; N]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(values.len() * N);
+    for &v in values {
+        out.extend_from_slice(&f(v));
+    }
+    out
+}
+
+fn to_ort(t: &Tensor) -> Result<DynValue, EngineError> {
+    let shape: Vec<i64> = t
+        .shape
+        .iter()
+        .map(|&d| i64::try_from(d))
+        .collect::<Result<_, _>>()
+        .map_err(|_| {
+            EngineError::InvalidInput(format!("input {:?}: dimension too large", t.name))
+        })?;
+    fn make<T: ort::value::PrimitiveTensorElementType + std::fmt::Debug + Clone + 'static>(
+        shape: Vec<i64>,
+        data: Vec<T>,
+    ) -> Result<DynValue, EngineError> {
+        ort::value::Tensor::from_array((shape, data))
+            .map(|v| v.into_dyn())
+            .map_err(|e| EngineError::Run(e.to_string()))
+    }
+    let d = &t.data[..];
+    match t.dtype {
+        DataType::Bool => {
+            if let Some(pos) = d.iter().position(|&b| b > 1) {
+                return Err(EngineError::InvalidInput(format!(
+                    "input {:?}: BOOL element {pos} is {}, must be 0 or 1",
+                    t.name, d[pos]
+                )));
+            }
+            make(shape, d.iter().map(|&b| b == 1).collect::<Vec<bool>>())
+        }
+        DataType::Uint8 => make(shape, d.to_vec()),
+        DataType::Int8 => make(shape, decode(d, i8::from_le_bytes)),
+        DataType::Uint16 => make(shape, decode(d, u16::from_le_bytes)),
+        DataType::Int16 => make(shape, decode(d, i16::from_le_bytes)),
+        DataType::Uint32 => make(shape, decode(d, u32::from_le_bytes)),
+        DataType::Int32 => make(shape, decode(d, i32::from_le_bytes)),
+        DataType::Uint64 => make(shape, decode(d, u64::from_le_bytes)),
+        DataType::Int64 => make(shape, decode(d, i64::from_le_bytes)),
+        DataType::Fp16 => make(shape, decode(d, half::f16::from_le_bytes)),
+        DataType::Fp32 => make(shape, decode(d, f32::from_le_bytes)),
+        DataType::Fp64 => make(shape, decode(d, f64::from_le_bytes)),
+    }
+}
+
+fn collect_outputs(
+    produced: &mut SessionOutputs<'_>,
+    wanted: &[&str],
+) -> Result<Vec<Tensor>, EngineError> {
+    let mut result = Vec::with_capacity(wanted.len());
+    for &name in wanted {
+        let value = produced
+            .remove(name)
+            .ok_or_else(|| EngineError::Run(format!("the model produced no output {name:?}")))?;
+        result.push(from_ort(name, &value)?);
+    }
+    Ok(result)
+}
+
+fn from_ort(name: &str, value: &DynValue) -> Result<Tensor, EngineError> {
+    let ty = value.dtype().tensor_type().ok_or_else(|| {
+        EngineError::Run(format!(
+            "output {name:?} is a {}, not a tensor",
+            value.dtype()
+        ))
+    })?;
+    let dtype = from_ort_type(ty).ok_or_else(|| {
+        EngineError::Run(format!(
+            "output {name:?} has unsupported element type {ty:?}"
+        ))
+    })?;
+    let err = |e: ort::Error| EngineError::Run(format!("output {name:?}: {e}"));
+    fn extract<T: ort::value::PrimitiveTensorElementType>(
+        value: &DynValue,
+        err: impl Fn(ort::Error) -> EngineError,
+    ) -> Result<(Vec<i64>, &[T]), EngineError> {
+        let (shape, data) = value.try_extract_tensor::<T>().map_err(err)?;
+        Ok((shape.iter().copied().collect(), data))
+    }
+    let (shape, data) = match dtype {
+        DataType::Bool => {
+            let (s, v) = extract::<bool>(value, err)?;
+            (s, v.iter().map(|&b| u8::from(b)).collect())
+        }
+        DataType::Uint8 => {
+            let (s, v) = extract::<u8>(value, err)?;
+            (s, v.to_vec())
+        }
+        DataType::Int8 => {
+            let (s, v) = extract::<i8>(value, err)?;
+            (s, encode(v, i8::to_le_bytes))
+        }
+        DataType::Uint16 => {
+            let (s, v) = extract::<u16>(value, err)?;
+            (s, encode(v, u16::to_le_bytes))
+        }
+        DataType::Int16 => {
+            let (s, v) = extract::<i16>(value, err)?;
+            (s, encode(v, i16::to_le_bytes))
+        }
+        DataType::Uint32 => {
+            let (s, v) = extract::<u32>(value, err)?;
+            (s, encode(v, u32::to_le_bytes))
+        }
+        DataType::Int32 => {
+            let (s, v) = extract::<i32>(value, err)?;
+            (s, encode(v, i32::to_le_bytes))
+        }
+        DataType::Uint64 => {
+            let (s, v) = extract::<u64>(value, err)?;
+            (s, encode(v, u64::to_le_bytes))
+        }
+        DataType::Int64 => {
+            let (s, v) = extract::<i64>(value, err)?;
+            (s, encode(v, i64::to_le_bytes))
+        }
+        DataType::Fp16 => {
+            let (s, v) = extract::<half::f16>(value, err)?;
+            (s, encode(v, half::f16::to_le_bytes))
+        }
+        DataType::Fp32 => {
+            let (s, v) = extract::<f32>(value, err)?;
+            (s, encode(v, f32::to_le_bytes))
+        }
+        DataType::Fp64 => {
+            let (s, v) = extract::<f64>(value, err)?;
+            (s, encode(v, f64::to_le_bytes))
+        }
+    };
+    let shape = shape
+        .into_iter()
+        .map(usize::try_from)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|_| EngineError::Run(format!("output {name:?} has a negative dimension")))?;
+    Tensor::new(name, dtype, shape, Bytes::from(data)).map_err(|e| EngineError::Run(e.to_string()))
+}

@@ -1,0 +1,148 @@
+//! Shared by the integration tests: the ONNX Runtime library, the demo model, the sample
+//! request, and the reference outputs from Python onnxruntime.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use bytes::Bytes;
+use warden_runtime::tensor::{DataType, Tensor};
+
+pub fn ort_library() -> PathBuf {
+    match std::env::var_os("ORT_DYLIB_PATH") {
+        Some(p) if !p.is_empty() => PathBuf::from(p),
+        _ => panic!("ORT_DYLIB_PATH is not set: run scripts/setup.sh, then `source .cache/env`"),
+    }
+}
+
+pub fn python() -> PathBuf {
+    match std::env::var_os("WARDEN_PYTHON") {
+        Some(p) if !p.is_empty() => PathBuf::from(p),
+        _ => panic!("WARDEN_PYTHON is not set: run scripts/setup.sh, then `source .cache/env`"),
+    }
+}
+
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+pub fn model_path() -> PathBuf {
+    repo_root().join("agent/demo-model/model/model.onnx")
+}
+
+pub fn model_bytes() -> Vec<u8> {
+    std::fs::read(model_path()).expect("demo model")
+}
+
+pub fn model_sha256() -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(model_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// The rows of `sample-request.json` as f32 values and their shape.
+pub fn sample_rows() -> (Vec<usize>, Vec<f32>) {
+    let text = std::fs::read_to_string(repo_root().join("agent/demo-model/sample-request.json"))
+        .expect("sample request");
+    let v: serde_json::Value = serde_json::from_str(&text).expect("json");
+    let input = &v["inputs"][0];
+    assert_eq!(input["datatype"], "FP32");
+    let shape = input["shape"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d.as_u64().unwrap() as usize)
+        .collect();
+    let data = input["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap() as f32)
+        .collect();
+    (shape, data)
+}
+
+pub fn f32_tensor(name: &str, shape: Vec<usize>, values: &[f32]) -> Tensor {
+    let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+    Tensor::new(name, DataType::Fp32, shape, Bytes::from(bytes)).unwrap()
+}
+
+pub fn sample_input() -> Tensor {
+    let (shape, data) = sample_rows();
+    f32_tensor("input", shape, &data)
+}
+
+pub fn as_f32(t: &Tensor) -> Vec<f32> {
+    assert_eq!(t.dtype, DataType::Fp32);
+    t.data
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+        .collect()
+}
+
+pub fn as_i64(t: &Tensor) -> Vec<i64> {
+    assert_eq!(t.dtype, DataType::Int64);
+    t.data
+        .chunks_exact(8)
+        .map(|c| i64::from_le_bytes(c.try_into().unwrap()))
+        .collect()
+}
+
+/// Labels and flattened probabilities computed by Python onnxruntime on the same rows.
+pub fn python_reference(shape: &[usize], data: &[f32]) -> (Vec<i64>, Vec<f32>) {
+    let script = r#"
+import json, sys
+import numpy as np
+import onnxruntime as ort
+req = json.load(sys.stdin)
+x = np.asarray(req["data"], dtype=np.float32).reshape(req["shape"])
+s = ort.InferenceSession(req["model"], providers=["CPUExecutionProvider"])
+label, prob = s.run(["label", "probabilities"], {"input": x})
+json.dump({"label": [int(v) for v in label.reshape(-1)],
+           "probabilities": [float(v) for v in prob.reshape(-1)]}, sys.stdout)
+"#;
+    let request = serde_json::json!({
+        "model": model_path(),
+        "shape": shape,
+        "data": data,
+    });
+    let mut child = Command::new(python())
+        .arg("-c")
+        .arg(script)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("run WARDEN_PYTHON");
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().unwrap();
+        stdin
+            .write_all(serde_json::to_string(&request).unwrap().as_bytes())
+            .unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "python onnxruntime failed");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let labels = v["label"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_i64().unwrap())
+        .collect();
+    let probs = v["probabilities"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap() as f32)
+        .collect();
+    (labels, probs)
+}
+
+pub fn assert_close(actual: &[f32], expected: &[f32]) {
+    assert_eq!(actual.len(), expected.len());
+    for (i, (a, e)) in actual.iter().zip(expected).enumerate() {
+        assert!((a - e).abs() <= 1e-5, "element {i}: {a} vs {e}");
+    }
+}

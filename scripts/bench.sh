@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Benchmarks, release build, numbers printed with their baselines measured in the same run.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+bash scripts/setup.sh
+# shellcheck source=/dev/null
+source .cache/env
+cargo build --release --locked --workspace --bins
+cargo bench --locked -p warden-agent --bench https_latency
+cargo bench --locked -p warden-runtime --bench worker_hop

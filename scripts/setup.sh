@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# Sets up what Warden needs on a fresh Debian machine that has the Rust toolchain and Python 3:
+#   - the ONNX Runtime shared library, taken from the `onnxruntime` wheel on PyPI
+#     (the `ort` crate loads it at run time; nothing is downloaded at build time);
+#   - with `--test`, a Python virtual environment with the reference tools the tests run
+#     against (`model_signing`, `tritonclient[http]`, `onnxruntime`, numpy).
+# Idempotent: a second run only checks. Everything lands under .cache/ and .venv/ (ignored).
+set -euo pipefail
+
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+
+ORT_VERSION=1.31.1
+ort_dir="$root/.cache/onnxruntime-$ORT_VERSION"
+ort_lib="$ort_dir/libonnxruntime.so.$ORT_VERSION"
+want_test=0
+[ "${1:-}" = "--test" ] && want_test=1
+
+say() { printf 'setup: %s\n' "$*" >&2; }
+
+# Python's venv module is a separate Debian package.
+if ! python3 -c 'import venv, ensurepip' 2>/dev/null; then
+    say "installing python3-venv (apt)"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null
+fi
+if [ ! -x .venv/bin/python ]; then
+    say "creating .venv"
+    python3 -m venv .venv
+    .venv/bin/pip install -q --upgrade pip
+fi
+
+if [ ! -f "$ort_lib" ]; then
+    say "fetching the onnxruntime $ORT_VERSION wheel for its shared library"
+    tmp=$(mktemp -d)
+    .venv/bin/pip download -q "onnxruntime==$ORT_VERSION" --no-deps --only-binary=:all: -d "$tmp"
+    mkdir -p "$ort_dir"
+    .venv/bin/python - "$tmp" "$ort_dir" "$ORT_VERSION" <<'PY'
+import glob, sys, zipfile
+tmp, out, ver = sys.argv[1:4]
+wheel = glob.glob(f"{tmp}/onnxruntime-*.whl")[0]
+with zipfile.ZipFile(wheel) as z:
+    name = f"onnxruntime/capi/libonnxruntime.so.{ver}"
+    with z.open(name) as src, open(f"{out}/libonnxruntime.so.{ver}", "wb") as dst:
+        dst.write(src.read())
+PY
+    rm -rf "$tmp"
+fi
+ln -sf "libonnxruntime.so.$ORT_VERSION" "$ort_dir/libonnxruntime.so"
+
+if [ "$want_test" = 1 ]; then
+    # Reference implementations the tests talk to; pinned where the format matters.
+    if ! .venv/bin/python -c 'import model_signing, tritonclient.http, onnxruntime, numpy, OpenSSL' 2>/dev/null; then
+        say "installing the Python reference tools for the tests"
+        .venv/bin/pip install -q "onnxruntime==$ORT_VERSION" numpy "model-signing==1.1.1" pyopenssl "tritonclient[http]"
+    fi
+fi
+
+# The environment the binaries and tests read.
+cat > .cache/env <<ENV
+export ORT_DYLIB_PATH="$ort_dir/libonnxruntime.so"
+export WARDEN_PYTHON="$root/.venv/bin/python"
+ENV
+say "ready: ORT_DYLIB_PATH=$ort_dir/libonnxruntime.so"

@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# README command 2: set up and run the whole test suite on a fresh machine.
+# Installs what the tests need (ONNX Runtime library, the Python reference tools, curl), then
+# runs format and lint checks and every test of the workspace. `.ci/run` calls this script.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+
+step() { printf '\n== %s\n' "$*"; }
+
+step "setup"
+if ! command -v curl >/dev/null 2>&1; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq curl >/dev/null
+fi
+bash scripts/setup.sh --test
+# shellcheck source=/dev/null
+source .cache/env
+
+step "format"
+cargo fmt --all -- --check
+
+step "lint"
+cargo clippy --locked --workspace --all-targets -- -D warnings
+
+step "build"
+# The agent's tests start the worker binary, which lives in another crate: build every binary.
+cargo build --locked --workspace --bins
+
+step "tests"
+if cargo nextest --version >/dev/null 2>&1; then
+    cargo nextest run --locked --workspace --no-fail-fast
+else
+    cargo test --locked --workspace --no-fail-fast
+fi
