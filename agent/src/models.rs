@@ -249,9 +249,17 @@ fn stage_and_verify(
     }
     let model_copy = version_dir.join("model");
     copy_tree(m, &m.directory, &model_copy)?;
-    let signature_copy = version_dir.join("model.sig");
-    std::fs::copy(m.signature_path(), &signature_copy)
-        .map_err(|e| stage_err(&m.signature_path(), e))?;
+    // A signature kept inside the model directory travels with the copy (and the verifier
+    // leaves it out of the manifest); one kept outside is copied beside it.
+    let signature_path = m.signature_path();
+    let signature_copy = match signature_path.strip_prefix(&m.directory) {
+        Ok(inside) => model_copy.join(inside),
+        Err(_) => {
+            let copy = version_dir.join("model.sig");
+            std::fs::copy(&signature_path, &copy).map_err(|e| stage_err(&signature_path, e))?;
+            copy
+        }
+    };
 
     let mut reasons = Vec::new();
     for (anchor, verifier) in verifiers {
@@ -262,6 +270,26 @@ fn stage_and_verify(
             &VerifyOptions::default(),
         ) {
             Ok(verified) => {
+                // The signature may leave paths out (ignore paths); the file the engine loads
+                // must be one it covers.
+                let loaded = m.file.to_string_lossy();
+                let covered = verified.files.iter().any(|f| {
+                    f.name == loaded
+                        || f.name
+                            .strip_prefix(loaded.as_ref())
+                            .is_some_and(|rest| rest.starts_with(':'))
+                });
+                if !covered {
+                    let _ = std::fs::remove_dir_all(&version_dir);
+                    return Err(ModelError::Signature {
+                        name: m.name.clone(),
+                        version: m.version.clone(),
+                        reasons: format!(
+                            "{} is not covered by the signature (it is ignored or absent)",
+                            m.file.display()
+                        ),
+                    });
+                }
                 return Ok(Staged {
                     directory: model_copy,
                     root_digest: verified.root_digest,
