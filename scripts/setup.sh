@@ -49,9 +49,9 @@ ln -sf "libonnxruntime.so.$ORT_VERSION" "$ort_dir/libonnxruntime.so"
 
 if [ "$want_test" = 1 ]; then
     # Reference implementations the tests talk to; pinned where the format matters.
-    if ! .venv/bin/python -c 'import model_signing, tritonclient.http, onnxruntime, numpy, OpenSSL' 2>/dev/null; then
+    if ! .venv/bin/python -c 'import model_signing, tritonclient.http, onnxruntime, onnx, numpy, OpenSSL' 2>/dev/null; then
         say "installing the Python reference tools for the tests"
-        .venv/bin/pip install -q "onnxruntime==$ORT_VERSION" numpy "model-signing==1.1.1" pyopenssl "tritonclient[http]"
+        .venv/bin/pip install -q "onnxruntime==$ORT_VERSION" onnx numpy "model-signing==1.1.1" pyopenssl "tritonclient[http]"
     fi
 fi
 
