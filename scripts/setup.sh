@@ -2,9 +2,14 @@
 # Sets up what Warden needs on a fresh Debian machine that has the Rust toolchain and Python 3:
 #   - the ONNX Runtime shared library, taken from the `onnxruntime` wheel on PyPI
 #     (the `ort` crate loads it at run time; nothing is downloaded at build time);
+#   - the Debian packages the build needs: `pkg-config` and `libtss2-dev` (tss-esapi links
+#     the TPM2 software stack);
 #   - with `--test`, a Python virtual environment with the reference tools the tests run
-#     against (`model_signing`, `tritonclient[http]`, `onnxruntime`, numpy).
-# Idempotent: a second run only checks. Everything lands under .cache/ and .venv/ (ignored).
+#     against (`model_signing`, `tritonclient[http]`, `onnxruntime`, numpy), and the devices
+#     the key-store and measured-boot tests start themselves: swtpm (`swtpm`, `swtpm-tools`),
+#     `tpm2-tools`, SoftHSM2 (`softhsm2`) and OpenSC (`opensc`, for pkcs11-tool).
+# Idempotent: a second run only checks (apt-get runs only when a program or library is
+# missing). Everything else lands under .cache/ and .venv/ (ignored).
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -17,6 +22,27 @@ want_test=0
 [ "${1:-}" = "--test" ] && want_test=1
 
 say() { printf 'setup: %s\n' "$*" >&2; }
+
+# Debian packages, installed only when what they provide is missing.
+apt_missing=()
+need_pkg() { # need_pkg PACKAGE TEST-COMMAND...
+    local pkg=$1; shift
+    "$@" >/dev/null 2>&1 || apt_missing+=("$pkg")
+}
+need_pkg pkg-config command -v pkg-config
+need_pkg libtss2-dev pkg-config --exists tss2-esys tss2-tctildr tss2-mu
+if [ "$want_test" = 1 ]; then
+    need_pkg swtpm command -v swtpm
+    need_pkg swtpm-tools command -v swtpm_setup
+    need_pkg tpm2-tools command -v tpm2_pcrread
+    need_pkg softhsm2 command -v softhsm2-util
+    need_pkg opensc command -v pkcs11-tool
+fi
+if [ "${#apt_missing[@]}" -gt 0 ]; then
+    say "installing ${apt_missing[*]} (apt)"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${apt_missing[@]}" >/dev/null
+fi
 
 # Python's venv module is a separate Debian package.
 if ! python3 -c 'import venv, ensurepip' 2>/dev/null; then

@@ -22,6 +22,9 @@ pub enum BundleCommand {
         #[command(subcommand)]
         method: VerifyMethod,
     },
+    /// Release statements, attestations and revocation lists (release and fleet authorities).
+    #[command(subcommand)]
+    Release(crate::release_cli::ReleaseCommand),
 }
 
 /// How to sign.
@@ -128,6 +131,7 @@ pub fn run(cmd: BundleCommand) -> anyhow::Result<()> {
     match cmd {
         BundleCommand::Sign { method } => sign(method),
         BundleCommand::Verify { method } => verify(method),
+        BundleCommand::Release(cmd) => crate::release_cli::run(cmd),
     }
 }
 

@@ -1,6 +1,7 @@
 //! `warden`: the agent's command line.
 
 mod bundle_cli;
+mod release_cli;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};

@@ -153,6 +153,13 @@ impl Signer {
         Ok(self)
     }
 
+    /// Signs any in-toto statement into a Sigstore bundle with a DSSE envelope, exactly as a
+    /// model's statement is signed (release statements, revocation lists, attestations).
+    pub(crate) fn sign_statement(&self, payload: &[u8]) -> Result<Vec<u8>, BundleError> {
+        let signature = self.key.sign(&dsse::pae(dsse::PAYLOAD_TYPE, payload))?;
+        dsse::assemble(payload, &signature, self.verification_material()?)
+    }
+
     fn verification_material(&self) -> Result<dsse::VerificationMaterial, BundleError> {
         let b64 = base64::engine::general_purpose::STANDARD;
         Ok(if self.chain.is_empty() {
@@ -215,6 +222,25 @@ impl Verifier {
         Ok(Self::Certificate(CertificateVerifier {
             roots: certificate::Roots::from_pem(pem)?,
         }))
+    }
+
+    /// Checks a Sigstore bundle carrying any in-toto statement: the envelope, the signer and
+    /// the signature over the payload bytes as received. Returns the payload and the signer;
+    /// the payload is trusted only after this returns.
+    pub(crate) fn verify_statement(
+        &self,
+        bundle_json: &[u8],
+    ) -> Result<(Vec<u8>, String), BundleError> {
+        if bundle_json.len() as u64 > MAX_SIGNATURE_BYTES {
+            return Err(BundleError::TooLarge {
+                what: "signed statement".to_owned(),
+                size: bundle_json.len() as u64,
+                limit: MAX_SIGNATURE_BYTES,
+            });
+        }
+        let bundle = dsse::parse(bundle_json)?;
+        let signer = self.verify_envelope(&bundle)?;
+        Ok((bundle.payload, signer))
     }
 
     /// Checks the signer and the signature over the payload; returns who signed it.
