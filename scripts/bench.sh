@@ -8,4 +8,5 @@ bash scripts/setup.sh
 source .cache/env
 cargo build --release --locked --workspace --bins
 cargo bench --locked -p warden-agent --bench https_latency
+cargo bench --locked -p warden-agent --bench gateway_chain
 cargo bench --locked -p warden-runtime --bench worker_hop

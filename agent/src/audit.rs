@@ -38,8 +38,12 @@ pub struct AuditEvent<'a> {
     /// `request` or `connection`.
     pub kind: &'a str,
     pub request_id: Option<&'a str>,
-    /// The client: a certificate URI SAN, `cn:<common name>`, or `anonymous`.
+    /// The client: the authenticated identity's id (a SPIFFE URI, `subject:<tenant>/<app>`,
+    /// `jwt:<issuer>#<sub>`); before authentication, the certificate's URI SAN,
+    /// `cn:<common name>` or `anonymous`.
     pub identity: Option<&'a str>,
+    /// The authenticated identity's tenant.
+    pub tenant: Option<&'a str>,
     pub peer: Option<String>,
     pub method: Option<&'a str>,
     /// The route pattern, never the raw path (which the client controls).
@@ -51,6 +55,8 @@ pub struct AuditEvent<'a> {
     pub status: Option<u16>,
     /// A short, payload-free reason for refusals.
     pub reason: Option<&'a str>,
+    /// The route policy rule that decided (`tenant_model_grant`, `default_deny`, …).
+    pub rule: Option<&'a str>,
     pub latency_us: Option<u64>,
 }
 
@@ -179,6 +185,7 @@ mod tests {
             kind: "request",
             request_id: Some("r1"),
             identity: Some("spiffe://warden.test/app/a"),
+            tenant: Some("a"),
             peer: None,
             method: Some("POST"),
             route: Some("/v2/models/{name}/infer"),
@@ -187,6 +194,7 @@ mod tests {
             outcome: "ok",
             status: Some(200),
             reason: None,
+            rule: Some("tenant_model_grant"),
             latency_us: Some(120),
         });
         let lines = log.lines();

@@ -42,6 +42,15 @@ pub struct Config {
     pub state: StateConfig,
     #[serde(default, rename = "model")]
     pub models: Vec<ModelConfig>,
+    /// Identities, authorization, limits and circuit breaking (`crate::gateway`).
+    #[serde(default)]
+    pub gateway: crate::gateway::config::GatewayConfig,
+    /// The Prometheus metrics listener.
+    #[serde(default)]
+    pub metrics: crate::gateway::config::MetricsConfig,
+    /// The sandbox every model worker runs in (secure defaults; `warden_runtime::sandbox`).
+    #[serde(default)]
+    pub sandbox: warden_runtime::sandbox::SandboxPolicy,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -171,6 +180,18 @@ pub struct ModelConfig {
     pub file: PathBuf,
     /// The OMS signature. Absent: `model.sig` inside `directory`.
     pub signature: Option<PathBuf>,
+    /// Declared value ranges per input tensor (`[model.inputs.<name>] min/max`): every element
+    /// must lie within them, or the request is refused before it reaches the worker.
+    #[serde(default)]
+    pub inputs: std::collections::BTreeMap<String, InputRange>,
+}
+
+/// Inclusive bounds on the elements of one input tensor.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InputRange {
+    pub min: Option<f64>,
+    pub max: Option<f64>,
 }
 
 impl ModelConfig {
@@ -271,6 +292,7 @@ impl Config {
         }
         self.trust.model_signer_keys.iter_mut().for_each(fix);
         self.trust.model_signer_roots.iter_mut().for_each(fix);
+        self.gateway.anchor_paths(&fix);
         for m in &mut self.models {
             fix(&mut m.directory);
             if let Some(p) = m.signature.as_mut() {
@@ -293,6 +315,9 @@ impl Config {
                     self.schema_version
                 ),
             ));
+        }
+        if let Err(e) = self.sandbox.validate() {
+            return Err(invalid(&format!("sandbox.{}", e.field), e.message));
         }
         let s = &self.server;
         if !(1024..=1024 * 1024 * 1024).contains(&s.max_body_bytes) {
@@ -364,6 +389,10 @@ impl Config {
                     .into(),
             ));
         }
+        self.gateway
+            .validate()
+            .and_then(|()| self.metrics.validate())
+            .map_err(|(field, message)| invalid(&field, message))?;
         let mut seen = std::collections::HashSet::new();
         for (i, m) in self.models.iter().enumerate() {
             let field = |f: &str| format!("model[{i}].{f}");
@@ -390,6 +419,20 @@ impl Config {
                     &field("version"),
                     format!("model {} version {} is configured twice", m.name, m.version),
                 ));
+            }
+            for (input, r) in &m.inputs {
+                let f = field(&format!("inputs.{input}"));
+                if r.min.is_none() && r.max.is_none() {
+                    return Err(invalid(&f, "name min, max or both".into()));
+                }
+                if r.min.is_some_and(|v| !v.is_finite()) || r.max.is_some_and(|v| !v.is_finite()) {
+                    return Err(invalid(&f, "min and max must be finite numbers".into()));
+                }
+                if let (Some(lo), Some(hi)) = (r.min, r.max)
+                    && lo > hi
+                {
+                    return Err(invalid(&f, format!("min {lo} is above max {hi}")));
+                }
             }
             if m.file.is_absolute()
                 || m.file
@@ -499,6 +542,12 @@ file = "model.onnx"
         );
         let err = parse(&twice).unwrap_err().to_string();
         assert!(err.contains("configured twice"), "{err}");
+        let err = parse(&format!(
+            "{GOOD}[model.inputs.input]\nmin = 2.0\nmax = 1.0\n"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("model[0].inputs.input"), "{err}");
         let err = parse(&GOOD.replace("[server]", "[server]\nmax_body_bytes = 10"))
             .unwrap_err()
             .to_string();

@@ -62,6 +62,10 @@ fn write(path: &Path, contents: &[u8], private: bool) -> Result<(), DemoError> {
     f.write_all(contents).map_err(err)
 }
 
+/// The demo's grants: tenant `demo` may call every route of every version of model `demo`.
+const DEMO_GRANTS_JSON: &str = r#"{"tenants": {"demo": {"models": {"demo": {"versions": ["*"], "routes": ["infer", "metadata", "ready"]}}}}}
+"#;
+
 /// Writes the demo's PKI, signer, signed model and config under `dir`; fresh on every run.
 pub fn prepare(dir: &Path, port: u16) -> Result<(DemoFiles, Config), DemoError> {
     let dir = if dir.is_absolute() {
@@ -123,6 +127,20 @@ pub fn prepare(dir: &Path, port: u16) -> Result<(DemoFiles, Config), DemoError> 
         DEMO_REQUEST_JSON.as_bytes(),
         false,
     )?;
+    // The route policy as shipped, and grants for the demo client's tenant only.
+    write(
+        &dir.join("policies/routes.rego"),
+        crate::gateway::policy::SHIPPED_ROUTES_REGO.as_bytes(),
+        false,
+    )?;
+    write(
+        &dir.join("policies/grants.json"),
+        DEMO_GRANTS_JSON.as_bytes(),
+        false,
+    )?;
+    // Metrics on loopback beside the API: the usual port with the usual API port, a free one
+    // when the API port is picked freely (tests).
+    let metrics_port = if port == 0 { 0 } else { 9464 };
 
     let config_text = format!(
         r#"# Written by `warden demo`. DEVELOPMENT ONLY: keys are files, the CA is self-made.
@@ -144,6 +162,19 @@ directory = "state"
 
 [trust]
 model_signer_keys = ["trust/model-signer.pub"]
+
+# Client certificates name their caller with a SPIFFE ID of this trust domain:
+# spiffe://warden.demo/tenant/<tenant>/app/<app>.
+[gateway.identity]
+trust_domains = ["warden.demo"]
+
+# Who may call what: the shipped route policy, and grants for tenant `demo` on model `demo`.
+[gateway.authz]
+policy = "policies/routes.rego"
+data = "policies/grants.json"
+
+[metrics]
+listen = "127.0.0.1:{metrics_port}"
 
 [[model]]
 name = "demo"

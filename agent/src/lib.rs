@@ -3,13 +3,18 @@
 //!
 //! The binary `warden` (src/main.rs) is a thin CLI over these modules.
 
+pub mod admission;
 pub mod api;
 pub mod audit;
 pub mod config;
 pub mod demo;
+pub mod gateway;
+pub mod keyd;
 pub mod models;
 pub mod pki;
 pub mod serve;
 pub mod server;
 pub mod tls;
+pub mod tls_keystore;
+pub mod trust_cli;
 pub mod validate;

@@ -48,6 +48,21 @@ enum Command {
     /// Sign and verify model bundles (OpenSSF Model Signing format).
     #[command(subcommand)]
     Bundle(bundle_cli::BundleCommand),
+    /// Enrol the key store: device key, trust anchors per role, the device's CSR (run as the
+    /// key service's user while keyd is stopped).
+    Provision(warden_agent::trust_cli::ProvisionArgs),
+    /// Measured boot: quote the TPM's PCRs over a nonce, or verify a quote.
+    #[command(subcommand)]
+    Attest(warden_agent::trust_cli::AttestCommand),
+    /// Run the key service: the only process that holds the TPM/HSM, on a Unix socket that
+    /// authorizes callers by peer UID.
+    Keyd {
+        #[arg(long, short, default_value = "/etc/warden/keyd.toml")]
+        config: PathBuf,
+    },
+    /// Show the key store (development-only flags loudly), anchors per role, counters and the
+    /// policy set's digest.
+    Status(warden_agent::trust_cli::StatusArgs),
 }
 
 fn init_logging(format: LogFormat) {
@@ -95,6 +110,10 @@ fn main() -> anyhow::Result<()> {
             })
         }
         Command::Bundle(cmd) => bundle_cli::run(cmd),
+        Command::Provision(args) => warden_agent::trust_cli::provision(&args),
+        Command::Attest(cmd) => warden_agent::trust_cli::attest(cmd),
+        Command::Keyd { config } => warden_agent::trust_cli::keyd(&config),
+        Command::Status(args) => warden_agent::trust_cli::status(&args),
     }
 }
 

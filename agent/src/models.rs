@@ -4,6 +4,7 @@
 //! between verification and load), and only then make it visible to the API. A version that
 //! fails any step is not served.
 
+use crate::audit::{AuditError, AuditEvent, AuditLog};
 use crate::config::{Config, ModelConfig};
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
@@ -11,9 +12,10 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::broadcast;
 use warden_attest::bundle::{self, Verifier, VerifyOptions};
 use warden_runtime::tensor::ModelSignature;
-use warden_runtime::worker::{Worker, WorkerOptions};
+use warden_runtime::worker::{RestartPolicy, Worker, WorkerOptions};
 
 /// Largest single file the loader copies into the state directory.
 const MAX_MODEL_FILE_BYTES: u64 = 64 * 1024 * 1024 * 1024;
@@ -55,6 +57,8 @@ pub enum ModelError {
     NoOnnxRuntime,
     #[error("cannot find the worker binary {path}: set runtime.worker_binary")]
     NoWorkerBinary { path: PathBuf },
+    #[error("worker events: {0}")]
+    Audit(#[from] AuditError),
 }
 
 /// One verified, running model version.
@@ -97,6 +101,9 @@ impl ModelRegistry {
                 path: worker_binary,
             });
         }
+        // Worker deaths, hangs, restarts and quarantines go to the audit trail. A second
+        // append-only handle on the same file: each line is one `write`, so lines never mix.
+        let worker_audit = Arc::new(AuditLog::open(config.audit.path.as_deref())?);
         let mut by_name: BTreeMap<String, Vec<Arc<LoadedModel>>> = BTreeMap::new();
         for m in &config.models {
             let staged = stage_and_verify(m, &verifiers, state_dir)?;
@@ -116,6 +123,12 @@ impl ModelRegistry {
                 concurrency: config.runtime.worker_concurrency,
                 startup_timeout: Duration::from_millis(config.runtime.worker_startup_timeout_ms),
                 max_frame_bytes: config.server.max_body_bytes.saturating_mul(2).max(1 << 20),
+                sandbox: config.sandbox.clone(),
+                // The worker's watchdog: no answer within the request deadline means a hung
+                // worker, which is killed and restarted.
+                request_timeout: Some(Duration::from_millis(config.server.request_timeout_ms)),
+                restart: RestartPolicy::default(),
+                batching: None,
             })
             .await
             .map_err(|e| ModelError::Worker {
@@ -127,6 +140,7 @@ impl ModelRegistry {
                 model = %m.name, version = %m.version, root_digest = %staged.root_digest,
                 signer = %staged.signer, "model verified and loaded"
             );
+            audit_worker_events(&worker, &worker_audit, &m.name, &m.version);
             let loaded = LoadedModel {
                 name: m.name.clone(),
                 version: m.version.clone(),
@@ -178,6 +192,43 @@ impl ModelRegistry {
             m.worker.shutdown().await;
         }
     }
+}
+
+/// Writes every event of `worker` into the audit trail (kind `worker`), until the worker is
+/// gone. A quarantined model stays quarantined until the agent restarts; its requests get 503.
+fn audit_worker_events(worker: &Worker, audit: &Arc<AuditLog>, name: &str, version: &str) {
+    let mut events = worker.events();
+    let audit = Arc::clone(audit);
+    let (name, version) = (name.to_string(), version.to_string());
+    tokio::spawn(async move {
+        loop {
+            let event = match events.recv().await {
+                Ok(event) => event,
+                Err(broadcast::error::RecvError::Lagged(missed)) => {
+                    tracing::error!(model = %name, version = %version, missed, "worker events lost");
+                    continue;
+                }
+                Err(broadcast::error::RecvError::Closed) => return,
+            };
+            let reason = event.to_string();
+            audit.record(&AuditEvent {
+                kind: "worker",
+                request_id: None,
+                identity: None,
+                tenant: None,
+                peer: None,
+                method: None,
+                route: None,
+                model: Some(&name),
+                version: Some(&version),
+                outcome: event.kind(),
+                status: None,
+                reason: Some(&reason),
+                rule: None,
+                latency_us: None,
+            });
+        }
+    });
 }
 
 /// Numeric versions compare as numbers, others as text; numbers sort before text.

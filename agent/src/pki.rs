@@ -66,7 +66,21 @@ impl DevCa {
         uri: Option<&str>,
         common_name: &str,
     ) -> Result<IssuedCert, PkiError> {
+        self.issue_client_in(uri, None, common_name)
+    }
+
+    /// As [`DevCa::issue_client`], with an organization (O) in the subject, for gateways that
+    /// map subject attributes to identities.
+    pub fn issue_client_in(
+        &self,
+        uri: Option<&str>,
+        organization: Option<&str>,
+        common_name: &str,
+    ) -> Result<IssuedCert, PkiError> {
         let mut params = CertificateParams::default();
+        if let Some(o) = organization {
+            params.distinguished_name.push(DnType::OrganizationName, o);
+        }
         if let Some(uri) = uri {
             params
                 .subject_alt_names

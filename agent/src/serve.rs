@@ -1,9 +1,12 @@
-//! `warden serve`: load and check the config, verify and start every model, then serve the
-//! inference API until SIGTERM or SIGINT, draining in-flight requests before exit.
+//! `warden serve`: load and check the config, load the gateway (JWKS, route policy), verify and
+//! start every model, then serve the inference API (and the metrics listener) until SIGTERM or
+//! SIGINT, draining in-flight requests before exit. SIGHUP reloads the route policy, its data
+//! and the JWKS, each atomically.
 
 use crate::api::{Api, Limits};
 use crate::audit::{AuditError, AuditLog};
 use crate::config::Config;
+use crate::gateway::{Gateway, GatewayError};
 use crate::models::{ModelError, ModelRegistry};
 use crate::server::Server;
 use crate::tls::TlsError;
@@ -19,6 +22,8 @@ pub enum ServeError {
     Audit(#[from] AuditError),
     #[error(transparent)]
     Model(#[from] ModelError),
+    #[error("gateway: {0}")]
+    Gateway(#[from] GatewayError),
     #[error("cannot create the state directory {path}: {source}")]
     State {
         path: PathBuf,
@@ -29,6 +34,15 @@ pub enum ServeError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error(
+        "model {model} version {version}: a value range names {input:?}, which is not an input of the model (inputs: {declared:?})"
+    )]
+    RangeInput {
+        model: String,
+        version: String,
+        input: String,
+        declared: Vec<String>,
+    },
     #[error("cannot install signal handlers: {0}")]
     Signals(std::io::Error),
 }
@@ -37,6 +51,10 @@ pub enum ServeError {
 pub struct Prepared {
     pub local_addr: SocketAddr,
     pub models: Arc<ModelRegistry>,
+    pub gateway: Arc<Gateway>,
+    /// Where `/metrics` is served, when enabled.
+    pub metrics_addr: Option<SocketAddr>,
+    metrics_listener: Option<tokio::net::TcpListener>,
     server: Server,
 }
 
@@ -44,6 +62,7 @@ pub struct Prepared {
 /// directory, model verification and worker start, and the bind.
 pub async fn prepare(config: &Config) -> Result<Prepared, ServeError> {
     let tls = crate::tls::server_config(&config.tls)?;
+    let gateway = Arc::new(Gateway::new(&config.gateway)?);
     let audit = Arc::new(AuditLog::open(config.audit.path.as_deref())?);
     create_private_dir(&config.state.directory)?;
     let models = Arc::new(ModelRegistry::load(config, &config.state.directory).await?);
@@ -57,17 +76,54 @@ pub async fn prepare(config: &Config) -> Result<Prepared, ServeError> {
         addr: config.server.listen,
         source,
     })?;
+    let mut input_ranges = crate::api::InputRanges::new();
+    for m in config.models.iter().filter(|m| !m.inputs.is_empty()) {
+        if let Some(loaded) = models.resolve(&m.name, Some(&m.version)) {
+            let declared: Vec<String> = loaded
+                .signature
+                .inputs
+                .iter()
+                .map(|i| i.name.clone())
+                .collect();
+            if let Some(input) = m.inputs.keys().find(|k| !declared.contains(k)) {
+                return Err(ServeError::RangeInput {
+                    model: m.name.clone(),
+                    version: m.version.clone(),
+                    input: input.clone(),
+                    declared,
+                });
+            }
+            input_ranges.insert((m.name.clone(), m.version.clone()), m.inputs.clone());
+        }
+    }
+    let (metrics_listener, metrics_addr) = if config.metrics.enabled {
+        let addr = config.metrics.listen;
+        let l = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|source| ServeError::Bind { addr, source })?;
+        let bound = l
+            .local_addr()
+            .map_err(|source| ServeError::Bind { addr, source })?;
+        (Some(l), Some(bound))
+    } else {
+        (None, None)
+    };
     let api = Arc::new(Api::new(
         models.clone(),
         audit.clone(),
         Limits {
             max_body_bytes: config.server.max_body_bytes,
             request_timeout: config.server.request_timeout(),
+            input_ranges,
         },
+        gateway.clone(),
     ));
     Ok(Prepared {
         local_addr,
         models,
+        gateway,
+        metrics_addr,
+        metrics_listener,
         server: Server {
             listener,
             tls,
@@ -79,20 +135,27 @@ pub async fn prepare(config: &Config) -> Result<Prepared, ServeError> {
 }
 
 impl Prepared {
-    /// Serves until SIGTERM or SIGINT, then drains and stops the workers.
+    /// Serves until SIGTERM or SIGINT, then drains and stops the workers. SIGHUP reloads the
+    /// gateway's policy and keys.
     pub async fn run_until_signalled(self) -> Result<(), ServeError> {
         use tokio::signal::unix::{SignalKind, signal};
         let mut term = signal(SignalKind::terminate()).map_err(ServeError::Signals)?;
         let mut int = signal(SignalKind::interrupt()).map_err(ServeError::Signals)?;
+        let mut hup = signal(SignalKind::hangup()).map_err(ServeError::Signals)?;
+        let gateway = self.gateway.clone();
         let shutdown = async move {
-            tokio::select! {
-                _ = term.recv() => tracing::info!("SIGTERM received"),
-                _ = int.recv() => tracing::info!("SIGINT received"),
+            loop {
+                tokio::select! {
+                    _ = term.recv() => { tracing::info!("SIGTERM received"); break }
+                    _ = int.recv() => { tracing::info!("SIGINT received"); break }
+                    _ = hup.recv() => match gateway.reload() {
+                        Ok(()) => tracing::info!("SIGHUP: route policy and JWKS reloaded"),
+                        Err(e) => tracing::error!(error = %e, "SIGHUP: reload failed; the previous policy and keys stay in force"),
+                    },
+                }
             }
         };
-        let models = self.models.clone();
-        self.server.run(shutdown).await;
-        models.shutdown().await;
+        self.run(shutdown).await;
         tracing::info!("stopped");
         Ok(())
     }
@@ -100,7 +163,21 @@ impl Prepared {
     /// Serves until `shutdown` completes (tests drive this directly).
     pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) {
         let models = self.models.clone();
+        let (stop_metrics, stopped) = tokio::sync::oneshot::channel::<()>();
+        let metrics_task = self.metrics_listener.map(|l| {
+            tokio::spawn(crate::gateway::metrics::serve(
+                l,
+                self.gateway.metrics.clone(),
+                async move {
+                    let _ = stopped.await;
+                },
+            ))
+        });
         self.server.run(shutdown).await;
+        let _ = stop_metrics.send(());
+        if let Some(t) = metrics_task {
+            let _ = t.await;
+        }
         models.shutdown().await;
     }
 }

@@ -6,6 +6,7 @@
 use crate::api::{Api, Peer};
 use crate::audit::{AuditEvent, AuditLog};
 use crate::config::ServerConfig;
+use crate::gateway::identity::CertNames;
 use crate::tls::ClientIdentity;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -92,6 +93,7 @@ impl Server {
                     ClientIdentity::from_peer_certificates(tls.get_ref().1.peer_certificates());
                 let peer = Arc::new(Peer {
                     identity: identity.as_audit_string(),
+                    cert: CertNames::from_peer_certificates(tls.get_ref().1.peer_certificates()),
                     addr,
                 });
                 let service = service_fn(move |req| {
@@ -128,6 +130,7 @@ fn refused(audit: &AuditLog, addr: std::net::SocketAddr, reason: &str) {
         kind: "connection",
         request_id: None,
         identity: None,
+        tenant: None,
         peer: Some(addr.to_string()),
         method: None,
         route: None,
@@ -136,6 +139,7 @@ fn refused(audit: &AuditLog, addr: std::net::SocketAddr, reason: &str) {
         outcome: "tls_refused",
         status: None,
         reason: Some(reason),
+        rule: None,
         latency_us: None,
     });
 }

@@ -1,11 +1,12 @@
 //! Checks a decoded request against the model's declared signature — names, datatypes and
-//! shapes — so that nothing malformed reaches a worker. Messages name the tensor and what the
+//! shapes — and the configured value ranges, so that nothing malformed reaches a worker. Messages name the tensor and what the
 //! model declares; they are returned to the client.
 
 use crate::api::codec::RequestedOutput;
-use warden_runtime::tensor::{ModelSignature, Tensor};
+use crate::config::InputRange;
+use warden_runtime::tensor::{DataType, ModelSignature, Tensor};
 
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Debug, thiserror::Error, PartialEq)]
 pub enum ValidationError {
     #[error("unknown input {name:?}; the model's inputs are {expected:?}")]
     UnknownInput { name: String, expected: Vec<String> },
@@ -29,6 +30,61 @@ pub enum ValidationError {
     UnknownOutput { name: String, expected: Vec<String> },
     #[error("inputs disagree on the batch size: {first} and {other}")]
     Batch { first: usize, other: usize },
+    #[error("input {name:?} has a value outside its declared range [{min}, {max}]")]
+    Range { name: String, min: f64, max: f64 },
+}
+
+/// Declared value ranges (`[model.inputs.<name>] min/max`): every element of each named input
+/// lies within its bounds. NaN is outside every range. BOOL inputs count as 0 and 1.
+pub fn ranges(
+    ranges: &std::collections::BTreeMap<String, InputRange>,
+    inputs: &[Tensor],
+) -> Result<(), ValidationError> {
+    for t in inputs {
+        let Some(r) = ranges.get(&t.name) else {
+            continue;
+        };
+        let (min, max) = (
+            r.min.unwrap_or(f64::NEG_INFINITY),
+            r.max.unwrap_or(f64::INFINITY),
+        );
+        let size = t.dtype.size();
+        let outside = t.data.chunks_exact(size).any(|b| {
+            let v = element(t.dtype, b);
+            !(v >= min && v <= max)
+        });
+        if outside {
+            return Err(ValidationError::Range {
+                name: t.name.clone(),
+                min,
+                max,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// One little-endian element as f64 (64-bit integers beyond 2^53 round, which only matters
+/// for bounds that large).
+fn element(dtype: DataType, b: &[u8]) -> f64 {
+    let a = |n: usize| -> [u8; 8] {
+        let mut out = [0u8; 8];
+        out[..n].copy_from_slice(&b[..n]);
+        out
+    };
+    match dtype {
+        DataType::Bool | DataType::Uint8 => f64::from(b[0]),
+        DataType::Int8 => f64::from(b[0] as i8),
+        DataType::Uint16 => f64::from(u16::from_le_bytes([b[0], b[1]])),
+        DataType::Int16 => f64::from(i16::from_le_bytes([b[0], b[1]])),
+        DataType::Fp16 => f64::from(half::f16::from_le_bytes([b[0], b[1]])),
+        DataType::Uint32 => f64::from(u32::from_le_bytes([b[0], b[1], b[2], b[3]])),
+        DataType::Int32 => f64::from(i32::from_le_bytes([b[0], b[1], b[2], b[3]])),
+        DataType::Fp32 => f64::from(f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
+        DataType::Uint64 => u64::from_le_bytes(a(8)) as f64,
+        DataType::Int64 => i64::from_le_bytes(a(8)) as f64,
+        DataType::Fp64 => f64::from_le_bytes(a(8)),
+    }
 }
 
 /// Every declared input is present exactly once with the declared datatype and a shape that
@@ -173,5 +229,47 @@ mod tests {
             requested_outputs(&sig(), &out),
             Err(ValidationError::UnknownOutput { .. })
         ));
+    }
+
+    #[test]
+    fn declared_ranges() {
+        let mut r = std::collections::BTreeMap::new();
+        r.insert(
+            "input".to_string(),
+            InputRange {
+                min: Some(-1.0),
+                max: Some(1.0),
+            },
+        );
+        let fp32 = |vals: &[f32]| {
+            let data: Vec<u8> = vals.iter().flat_map(|v| v.to_le_bytes()).collect();
+            Tensor::new("input", DataType::Fp32, vec![1, vals.len()], data.into()).unwrap()
+        };
+        assert!(ranges(&r, &[fp32(&[0.0, -1.0, 1.0])]).is_ok());
+        for bad in [
+            [0.0, 1.5],
+            [-2.0, 0.0],
+            [f32::NAN, 0.0],
+            [f32::INFINITY, 0.0],
+        ] {
+            assert!(matches!(
+                ranges(&r, &[fp32(&bad)]),
+                Err(ValidationError::Range { .. })
+            ));
+        }
+        let i64s: Vec<u8> = [5i64, -3].iter().flat_map(|v| v.to_le_bytes()).collect();
+        let t = Tensor::new("input", DataType::Int64, vec![2], i64s.into()).unwrap();
+        assert!(matches!(
+            ranges(&r, &[t]),
+            Err(ValidationError::Range { .. })
+        ));
+        // Inputs without a declared range are not checked.
+        assert!(
+            ranges(
+                &r,
+                &[Tensor::new("other", DataType::Fp32, vec![1], vec![0u8; 4].into()).unwrap()]
+            )
+            .is_ok()
+        );
     }
 }

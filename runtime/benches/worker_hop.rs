@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use warden_runtime::engine::{EngineOptions, OrtEngine};
+use warden_runtime::sandbox::SandboxPolicy;
 use warden_runtime::tensor::{DataType, Tensor};
 use warden_runtime::worker::{Worker, WorkerOptions};
 
@@ -80,32 +81,43 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
-    let hop = rt.block_on(async {
-        let mut o = WorkerOptions::new(
-            PathBuf::from(env!("CARGO_BIN_EXE_warden-runtime")),
-            ort,
-            model,
-            sha,
-        );
-        o.concurrency = 1;
-        o.intra_op_threads = 1;
-        let worker = Worker::start(o).await.unwrap();
-        for _ in 0..WARMUP {
-            worker.infer(vec![input.clone()], vec![]).await.unwrap();
-        }
-        let mut samples = Vec::with_capacity(ITERATIONS);
-        for _ in 0..ITERATIONS {
-            let t = Instant::now();
-            let out = worker.infer(vec![input.clone()], vec![]).await.unwrap();
-            samples.push(t.elapsed());
-            assert_eq!(out.len(), 2);
-        }
-        worker.shutdown().await;
-        samples
+    // The same hop through a sandboxed worker (the default) and an unsandboxed one: the
+    // difference is the sandbox's cost per request (seccomp on each syscall, mostly).
+    let hop = |sandbox: SandboxPolicy| {
+        rt.block_on(async {
+            let mut o = WorkerOptions::new(
+                PathBuf::from(env!("CARGO_BIN_EXE_warden-runtime")),
+                ort.clone(),
+                model.clone(),
+                sha.clone(),
+            );
+            o.concurrency = 1;
+            o.intra_op_threads = 1;
+            o.sandbox = sandbox;
+            let worker = Worker::start(o).await.unwrap();
+            for _ in 0..WARMUP {
+                worker.infer(vec![input.clone()], vec![]).await.unwrap();
+            }
+            let mut samples = Vec::with_capacity(ITERATIONS);
+            for _ in 0..ITERATIONS {
+                let t = Instant::now();
+                let out = worker.infer(vec![input.clone()], vec![]).await.unwrap();
+                samples.push(t.elapsed());
+                assert_eq!(out.len(), 2);
+            }
+            worker.shutdown().await;
+            samples
+        })
+    };
+    let unsandboxed = hop(SandboxPolicy {
+        insecure_disable_sandbox: true,
+        ..SandboxPolicy::default()
     });
+    let hop = hop(SandboxPolicy::default());
 
     println!("demo model, batch 1, one session, one intra-op thread");
     let (l50, l99) = report("OrtEngine::run", local);
+    report("Worker::infer, no sandbox", unsandboxed);
     let (w50, w99) = report("Worker::infer", hop);
     println!(
         "ratio worker/in-process: p50 {:.1}x, p99 {:.1}x; hop overhead p50 {:.1} µs",

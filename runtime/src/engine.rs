@@ -276,18 +276,37 @@ impl Drop for Lease<'_> {
 /// `build` fails even after the first was dropped), so it is created once and kept.
 static ENVIRONMENT: Mutex<Option<Environment>> = Mutex::new(None);
 
+/// Loads the ONNX Runtime library (`dlopen` and API lookup) without creating anything in it.
+/// The sandboxed worker calls this with the agent's privileges, before it drops them: creating
+/// the environment starts threads, which must come after the sandbox (a process with more
+/// than one thread cannot enter a user namespace). Loading twice is harmless.
+pub fn load_library(onnxruntime_library: &Path) -> Result<(), EngineError> {
+    let mut loaded = lock(&LIBRARY);
+    if loaded.is_some() {
+        return Ok(());
+    }
+    // `init_from` reports a missing or unusable library as an error; every other `ort` call
+    // would go through the lazy loader, which panics. Nothing else is called before this.
+    drop(
+        ort::init_from(onnxruntime_library).map_err(|e| EngineError::Library {
+            path: onnxruntime_library.display().to_string(),
+            message: e.to_string(),
+        })?,
+    );
+    *loaded = Some(onnxruntime_library.to_path_buf());
+    Ok(())
+}
+
+/// Whether the library is already loaded (then no file needs to be opened).
+static LIBRARY: Mutex<Option<std::path::PathBuf>> = Mutex::new(None);
+
 fn environment(onnxruntime_library: &Path) -> Result<Environment, EngineError> {
     let mut slot = lock(&ENVIRONMENT);
     if let Some(env) = slot.as_ref() {
         return Ok(env.clone());
     }
-    // `init_from` reports a missing or unusable library as an error; every other `ort` call
-    // would go through the lazy loader, which panics. Nothing else is called before this.
-    let env = ort::init_from(onnxruntime_library)
-        .map_err(|e| EngineError::Library {
-            path: onnxruntime_library.display().to_string(),
-            message: e.to_string(),
-        })?
+    load_library(onnxruntime_library)?;
+    let env = ort::init()
         .with_name("warden")
         .with_telemetry(false)
         .build()

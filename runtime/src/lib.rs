@@ -1,13 +1,23 @@
 //! `warden-runtime`: the inference engines and the worker process that runs one model version.
 //!
+//! - [`accel`]: accelerator discovery (CUDA driver through `cudarc`, loaded at run time).
+//! - `sys`: the crate's only `unsafe` code (a `fork`, two CUDA driver calls), each block with
+//!   its reason.
 //! - [`tensor`]: tensors and model signatures as they cross between the agent and a worker.
 //! - [`engine`]: ONNX Runtime through `ort` ([`engine::OrtEngine`]).
 //! - [`protocol`]: the framed binary protocol on the agent ↔ worker socket (see `PROTOCOL.md`).
 //! - [`server`]: the worker side of that socket (used by the `warden-runtime` binary).
+//! - [`sandbox`]: the sandbox every worker enters at start-up (namespaces, read-only root,
+//!   seccomp, rlimits, cgroups, no capabilities).
+//! - [`boot`]: how a worker process comes up (privileged loads, then the sandbox, then serve).
 //! - [`worker`]: the agent side: spawns a worker and sends it requests ([`worker::Worker`]).
 
+pub mod accel;
+pub mod boot;
 pub mod engine;
 pub mod protocol;
+pub mod sandbox;
 pub mod server;
+mod sys;
 pub mod tensor;
 pub mod worker;

@@ -17,7 +17,7 @@ use warden_runtime::protocol::{
     DEFAULT_MAX_FRAME_BYTES, ErrorClass, Message, PROTOCOL_VERSION, read_frame,
 };
 use warden_runtime::tensor::{DataType, ModelSignature, Tensor};
-use warden_runtime::worker::{Worker, WorkerError, WorkerOptions};
+use warden_runtime::worker::{RestartPolicy, Worker, WorkerError, WorkerOptions};
 
 fn options() -> WorkerOptions {
     let mut o = WorkerOptions::new(
@@ -161,6 +161,8 @@ fn kill9(pid: u32) {
 async fn a_killed_worker_fails_requests_promptly() {
     let mut o = options();
     o.concurrency = 1;
+    // No restart here: this test is about the failure itself (supervision.rs covers restarts).
+    o.restart = RestartPolicy::never();
     let worker = Worker::start(o).await.unwrap();
     let pid = worker.pid().unwrap();
 

@@ -1,19 +1,27 @@
 //! The Open Inference Protocol v2 (KServe v2 / Triton REST) over HTTP: health, server and
-//! model metadata, readiness and inference. Every infer request is decoded strictly and
-//! validated against the model's declared signature before anything reaches its worker.
+//! model metadata, readiness and inference, behind the gateway (`crate::gateway`). Every infer
+//! request is decoded strictly and validated against the model's declared signature before
+//! anything reaches its worker.
 //!
-//! The order for one request, each step refusing early:
-//! 1. route and method (404 / 405), before the body is read;
-//! 2. body size (413, from Content-Length before reading, then while reading) and content type
-//!    (415);
-//! 3. decoding (400) and validation against the model signature (400);
-//! 4. the worker (503 when it is down), under the request deadline (504);
-//! 5. the response, security headers, and one audit line — never the payload.
+//! The order for one request, each step refusing early (the layer order of the gateway):
+//! 1. concurrency limit and load shedding: a permit or a quick 503, never a queue;
+//! 2. the request deadline (504) around everything below;
+//! 3. route and method (404 / 405) from the fixed route table, before the body is read;
+//! 4. authn: bearer JWT or client certificate → identity (401);
+//! 5. authz: `routes.rego` on {identity, tenant, method, route, model, version} (403);
+//! 6. rate limits per identity and per tenant (429 with `Retry-After` and `RateLimit-*`);
+//! 7. validation: body size (413), content type (415), strict decoding and the model signature
+//!    and declared value ranges (400);
+//! 8. the handler: the circuit breaker (503 while open), then the worker (503 when it is down);
+//! 9. the response, security headers, one audit event and the metrics — never the payload.
 
 pub mod codec;
 pub mod error;
 
 use crate::audit::{AuditEvent, AuditLog};
+use crate::gateway::Gateway;
+use crate::gateway::identity::{CertNames, Identity};
+use crate::gateway::limits::RateVerdict;
 use crate::models::{LoadedModel, ModelRegistry};
 use crate::validate;
 use bytes::Bytes;
@@ -34,7 +42,10 @@ const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 /// Per-connection facts the handler needs.
 #[derive(Debug, Clone)]
 pub struct Peer {
+    /// The certificate's name for the audit trail (before authentication).
     pub identity: String,
+    /// The verified client certificate's names; `None` without one.
+    pub cert: Option<CertNames>,
     pub addr: SocketAddr,
 }
 
@@ -43,13 +54,22 @@ pub struct Peer {
 pub struct Limits {
     pub max_body_bytes: usize,
     pub request_timeout: Duration,
+    /// Declared value ranges per (model, version), per input.
+    pub input_ranges: InputRanges,
 }
+
+/// `(model, version)` → input name → bounds.
+pub type InputRanges = std::collections::HashMap<
+    (String, String),
+    std::collections::BTreeMap<String, crate::config::InputRange>,
+>;
 
 /// The application behind the listener.
 pub struct Api {
     models: Arc<ModelRegistry>,
     audit: Arc<AuditLog>,
     limits: Limits,
+    gateway: Arc<Gateway>,
 }
 
 /// What a route names.
@@ -119,14 +139,27 @@ struct Trace {
     route: Option<&'static str>,
     model: Option<String>,
     version: Option<String>,
+    /// The model name is a configured one (safe as a metrics label).
+    known_model: bool,
+    identity: Option<Identity>,
+    rule: Option<String>,
+    rate: Option<RateVerdict>,
+    /// An abuse signal that applied to this request, for the audit.
+    abuse: Option<String>,
 }
 
 impl Api {
-    pub fn new(models: Arc<ModelRegistry>, audit: Arc<AuditLog>, limits: Limits) -> Api {
+    pub fn new(
+        models: Arc<ModelRegistry>,
+        audit: Arc<AuditLog>,
+        limits: Limits,
+        gateway: Arc<Gateway>,
+    ) -> Api {
         Api {
             models,
             audit,
             limits,
+            gateway,
         }
     }
 
@@ -144,36 +177,61 @@ impl Api {
         let request_id = uuid::Uuid::new_v4().simple().to_string();
         let method = req.method().clone();
         let mut trace = Trace::default();
-        let result =
-            match tokio::time::timeout(self.limits.request_timeout, self.dispatch(req, &mut trace))
-                .await
+        // 1. Concurrency limit and load shedding.
+        let result = match self.gateway.admit() {
+            None => Err(ApiError::overloaded()),
+            // 2. The deadline, around every later stage.
+            Some(_permit) => match tokio::time::timeout(
+                self.limits.request_timeout,
+                self.chain(req, peer, &mut trace),
+            )
+            .await
             {
                 Ok(r) => r,
                 Err(_) => Err(ApiError::new(
                     ErrorClass::Timeout,
                     "the request took longer than its deadline",
                 )),
-            };
-        let (mut response, outcome, reason) = match result {
-            Ok(resp) => (resp, "ok", None),
+            },
+        };
+        // 9. Response, headers, audit and metrics.
+        let (mut response, outcome, reason, extra) = match result {
+            Ok(resp) => (resp, "ok", None, Vec::new()),
             Err(e) => {
                 if let Some(detail) = &e.detail {
-                    tracing::warn!(request_id = %request_id, class = e.class.outcome(), detail = %detail, "request failed");
+                    tracing::info!(request_id = %request_id, class = e.class.outcome(), detail = %detail, "request refused");
                 }
                 let body = e.body(&request_id);
                 let resp = json_response(e.class.status(), body);
-                (resp, e.class.outcome(), Some(e.public))
+                let reason = match e.class {
+                    // The fixed public text says nothing; the audit keeps the (payload-free)
+                    // cause.
+                    ErrorClass::Unauthenticated
+                    | ErrorClass::Forbidden
+                    | ErrorClass::TooManyRequests => e.detail.clone(),
+                    _ => Some(e.public.clone()),
+                };
+                (resp, e.class.outcome(), reason, e.headers)
             }
         };
         let headers = response.headers_mut();
         if let Ok(v) = HeaderValue::from_str(&request_id) {
             headers.insert(REQUEST_ID, v);
         }
+        if let Some(rate) = &trace.rate {
+            rate_headers(headers, rate);
+        }
+        for (k, v) in extra {
+            headers.insert(k, v);
+        }
         security_headers(headers);
+        let latency = started.elapsed();
+        let identity = trace.identity.as_ref();
         self.audit.record(&AuditEvent {
             kind: "request",
             request_id: Some(&request_id),
-            identity: Some(&peer.identity),
+            identity: Some(identity.map_or(peer.identity.as_str(), |i| i.id.as_str())),
+            tenant: identity.map(|i| i.tenant.as_str()),
             peer: Some(peer.addr.to_string()),
             method: Some(method.as_str()),
             route: trace.route,
@@ -181,29 +239,40 @@ impl Api {
             version: trace.version.as_deref(),
             outcome,
             status: Some(response.status().as_u16()),
-            reason: reason.as_deref(),
-            latency_us: Some(started.elapsed().as_micros().min(u64::MAX as u128) as u64),
+            reason: trace.abuse.as_deref().or(reason.as_deref()),
+            rule: trace.rule.as_deref(),
+            latency_us: Some(latency.as_micros().min(u64::MAX as u128) as u64),
         });
+        self.gateway.metrics.request(
+            trace.route.unwrap_or("-"),
+            if trace.known_model {
+                trace.model.as_deref().unwrap_or("-")
+            } else {
+                "-"
+            },
+            outcome,
+            latency,
+        );
         Ok(response)
     }
 
-    async fn dispatch<B>(
+    /// Stages 3 to 8.
+    async fn chain<B>(
         &self,
         req: Request<B>,
+        peer: &Peer,
         trace: &mut Trace,
     ) -> Result<Response<Full<Bytes>>, ApiError>
     where
         B: hyper::body::Body<Data = Bytes>,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
+        // 3. Route and method.
         let path = req.uri().path().to_string();
         let route =
             route(&path).ok_or_else(|| ApiError::new(ErrorClass::NotFound, "no such route"))?;
-        trace.route = Some(route.pattern());
-        if let Some((name, version)) = route.model() {
-            trace.model = Some(name.to_string());
-            trace.version = version.map(str::to_string);
-        }
+        let pattern = route.pattern();
+        trace.route = Some(pattern);
         if req.method() != route.method()
             && !(req.method() == Method::HEAD && route.method() == Method::GET)
         {
@@ -212,6 +281,69 @@ impl Api {
                 format!("use {} on this route", route.method()),
             ));
         }
+        // 4. Authn.
+        let identity = self
+            .gateway
+            .authenticate(peer.cert.as_ref(), req.headers())
+            .map_err(|e| ApiError::unauthenticated(e.to_string()))?;
+        // The model version that would serve the request, for the policy and the audit. A model
+        // or version that does not exist is a 404 for any authenticated caller (model names
+        // are not secrets; grants are); the policy always decides on a concrete version.
+        let target = match route.model() {
+            None => None,
+            Some((name, version)) => {
+                trace.model = Some(name.to_string());
+                trace.version = version.map(str::to_string);
+                let model = self.resolve(name, version, trace)?;
+                trace.known_model = true;
+                Some(model)
+            }
+        };
+        // 5. Authz.
+        let method = if req.method() == Method::HEAD {
+            "GET"
+        } else {
+            req.method().as_str()
+        };
+        let decision = self.gateway.authorize(
+            &identity,
+            method,
+            pattern,
+            target.as_ref().map(|m| m.name.as_str()),
+            target.as_ref().map(|m| m.version.as_str()),
+        );
+        trace.identity = Some(identity);
+        trace.rule = Some(decision.rule.clone());
+        if !decision.allow {
+            return Err(ApiError::forbidden(format!(
+                "policy rule {}",
+                decision.rule
+            )));
+        }
+        // 6. Rate limits.
+        if let Some(identity) = &trace.identity {
+            let verdict = self.gateway.rate(identity);
+            let refused = !verdict.allowed;
+            let by = verdict.limited_by.unwrap_or("rate");
+            trace.rate = Some(verdict);
+            if refused {
+                return Err(ApiError::too_many_requests(by, Vec::new()));
+            }
+        }
+        // 7 and 8. Validation and the handler.
+        self.dispatch(req, route, trace).await
+    }
+
+    async fn dispatch<B>(
+        &self,
+        req: Request<B>,
+        route: Route<'_>,
+        trace: &mut Trace,
+    ) -> Result<Response<Full<Bytes>>, ApiError>
+    where
+        B: hyper::body::Body<Data = Bytes>,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
         match route {
             Route::ServerMetadata => Ok(json_value(&serde_json::json!({
                 "name": "warden",
@@ -245,7 +377,7 @@ impl Api {
             }
             Route::Infer(name, version) => {
                 let model = self.resolve(name, version, trace)?;
-                self.infer(req, &model).await
+                self.infer(req, &model, trace).await
             }
         }
     }
@@ -271,6 +403,7 @@ impl Api {
         &self,
         req: Request<B>,
         model: &LoadedModel,
+        trace: &mut Trace,
     ) -> Result<Response<Full<Bytes>>, ApiError>
     where
         B: hyper::body::Body<Data = Bytes>,
@@ -335,22 +468,85 @@ impl Api {
             .map_err(|e| ApiError::new(ErrorClass::Invalid, e.to_string()))?;
         validate::requested_outputs(&model.signature, &request.outputs)
             .map_err(|e| ApiError::new(ErrorClass::Invalid, e.to_string()))?;
+        if let Some(ranges) = self
+            .limits
+            .input_ranges
+            .get(&(model.name.clone(), model.version.clone()))
+        {
+            validate::ranges(ranges, &request.inputs)
+                .map_err(|e| ApiError::new(ErrorClass::Invalid, e.to_string()))?;
+        }
 
-        let names: Vec<String> = request.outputs.iter().map(|o| o.name.clone()).collect();
+        // Abuse signals for this identity: throttle, reduce the answer to labels, or deny.
+        let mut label_only = false;
+        if let Some(identity) = &trace.identity
+            && let Some(v) =
+                self.gateway
+                    .abuse
+                    .observe(&identity.id, &request.inputs, Instant::now())
+        {
+            if v.newly_flagged {
+                self.gateway.metrics.abuse(v.signal);
+                tracing::warn!(identity = %identity.id, signal = v.signal, "abuse signal: identity flagged");
+            }
+            use crate::gateway::abuse::AbuseAction;
+            let action = match v.action {
+                AbuseAction::Throttle => "throttle",
+                AbuseAction::LabelOnly => "label_only",
+                AbuseAction::Deny => "deny",
+            };
+            trace.abuse = Some(format!("abuse signal {} ({action})", v.signal));
+            match v.action {
+                AbuseAction::Throttle => {
+                    return Err(ApiError::too_many_requests(
+                        &format!("abuse signal {}", v.signal),
+                        vec![(http::header::RETRY_AFTER, HeaderValue::from_static("60"))],
+                    ));
+                }
+                AbuseAction::Deny => {
+                    return Err(ApiError::forbidden(format!("abuse signal {}", v.signal)));
+                }
+                AbuseAction::LabelOnly => label_only = true,
+            }
+        }
+        let mut names: Vec<String> = request.outputs.iter().map(|o| o.name.clone()).collect();
+        if label_only {
+            let keep = self.gateway.abuse.label_outputs();
+            names = if names.is_empty() {
+                keep.to_vec()
+            } else {
+                names.into_iter().filter(|n| keep.contains(n)).collect()
+            };
+            names.retain(|n| model.signature.outputs.iter().any(|o| &o.name == n));
+            if names.is_empty() {
+                return Err(ApiError::forbidden(
+                    "abuse signal: no label output to return",
+                ));
+            }
+        }
+        // 8. The circuit breaker, then the worker.
+        let circuits = &self.gateway.circuits;
+        if !circuits.admit(&model.name, &model.version, Instant::now()) {
+            self.gateway.metrics.circuit_open();
+            let mut e = ApiError::unavailable("circuit open");
+            e.headers
+                .push((http::header::RETRY_AFTER, HeaderValue::from_static("1")));
+            return Err(e);
+        }
         model
             .forwarded
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let outputs = model
-            .worker
-            .infer(request.inputs, names)
-            .await
-            .map_err(|e| match e {
-                WorkerError::InvalidInput { .. } => {
-                    ApiError::new(ErrorClass::Invalid, "the model refused the input")
-                }
-                WorkerError::Unavailable { .. } => ApiError::unavailable(e.to_string()),
-                other => ApiError::internal(other.to_string()),
-            })?;
+        let result = model.worker.infer(request.inputs, names).await;
+        let worker_failed =
+            matches!(&result, Err(e) if !matches!(e, WorkerError::InvalidInput { .. }));
+        circuits.record(&model.name, &model.version, worker_failed, Instant::now());
+        let outputs = result.map_err(|e| match e {
+            WorkerError::InvalidInput { .. } => {
+                ApiError::new(ErrorClass::Invalid, "the model refused the input")
+            }
+            WorkerError::Unavailable { .. } => ApiError::unavailable(e.to_string()),
+            other => ApiError::internal(other.to_string()),
+        })?;
 
         let response_outputs: Vec<codec::ResponseOutput<'_>> = outputs
             .iter()
@@ -425,6 +621,29 @@ fn json_response(status: StatusCode, body: Vec<u8>) -> Response<Full<Bytes>> {
     resp.headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     resp
+}
+
+/// `RateLimit-Limit`, `RateLimit-Remaining`, `RateLimit-Reset` on every rate-checked answer,
+/// and `Retry-After` on a refusal.
+fn rate_headers(h: &mut http::HeaderMap, v: &RateVerdict) {
+    h.insert(
+        HeaderName::from_static("ratelimit-limit"),
+        HeaderValue::from(v.limit),
+    );
+    h.insert(
+        HeaderName::from_static("ratelimit-remaining"),
+        HeaderValue::from(v.remaining),
+    );
+    h.insert(
+        HeaderName::from_static("ratelimit-reset"),
+        HeaderValue::from(v.reset_s),
+    );
+    if !v.allowed {
+        h.insert(
+            http::header::RETRY_AFTER,
+            HeaderValue::from(v.retry_after_s),
+        );
+    }
 }
 
 fn security_headers(h: &mut http::HeaderMap) {

@@ -1,17 +1,18 @@
-//! The agent's handle on one worker process (`warden-runtime`), which runs one model version.
+//! One worker process and the connection to it (the supervised [`super::Worker`] holds the
+//! current one and replaces it when it dies).
 //!
-//! Concurrency: any number of [`Worker::infer`] calls may be in flight on the one socket. Each
+//! Concurrency: any number of [`Process::infer`] calls may be in flight on the one socket. Each
 //! call takes a fresh request id, registers a oneshot sender under that id, and queues its
 //! encoded frame to a **writer task** (the only writer of the socket; a channel rather than a
 //! lock, so a caller cancelled mid-write cannot leave half a frame behind). A **reader task**
 //! decodes frames and completes the waiting call by id. When the socket breaks (the worker
-//! exited, was killed, or sent something undecodable) the handle is marked closed and every
-//! waiting call is completed with [`WorkerError::Unavailable`] at once; later calls fail the
-//! same way without touching the socket.
+//! exited, was killed, or sent something undecodable) the connection is marked closed, every
+//! waiting call is completed with [`WorkerError::Unavailable`] at once, and the `closed` watch
+//! fires (the supervisor waits on it); later calls fail the same way without touching the
+//! socket.
 
 use std::collections::HashMap;
 use std::os::fd::OwnedFd;
-use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -20,84 +21,14 @@ use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::process::{Child, Command};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 
-use crate::protocol::{
-    DEFAULT_MAX_FRAME_BYTES, ErrorClass, Message, PROTOCOL_VERSION, ReadError, read_frame_async,
-};
+use super::{WorkerError, WorkerOptions, unavailable};
+use crate::protocol::{ErrorClass, Message, PROTOCOL_VERSION, ReadError, read_frame_async};
 use crate::tensor::{ModelSignature, Tensor};
 
-/// How long [`Worker::shutdown`] waits for a clean exit before killing the process.
-pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// Frames queued for the writer task before `infer` waits.
 const WRITE_QUEUE: usize = 256;
-
-/// How to start a worker.
-#[derive(Debug, Clone)]
-pub struct WorkerOptions {
-    /// The `warden-runtime` binary.
-    pub worker_binary: PathBuf,
-    /// `libonnxruntime.so` for the worker to load.
-    pub onnxruntime_library: PathBuf,
-    /// The model file, already verified by the agent.
-    pub model_file: PathBuf,
-    /// Its SHA-256 (hex) as verified; the worker refuses a file that no longer matches.
-    pub model_sha256: String,
-    /// ONNX Runtime intra-op threads per session (0: ONNX Runtime's default).
-    pub intra_op_threads: usize,
-    /// Requests the worker runs at once (executor threads and engine sessions).
-    pub concurrency: usize,
-    /// How long to wait for the worker's `Hello`.
-    pub startup_timeout: Duration,
-    /// Hard limit on one frame, both directions.
-    pub max_frame_bytes: usize,
-}
-
-impl WorkerOptions {
-    /// Options with the defaults: 1 thread, concurrency 1, 30 s start, 64 MiB frames.
-    pub fn new(
-        worker_binary: PathBuf,
-        onnxruntime_library: PathBuf,
-        model_file: PathBuf,
-        model_sha256: String,
-    ) -> WorkerOptions {
-        WorkerOptions {
-            worker_binary,
-            onnxruntime_library,
-            model_file,
-            model_sha256,
-            intra_op_threads: 1,
-            concurrency: 1,
-            startup_timeout: Duration::from_secs(30),
-            max_frame_bytes: DEFAULT_MAX_FRAME_BYTES,
-        }
-    }
-}
-
-/// Why a call failed.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum WorkerError {
-    /// The worker cannot answer: not started, refused to start, crashed, socket closed, shut
-    /// down, timed out. Maps to 503.
-    #[error("model worker unavailable: {reason}")]
-    Unavailable { reason: String },
-    /// The engine refused the input (name, datatype, shape, size). Maps to 400.
-    #[error("invalid input: {message}")]
-    InvalidInput { message: String },
-    /// The engine failed on a valid input. Maps to 500.
-    #[error("inference failed: {message}")]
-    Engine { message: String },
-    /// A request could not be encoded (too large for a frame, too many tensors) or the worker
-    /// broke the protocol.
-    #[error("worker protocol: {message}")]
-    Protocol { message: String },
-}
-
-fn unavailable(reason: impl Into<String>) -> WorkerError {
-    WorkerError::Unavailable {
-        reason: reason.into(),
-    }
-}
 
 type Reply = Result<Vec<Tensor>, WorkerError>;
 
@@ -114,6 +45,8 @@ struct Shared {
     /// Wakes the writer task when the connection is finished, so it closes our side of the
     /// socket and a still-running worker sees end of stream and exits.
     finished: tokio::sync::Notify,
+    /// Becomes `true` once, when the connection is finished.
+    closed: watch::Sender<bool>,
 }
 
 impl Shared {
@@ -134,6 +67,7 @@ impl Shared {
             let _ = tx.send(Err(unavailable(reason)));
         }
         self.finished.notify_one();
+        self.closed.send_replace(true);
     }
 
     fn closed(&self) -> Option<String> {
@@ -160,15 +94,14 @@ struct Inner {
     child: Mutex<Child>,
 }
 
-/// A running worker. Cheap to clone; the process is killed when the last clone is dropped.
-#[derive(Clone)]
-pub struct Worker {
+/// A running worker process. The process is killed when this is dropped.
+pub(super) struct Process {
     inner: Arc<Inner>,
 }
 
-impl std::fmt::Debug for Worker {
+impl std::fmt::Debug for Process {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Worker")
+        f.debug_struct("Process")
             .field("pid", &self.pid())
             .field("alive", &self.is_alive())
             .finish_non_exhaustive()
@@ -187,28 +120,19 @@ impl Drop for PendingGuard<'_> {
     }
 }
 
-impl Worker {
+impl Process {
     /// Spawns the worker with one end of a fresh socket pair as its stdin, and waits for its
     /// `Hello` (protocol version and model signature) within `startup_timeout`.
-    pub async fn start(opts: WorkerOptions) -> Result<Worker, WorkerError> {
+    pub(super) async fn start(opts: &WorkerOptions) -> Result<Process, WorkerError> {
         let (ours, theirs) = std::os::unix::net::UnixStream::pair()
             .map_err(|e| unavailable(format!("cannot create the socket pair: {e}")))?;
         let mut child = {
             // The command (and with it our copy of the worker's end) is dropped right after
             // spawning: otherwise the worker's death would never show as end of stream.
             let mut cmd = Command::new(&opts.worker_binary);
-            cmd.arg("--model")
-                .arg(&opts.model_file)
-                .arg("--sha256")
-                .arg(&opts.model_sha256)
-                .arg("--onnxruntime")
-                .arg(&opts.onnxruntime_library)
-                .arg("--threads")
-                .arg(opts.intra_op_threads.to_string())
-                .arg("--concurrency")
-                .arg(opts.concurrency.max(1).to_string())
-                .arg("--max-frame-bytes")
-                .arg(opts.max_frame_bytes.to_string())
+            cmd.args(opts.args())
+                .env_clear()
+                .envs(opts.env())
                 .stdin(Stdio::from(OwnedFd::from(theirs)))
                 .stdout(Stdio::null())
                 .stderr(Stdio::inherit())
@@ -263,6 +187,7 @@ impl Worker {
                 waiting: HashMap::new(),
             }),
             finished: tokio::sync::Notify::new(),
+            closed: watch::channel(false).0,
         });
         let (frames, queue) = mpsc::channel(WRITE_QUEUE);
         tokio::spawn(write_loop(write_half, queue, Arc::clone(&shared)));
@@ -271,7 +196,7 @@ impl Worker {
             Arc::clone(&shared),
             opts.max_frame_bytes,
         ));
-        Ok(Worker {
+        Ok(Process {
             inner: Arc::new(Inner {
                 signature,
                 shared,
@@ -284,13 +209,13 @@ impl Worker {
     }
 
     /// The model's signature, as the worker's engine read it from the model.
-    pub fn signature(&self) -> &ModelSignature {
+    pub(super) fn signature(&self) -> &ModelSignature {
         &self.inner.signature
     }
 
     /// Runs the model on `inputs`; `outputs` selects outputs by name (empty: all). Fails with
     /// `Unavailable` promptly, never hangs, when the worker dies before answering.
-    pub async fn infer(
+    pub(super) async fn infer(
         &self,
         inputs: Vec<Tensor>,
         outputs: Vec<String>,
@@ -334,13 +259,8 @@ impl Worker {
     }
 
     /// Asks the worker to finish the requests it has and exit; kills it if it has not exited
-    /// after [`SHUTDOWN_GRACE`]. Later calls fail with `Unavailable`.
-    pub async fn shutdown(&self) {
-        self.shutdown_with_grace(SHUTDOWN_GRACE).await;
-    }
-
-    /// [`Worker::shutdown`] with an explicit grace period.
-    pub async fn shutdown_with_grace(&self, grace: Duration) {
+    /// after `grace`. Later calls fail with `Unavailable`.
+    pub(super) async fn shutdown_with_grace(&self, grace: Duration) {
         if let Ok(frame) = Message::Shutdown.encode(self.inner.max_frame_bytes) {
             let _ = self.inner.frames.send(frame).await;
         }
@@ -373,17 +293,68 @@ impl Worker {
     }
 
     /// Whether the worker process is running and its connection usable.
-    pub fn is_alive(&self) -> bool {
+    pub(super) fn is_alive(&self) -> bool {
         self.inner.shared.closed().is_none() && matches!(self.lock_child().try_wait(), Ok(None))
     }
 
     /// The worker's process id while it has not been reaped.
-    pub fn pid(&self) -> Option<u32> {
+    pub(super) fn pid(&self) -> Option<u32> {
         self.lock_child().id()
+    }
+
+    /// A watch that turns `true` when the connection is finished (the process died, was
+    /// killed, or broke the protocol). Holds nothing that keeps the process alive.
+    pub(super) fn closed(&self) -> watch::Receiver<bool> {
+        self.inner.shared.closed.subscribe()
+    }
+
+    /// Kills the process now (the watchdog's answer to a hung request); its connection then
+    /// finishes and every call in flight fails with `Unavailable`.
+    pub(super) fn kill(&self) {
+        let _ = self.lock_child().start_kill();
+    }
+
+    /// Waits up to `grace` for the process to exit (killing it after that) and describes how
+    /// it ended.
+    pub(super) async fn reap(&self, grace: Duration) -> String {
+        let deadline = tokio::time::Instant::now() + grace;
+        loop {
+            let state = self.lock_child().try_wait();
+            match state {
+                Ok(Some(status)) => return describe(status),
+                Ok(None) if tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                Ok(None) => {
+                    let _ = self.lock_child().start_kill();
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                Err(e) => return format!("cannot collect its status: {e}"),
+            }
+        }
     }
 
     fn lock_child(&self) -> MutexGuard<'_, Child> {
         self.inner.child.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// "exit status 2", "killed by SIGKILL", the way an operator reads it. The sandbox's outer
+/// process reports a worker killed by signal N as exit status 128 + N.
+fn describe(status: std::process::ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    let signal = status.signal().or_else(|| {
+        status
+            .code()
+            .filter(|c| (129..160).contains(c))
+            .map(|c| c - 128)
+    });
+    match signal.and_then(|s| nix::sys::signal::Signal::try_from(s).ok()) {
+        Some(sig) => format!("killed by {sig}"),
+        None => match status.code() {
+            Some(code) => format!("exit status {code}"),
+            None => status.to_string(),
+        },
     }
 }
 
@@ -470,4 +441,27 @@ async fn read_loop(mut socket: OwnedReadHalf, shared: Arc<Shared>, max_frame_byt
     };
     tracing::warn!(%reason, "worker connection finished");
     shared.close(&reason);
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::process::ExitStatusExt;
+    use std::process::ExitStatus;
+
+    #[test]
+    fn statuses_read_like_an_operator_would_say_them() {
+        assert_eq!(
+            super::describe(ExitStatus::from_raw(2 << 8)),
+            "exit status 2"
+        );
+        assert_eq!(
+            super::describe(ExitStatus::from_raw(9)),
+            "killed by SIGKILL"
+        );
+        // The sandbox's outer process reports a worker killed by SIGSEGV as 128 + 11.
+        assert_eq!(
+            super::describe(ExitStatus::from_raw((128 + 11) << 8)),
+            "killed by SIGSEGV"
+        );
+    }
 }

@@ -1,0 +1,274 @@
+//! The gateway chain's added cost per request, in process, in one run:
+//! - off: what every request paid before the gateway — strict decoding and signature validation
+//!   of the demo request;
+//! - on: the same plus authn (certificate SPIFFE ID, and separately a bearer JWT, ES256), authz
+//!   (`routes.rego` through regorus), both rate limits, the value-range check, one audit line
+//!   written to a file, and the metrics.
+//!
+//! Prints p50/p99 of each and of the difference. Goal: added p50 ≤ 50 µs, p99 ≤ 200 µs.
+//! Run with `cargo bench -p warden-agent --bench gateway_chain` (`scripts/bench.sh` runs it).
+//! Environment: `WARDEN_BENCH_REQUESTS` (default 20000).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use ring::rand::SystemRandom;
+use ring::signature::{self, EcdsaKeyPair, KeyPair};
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+use warden_agent::api::codec;
+use warden_agent::audit::{AuditEvent, AuditLog};
+use warden_agent::config::InputRange;
+use warden_agent::gateway::Gateway;
+use warden_agent::gateway::config::{GatewayConfig, JwtConfig};
+use warden_agent::gateway::identity::CertNames;
+use warden_agent::{demo, validate};
+use warden_runtime::tensor::{DataType, ModelSignature, TensorSpec};
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+fn us(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e6
+}
+
+fn report(what: &str, mut samples: Vec<Duration>) -> (f64, f64) {
+    samples.sort();
+    let (p50, p99) = (
+        us(percentile(&samples, 0.5)),
+        us(percentile(&samples, 0.99)),
+    );
+    println!(
+        "{what:<44} p50 {p50:>8.1} µs   p99 {p99:>8.1} µs   max {:>8.1} µs",
+        us(*samples.last().unwrap())
+    );
+    (p50, p99)
+}
+
+fn main() {
+    let n: usize = std::env::var("WARDEN_BENCH_REQUESTS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(20_000);
+    let dir = tempfile::tempdir().unwrap();
+
+    // The gateway as the demo configures it, plus a JWKS.
+    let policy = dir.path().join("routes.rego");
+    std::fs::write(&policy, warden_agent::gateway::policy::SHIPPED_ROUTES_REGO).unwrap();
+    let grants = dir.path().join("grants.json");
+    std::fs::write(
+        &grants,
+        r#"{"tenants": {"demo": {"models": {"demo": {"versions": ["*"], "routes": ["infer", "metadata", "ready"]}}}}}"#,
+    )
+    .unwrap();
+    let rng = SystemRandom::new();
+    let pkcs8 =
+        EcdsaKeyPair::generate_pkcs8(&signature::ECDSA_P256_SHA256_FIXED_SIGNING, &rng).unwrap();
+    let key = EcdsaKeyPair::from_pkcs8(
+        &signature::ECDSA_P256_SHA256_FIXED_SIGNING,
+        pkcs8.as_ref(),
+        &rng,
+    )
+    .unwrap();
+    let p = key.public_key().as_ref();
+    let jwks = dir.path().join("jwks.json");
+    std::fs::write(
+        &jwks,
+        serde_json::json!({"keys": [{"kty": "EC", "crv": "P-256", "kid": "k1",
+            "x": URL_SAFE_NO_PAD.encode(&p[1..33]), "y": URL_SAFE_NO_PAD.encode(&p[33..])}]})
+        .to_string(),
+    )
+    .unwrap();
+    let mut cfg = GatewayConfig::default();
+    cfg.identity.trust_domains = vec!["warden.demo".into()];
+    cfg.authz.policy = Some(policy);
+    cfg.authz.data = Some(grants);
+    cfg.limits.identity_rate_per_s = 1e6;
+    cfg.limits.identity_burst = 1_000_000;
+    cfg.limits.tenant_rate_per_s = 1e6;
+    cfg.limits.tenant_burst = 1_000_000;
+    cfg.jwt = Some(JwtConfig {
+        jwks,
+        issuer: "https://idp.test".into(),
+        audience: "warden".into(),
+        algorithms: vec!["ES256".into()],
+        leeway_s: 30,
+        max_token_bytes: 8192,
+        tenant_claim: "tenant".into(),
+    });
+    let gateway = Gateway::new(&cfg).unwrap();
+    let audit = AuditLog::open(Some(&dir.path().join("audit.jsonl"))).unwrap();
+
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let claims = serde_json::json!({"iss": "https://idp.test", "aud": "warden", "sub": "svc",
+        "tenant": "demo", "scope": "warden:infer", "exp": now + 3600});
+    let input = format!(
+        "{}.{}",
+        URL_SAFE_NO_PAD.encode(r#"{"alg":"ES256","kid":"k1","typ":"JWT"}"#),
+        URL_SAFE_NO_PAD.encode(claims.to_string())
+    );
+    let sig = key.sign(&rng, input.as_bytes()).unwrap();
+    let token = format!("{input}.{}", URL_SAFE_NO_PAD.encode(sig.as_ref()));
+    let mut jwt_headers = http::HeaderMap::new();
+    jwt_headers.insert(
+        http::header::AUTHORIZATION,
+        format!("Bearer {token}").parse().unwrap(),
+    );
+    let no_headers = http::HeaderMap::new();
+    let cert = CertNames {
+        uris: vec!["spiffe://warden.demo/tenant/demo/app/curl".into()],
+        subject: vec![("CN", "curl".into())],
+    };
+
+    let body = demo::DEMO_REQUEST_JSON.as_bytes();
+    let signature = ModelSignature {
+        inputs: vec![TensorSpec {
+            name: "input".into(),
+            datatype: DataType::Fp32,
+            shape: vec![-1, 30],
+        }],
+        outputs: vec![],
+    };
+    let mut ranges = BTreeMap::new();
+    ranges.insert(
+        "input".to_string(),
+        InputRange {
+            min: Some(-1e6),
+            max: Some(1e6),
+        },
+    );
+
+    let off = |_: ()| {
+        let req = codec::decode_request(body, None).unwrap();
+        validate::inputs(&signature, &req.inputs).unwrap();
+        std::hint::black_box(req);
+    };
+    let on = |headers: &http::HeaderMap| {
+        let started = Instant::now();
+        let identity = gateway.authenticate(Some(&cert), headers).unwrap();
+        let d = gateway.authorize(
+            &identity,
+            "POST",
+            "/v2/models/{name}/infer",
+            Some("demo"),
+            Some("1"),
+        );
+        assert!(d.allow, "{d:?}");
+        assert!(gateway.rate(&identity).allowed);
+        let req = codec::decode_request(body, None).unwrap();
+        validate::inputs(&signature, &req.inputs).unwrap();
+        validate::ranges(&ranges, &req.inputs).unwrap();
+        audit.record(&AuditEvent {
+            kind: "request",
+            request_id: Some("0123456789abcdef0123456789abcdef"),
+            identity: Some(&identity.id),
+            tenant: Some(&identity.tenant),
+            peer: Some("127.0.0.1:40000".into()),
+            method: Some("POST"),
+            route: Some("/v2/models/{name}/infer"),
+            model: Some("demo"),
+            version: Some("1"),
+            outcome: "ok",
+            status: Some(200),
+            reason: None,
+            rule: Some(&d.rule),
+            latency_us: Some(100),
+        });
+        gateway
+            .metrics
+            .request("/v2/models/{name}/infer", "demo", "ok", started.elapsed());
+        std::hint::black_box(req);
+    };
+
+    // Warm up, then interleave the variants so that drift hits all of them alike.
+    for _ in 0..500 {
+        off(());
+        on(&no_headers);
+        on(&jwt_headers);
+    }
+    let (mut t_off, mut t_cert, mut t_jwt) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..n {
+        let t = Instant::now();
+        off(());
+        t_off.push(t.elapsed());
+        let t = Instant::now();
+        on(&no_headers);
+        t_cert.push(t.elapsed());
+        let t = Instant::now();
+        on(&jwt_headers);
+        t_jwt.push(t.elapsed());
+    }
+    // Per-stage breakdown, to see where the time goes.
+    let id = gateway.authenticate(Some(&cert), &no_headers).unwrap();
+    let stage = |what: &str, f: &dyn Fn()| {
+        let mut t = Vec::with_capacity(n / 4);
+        for _ in 0..n / 4 {
+            let s = Instant::now();
+            f();
+            t.push(s.elapsed());
+        }
+        report(what, t);
+    };
+    println!("stages:");
+    stage("  authn, certificate", &|| {
+        std::hint::black_box(gateway.authenticate(Some(&cert), &no_headers).unwrap());
+    });
+    stage("  authn, JWT ES256", &|| {
+        std::hint::black_box(gateway.authenticate(Some(&cert), &jwt_headers).unwrap());
+    });
+    stage("  authz, routes.rego", &|| {
+        std::hint::black_box(gateway.authorize(
+            &id,
+            "POST",
+            "/v2/models/{name}/infer",
+            Some("demo"),
+            Some("1"),
+        ));
+    });
+    stage("  rate limits", &|| {
+        std::hint::black_box(gateway.rate(&id));
+    });
+    stage("  audit line (file)", &|| {
+        audit.record(&AuditEvent {
+            kind: "request",
+            request_id: Some("0123456789abcdef0123456789abcdef"),
+            identity: Some(&id.id),
+            tenant: Some(&id.tenant),
+            peer: Some("127.0.0.1:40000".into()),
+            method: Some("POST"),
+            route: Some("/v2/models/{name}/infer"),
+            model: Some("demo"),
+            version: Some("1"),
+            outcome: "ok",
+            status: Some(200),
+            reason: None,
+            rule: Some("tenant_model_grant"),
+            latency_us: Some(100),
+        })
+    });
+    stage("  metrics", &|| {
+        gateway.metrics.request(
+            "/v2/models/{name}/infer",
+            "demo",
+            "ok",
+            Duration::from_micros(100),
+        )
+    });
+    println!("gateway chain, {n} requests per variant, demo request (2×30 FP32), one thread");
+    let (o50, o99) = report("chain off (decode + validate)", t_off);
+    let (c50, c99) = report("chain on, mTLS identity", t_cert);
+    let (j50, j99) = report("chain on, JWT identity (ES256)", t_jwt);
+    println!(
+        "added by the chain: mTLS p50 {:.1} µs p99 {:.1} µs; JWT p50 {:.1} µs p99 {:.1} µs \
+         (goal p50 ≤ 50 µs, p99 ≤ 200 µs)",
+        c50 - o50,
+        c99 - o99,
+        j50 - o50,
+        j99 - o99
+    );
+}

@@ -1,0 +1,165 @@
+//! The inference gateway: who is calling (authn), whether they may (authz), how much (limits),
+//! and what is counted (metrics). The HTTP handler (`api`) runs these stages in one fixed order
+//! for every request; each stage is a plain method here so that it can be tested alone:
+//!
+//! 1. [`Gateway::admit`] — global concurrency limit with load shedding (quick 503, no queue);
+//! 2. the request deadline (`api`), around everything below;
+//! 3. [`Gateway::authenticate`] — client certificate or bearer JWT → [`Identity`] (401);
+//! 4. [`Gateway::authorize`] — `routes.rego` on {identity, tenant, method, route, model,
+//!    version} (403, default deny);
+//! 5. [`Gateway::rate`] — per-identity and per-tenant GCRA (429 with `Retry-After`);
+//! 6. validation (`api::codec`, `validate`), then the abuse signals
+//!    ([`abuse::AbuseDetector`]: throttle, label only or deny), the circuit breaker
+//!    ([`Circuits`]) and the worker;
+//! 7. one audit event and the metrics for every request, whatever stage ended it.
+
+pub mod abuse;
+pub mod config;
+pub mod identity;
+pub mod jwt;
+pub mod limits;
+pub mod metrics;
+pub mod policy;
+
+use config::GatewayConfig;
+use http::HeaderMap;
+use identity::{CertNames, Identity};
+use jwt::{JwksError, JwtVerifier, TokenError};
+use limits::{Circuits, InFlight, RateLimiter, RateVerdict};
+use metrics::Metrics;
+use policy::{Decision, PolicyError, PolicyInput, RoutePolicy};
+use std::sync::Arc;
+use std::time::Instant;
+
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    #[error(transparent)]
+    Policy(#[from] PolicyError),
+    #[error(transparent)]
+    Jwks(#[from] JwksError),
+}
+
+/// Why a request is unauthenticated; goes to the log and the audit reason, never the client.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum AuthnError {
+    #[error("no client certificate identity and no bearer token")]
+    Missing,
+    #[error("the client certificate names no configured identity")]
+    UnmappedCertificate,
+    #[error("malformed Authorization header")]
+    Header,
+    #[error("bearer tokens are not accepted here")]
+    BearerDisabled,
+    #[error("bearer token refused: {0}")]
+    Token(#[from] TokenError),
+}
+
+pub struct Gateway {
+    cfg: GatewayConfig,
+    jwt: Option<JwtVerifier>,
+    policy: RoutePolicy,
+    rates: RateLimiter,
+    in_flight: InFlight,
+    pub circuits: Circuits,
+    pub abuse: abuse::AbuseDetector,
+    pub metrics: Arc<Metrics>,
+}
+
+impl Gateway {
+    /// Loads the JWKS and the policy; either failing stops `warden serve`.
+    pub fn new(cfg: &GatewayConfig) -> Result<Gateway, GatewayError> {
+        let jwt = cfg.jwt.clone().map(JwtVerifier::new).transpose()?;
+        let policy = RoutePolicy::load(
+            cfg.authz.policy.as_deref(),
+            cfg.authz.data.as_deref(),
+            cfg.eval_limit(),
+        )?;
+        Ok(Gateway {
+            cfg: cfg.clone(),
+            jwt,
+            policy,
+            rates: RateLimiter::new(&cfg.limits),
+            in_flight: InFlight::new(cfg.limits.max_in_flight),
+            circuits: Circuits::new(&cfg.circuit),
+            abuse: abuse::AbuseDetector::new(&cfg.abuse),
+            metrics: Arc::new(Metrics::default()),
+        })
+    }
+
+    /// SIGHUP: re-read the policy, its data and the JWKS. Each part swaps atomically; a part
+    /// that fails to load keeps its previous version and is reported.
+    pub fn reload(&self) -> Result<(), GatewayError> {
+        self.policy.reload()?;
+        if let Some(j) = &self.jwt {
+            j.reload()?;
+        }
+        Ok(())
+    }
+
+    /// Stage 1: a permit for one request, or `None` to shed it.
+    pub fn admit(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        let p = self.in_flight.try_acquire();
+        if p.is_none() {
+            self.metrics.shed();
+        }
+        p
+    }
+
+    /// Stage 3: a bearer token, when the request carries one, decides alone (a bad token is
+    /// refused even on a connection with a good certificate); otherwise the certificate.
+    pub fn authenticate(
+        &self,
+        cert: Option<&CertNames>,
+        headers: &HeaderMap,
+    ) -> Result<Identity, AuthnError> {
+        let mut auth = headers.get_all(http::header::AUTHORIZATION).iter();
+        if let Some(value) = auth.next() {
+            if auth.next().is_some() {
+                return Err(AuthnError::Header);
+            }
+            let jwt = self.jwt.as_ref().ok_or(AuthnError::BearerDisabled)?;
+            let value = value.to_str().map_err(|_| AuthnError::Header)?;
+            let (scheme, token) = value.split_once(' ').ok_or(AuthnError::Header)?;
+            if !scheme.eq_ignore_ascii_case("bearer") || token.is_empty() {
+                return Err(AuthnError::Header);
+            }
+            return Ok(jwt.verify(token.trim())?);
+        }
+        let cert = cert.ok_or(AuthnError::Missing)?;
+        identity::from_certificate(cert, &self.cfg.identity).ok_or(AuthnError::UnmappedCertificate)
+    }
+
+    /// Stage 4: the route policy's decision; counted when it denies.
+    pub fn authorize(
+        &self,
+        identity: &Identity,
+        method: &str,
+        route: &str,
+        model: Option<&str>,
+        version: Option<&str>,
+    ) -> Decision {
+        let d = self.policy.decide(&PolicyInput {
+            identity,
+            tenant: &identity.tenant,
+            method,
+            route,
+            model,
+            version,
+        });
+        if !d.allow {
+            self.metrics.denied(&d.rule);
+        }
+        d
+    }
+
+    /// Stage 5: rate limits for this identity and its tenant; counted when they refuse.
+    pub fn rate(&self, identity: &Identity) -> RateVerdict {
+        let v = self
+            .rates
+            .check(&identity.id, &identity.tenant, Instant::now());
+        if let Some(by) = v.limited_by {
+            self.metrics.limited(by);
+        }
+        v
+    }
+}

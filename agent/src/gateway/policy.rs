@@ -1,0 +1,377 @@
+//! Authorization: `policies/serving/routes.rego` evaluated in-process by regorus (Rego v1).
+//!
+//! Fail closed everywhere: no policy configured, a policy that does not load, an evaluation
+//! error, a result of the wrong shape or an evaluation past its execution limit all deny. The
+//! prepared engine (policy + data) sits behind an `Arc` that a reload swaps atomically; each
+//! request evaluates on its own clone, so a reload never disturbs a request in flight.
+
+use super::identity::Identity;
+use regorus::utils::limits::ExecutionTimerConfig;
+use serde::Serialize;
+use std::num::NonZeroU32;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+/// `policies/serving/routes.rego` as shipped with this build (the demo writes it out).
+pub const SHIPPED_ROUTES_REGO: &str = include_str!("../../../policies/serving/routes.rego");
+
+/// The rule the agent reads.
+pub const DECISION_RULE: &str = "data.warden.serving.routes.decision";
+
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyError {
+    #[error("cannot read policy {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("policy {path}: {message}")]
+    Compile { path: PathBuf, message: String },
+    #[error("policy data {path}: {message}")]
+    Data { path: PathBuf, message: String },
+}
+
+/// What the policy decides on.
+#[derive(Debug, Serialize)]
+pub struct PolicyInput<'a> {
+    pub identity: &'a Identity,
+    pub tenant: &'a str,
+    pub method: &'a str,
+    pub route: &'a str,
+    pub model: Option<&'a str>,
+    pub version: Option<&'a str>,
+}
+
+/// A decision and the rule that made it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    pub allow: bool,
+    /// The first deny rule that matched, else the first grant, else `default_deny`; or
+    /// `no_policy` / `evaluation_error`.
+    pub rule: String,
+}
+
+impl Decision {
+    fn deny(rule: &str) -> Decision {
+        Decision {
+            allow: false,
+            rule: rule.to_string(),
+        }
+    }
+}
+
+/// A loaded policy: the prepared engine, and a pool of its clones that requests borrow (an
+/// engine is reused for many evaluations; cloning one per request costs more than the
+/// evaluation itself).
+struct Prepared {
+    engine: regorus::Engine,
+    pool: std::sync::Mutex<Vec<regorus::Engine>>,
+}
+
+/// Idle engines kept per policy version.
+const POOL_MAX: usize = 64;
+
+/// The route policy, reloadable.
+pub struct RoutePolicy {
+    policy: Option<PathBuf>,
+    data: Option<PathBuf>,
+    limit: Duration,
+    current: RwLock<Option<Arc<Prepared>>>,
+}
+
+impl RoutePolicy {
+    /// Loads the policy now; a config naming a broken policy does not start.
+    pub fn load(
+        policy: Option<&Path>,
+        data: Option<&Path>,
+        limit: Duration,
+    ) -> Result<RoutePolicy, PolicyError> {
+        let p = RoutePolicy {
+            policy: policy.map(Path::to_path_buf),
+            data: data.map(Path::to_path_buf),
+            limit,
+            current: RwLock::new(None),
+        };
+        p.reload()?;
+        Ok(p)
+    }
+
+    /// Re-reads policy and data and swaps them in at once; on error the running policy stays.
+    pub fn reload(&self) -> Result<(), PolicyError> {
+        let Some(path) = &self.policy else {
+            return Ok(());
+        };
+        let text = std::fs::read_to_string(path).map_err(|source| PolicyError::Read {
+            path: path.clone(),
+            source,
+        })?;
+        let data = match &self.data {
+            Some(d) => Some(
+                std::fs::read_to_string(d).map_err(|source| PolicyError::Read {
+                    path: d.clone(),
+                    source,
+                })?,
+            ),
+            None => None,
+        };
+        let prepared = prepare(
+            path,
+            &text,
+            data.as_deref(),
+            self.data.as_deref(),
+            self.limit,
+        )?;
+        *self.current.write().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(prepared));
+        Ok(())
+    }
+
+    pub fn decide(&self, input: &PolicyInput<'_>) -> Decision {
+        let current = self
+            .current
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        match current {
+            None => Decision::deny("no_policy"),
+            Some(p) => evaluate(&p, input),
+        }
+    }
+}
+
+fn prepare(
+    path: &Path,
+    text: &str,
+    data: Option<&str>,
+    data_path: Option<&Path>,
+    limit: Duration,
+) -> Result<Prepared, PolicyError> {
+    let mut engine = regorus::Engine::new();
+    engine.set_rego_v0(false);
+    engine.set_strict_builtin_errors(true);
+    engine.set_execution_timer_config(ExecutionTimerConfig {
+        limit,
+        check_interval: NonZeroU32::new(64).unwrap_or(NonZeroU32::MIN),
+    });
+    engine
+        .add_policy(path.display().to_string(), text.to_string())
+        .map_err(|e| PolicyError::Compile {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
+    if let Some(data) = data {
+        let dpath = data_path.unwrap_or(path).to_path_buf();
+        let value = regorus::Value::from_json_str(data).map_err(|e| PolicyError::Data {
+            path: dpath.clone(),
+            message: e.to_string(),
+        })?;
+        engine.add_data(value).map_err(|e| PolicyError::Data {
+            path: dpath,
+            message: e.to_string(),
+        })?;
+    }
+    // Evaluate once on an empty input so that a policy that cannot produce a decision is
+    // refused at load rather than denying every request at run time. This also leaves the
+    // engine prepared (rules analysed and scheduled), so the per-request clones skip that work.
+    engine.set_input(regorus::Value::new_object());
+    engine
+        .eval_rule(DECISION_RULE.to_string())
+        .map_err(|e| PolicyError::Compile {
+            path: path.to_path_buf(),
+            message: format!("{DECISION_RULE} does not evaluate: {e}"),
+        })?;
+    let prepared = Prepared {
+        engine,
+        pool: std::sync::Mutex::new(Vec::new()),
+    };
+    Ok(prepared)
+}
+
+fn evaluate(p: &Prepared, input: &PolicyInput<'_>) -> Decision {
+    let input = match serde_json::to_value(input) {
+        Ok(v) => regorus::Value::from(v),
+        Err(_) => return Decision::deny("evaluation_error"),
+    };
+    let pooled = p.pool.lock().unwrap_or_else(|e| e.into_inner()).pop();
+    let mut engine = pooled.unwrap_or_else(|| p.engine.clone());
+    engine.set_input(input);
+    let decision = match engine.eval_rule(DECISION_RULE.to_string()) {
+        Ok(v) => read_decision(&v).unwrap_or_else(|| Decision::deny("evaluation_error")),
+        Err(e) => {
+            tracing::warn!(error = %e, "route policy evaluation failed: denied");
+            // An engine that failed (a time limit mid-way, say) is not reused.
+            return Decision::deny("evaluation_error");
+        }
+    };
+    let mut pool = p.pool.lock().unwrap_or_else(|e| e.into_inner());
+    if pool.len() < POOL_MAX {
+        pool.push(engine);
+    }
+    decision
+}
+
+/// `{"allow": bool, "grants": set, "denies": set}` → a decision naming its rule.
+fn read_decision(v: &regorus::Value) -> Option<Decision> {
+    let obj = v.as_object().ok()?;
+    let get = |k: &str| obj.get(&regorus::Value::from(k));
+    let allow = *get("allow")?.as_bool().ok()?;
+    let first = |k: &str| -> Option<String> {
+        get(k)?
+            .as_set()
+            .ok()?
+            .iter()
+            .next()
+            .and_then(|r| r.as_string().ok().map(|s| s.to_string()))
+    };
+    let rule = if allow {
+        first("grants")?
+    } else {
+        first("denies").unwrap_or_else(|| "default_deny".to_string())
+    };
+    Some(Decision { allow, rule })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gateway::identity::IdentityKind;
+
+    fn repo_policy() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies/serving/routes.rego")
+    }
+
+    /// The policy's case file (`policies/serving/routes_test.json`), every case.
+    #[test]
+    fn route_policy_case_table() {
+        let cases_path =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies/serving/routes_test.json");
+        let table: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&cases_path).unwrap()).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data.json");
+        std::fs::write(&data, table["data"].to_string()).unwrap();
+        let policy =
+            RoutePolicy::load(Some(&repo_policy()), Some(&data), Duration::from_millis(50))
+                .unwrap();
+        let cases = table["cases"].as_array().unwrap();
+        assert!(cases.len() >= 10);
+        let mut failures = Vec::new();
+        for case in cases {
+            let i = &case["input"];
+            let identity: Identity = Identity {
+                kind: match i["identity"]["kind"].as_str().unwrap() {
+                    "jwt" => IdentityKind::Jwt,
+                    "mtls_subject" => IdentityKind::MtlsSubject,
+                    _ => IdentityKind::MtlsUri,
+                },
+                id: "x".into(),
+                tenant: i["identity"]["tenant"].as_str().unwrap().into(),
+                subject: i["identity"]["subject"].as_str().unwrap().into(),
+                scopes: serde_json::from_value(i["identity"]["scopes"].clone()).unwrap(),
+            };
+            let d = policy.decide(&PolicyInput {
+                identity: &identity,
+                tenant: i["tenant"].as_str().unwrap(),
+                method: i["method"].as_str().unwrap(),
+                route: i["route"].as_str().unwrap(),
+                model: i["model"].as_str(),
+                version: i["version"].as_str(),
+            });
+            let want = (
+                case["allow"].as_bool().unwrap(),
+                case["rule"].as_str().unwrap(),
+            );
+            if (d.allow, d.rule.as_str()) != want {
+                failures.push(format!("{}: got {d:?}, want {want:?}", case["name"]));
+            }
+        }
+        assert!(failures.is_empty(), "{failures:#?}");
+    }
+
+    fn id() -> Identity {
+        Identity {
+            kind: IdentityKind::MtlsUri,
+            id: "x".into(),
+            tenant: "acme".into(),
+            subject: "app".into(),
+            scopes: vec![],
+        }
+    }
+
+    fn health(p: &RoutePolicy) -> Decision {
+        let identity = id();
+        p.decide(&PolicyInput {
+            identity: &identity,
+            tenant: "acme",
+            method: "GET",
+            route: "/v2/health/live",
+            model: None,
+            version: None,
+        })
+    }
+
+    #[test]
+    fn fails_closed() {
+        let dir = tempfile::tempdir().unwrap();
+        // No policy configured.
+        let none = RoutePolicy::load(None, None, Duration::from_millis(50)).unwrap();
+        assert_eq!(health(&none), Decision::deny("no_policy"));
+        // A policy that does not compile is refused at load.
+        let bad = dir.path().join("bad.rego");
+        std::fs::write(&bad, "package warden.serving.routes\ndecision := {").unwrap();
+        assert!(RoutePolicy::load(Some(&bad), None, Duration::from_millis(50)).is_err());
+        // A policy whose decision errors at run time (a conflict) denies.
+        let conflict = dir.path().join("conflict.rego");
+        std::fs::write(
+            &conflict,
+            "package warden.serving.routes\n\
+             decision := {\"allow\": true, \"grants\": {\"a\"}, \"denies\": set()} if input.method == \"GET\"\n\
+             decision := {\"allow\": false, \"grants\": set(), \"denies\": {\"b\"}} if input.route != \"\"\n",
+        )
+        .unwrap();
+        let p = RoutePolicy::load(Some(&conflict), None, Duration::from_millis(50)).unwrap();
+        assert_eq!(health(&p), Decision::deny("evaluation_error"));
+        // A policy that runs past its execution limit denies.
+        let slow = dir.path().join("slow.rego");
+        std::fs::write(
+            &slow,
+            "package warden.serving.routes\n\
+             decision := {\"allow\": true, \"grants\": {\"slow\"}, \"denies\": set()} if {\n\
+               input.route != \"\"\n\
+               count([x | some a in numbers.range(1, 2000); some b in numbers.range(1, 2000); x := a * b]) > 0\n\
+             }\n",
+        )
+        .unwrap();
+        let p = RoutePolicy::load(Some(&slow), None, Duration::from_millis(5)).unwrap();
+        let started = std::time::Instant::now();
+        assert_eq!(health(&p), Decision::deny("evaluation_error"));
+        assert!(started.elapsed() < Duration::from_secs(2));
+        // A wrong shape denies.
+        let shape = dir.path().join("shape.rego");
+        std::fs::write(&shape, "package warden.serving.routes\ndecision := true\n").unwrap();
+        let p = RoutePolicy::load(Some(&shape), None, Duration::from_millis(50)).unwrap();
+        assert_eq!(health(&p), Decision::deny("evaluation_error"));
+    }
+
+    #[test]
+    fn reload_swaps_atomically_and_keeps_the_old_policy_on_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("routes.rego");
+        std::fs::copy(repo_policy(), &path).unwrap();
+        let p = RoutePolicy::load(Some(&path), None, Duration::from_millis(50)).unwrap();
+        assert!(health(&p).allow);
+        std::fs::write(&path, "package warden.serving.routes\ndecision := {").unwrap();
+        assert!(p.reload().is_err());
+        assert!(
+            health(&p).allow,
+            "a broken policy must not replace the running one"
+        );
+        std::fs::write(
+            &path,
+            "package warden.serving.routes\ndecision := {\"allow\": false, \"grants\": set(), \"denies\": {\"lockdown\"}}\n",
+        )
+        .unwrap();
+        p.reload().unwrap();
+        assert_eq!(health(&p), Decision::deny("lockdown"));
+    }
+}

@@ -1,0 +1,246 @@
+//! keyd's configuration, its own file (default `/etc/warden/keyd.toml`):
+//!
+//! ```toml
+//! schema_version = 1
+//! socket = "/run/warden/keyd.sock"     # created mode 0660; the agent's group may connect
+//!
+//! [keystore]
+//! backend = "tpm"                      # or "pkcs11", or "software-development-only"
+//! tcti = "device:/dev/tpmrm0"
+//!
+//! [[principal]]
+//! name = "agent"
+//! uid = 991                            # the agent's user
+//! operations = ["describe", "device_public_key", "sign", "anchors", "unseal", "counter",
+//!               "advance_counter"]
+//! ```
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use warden_attest::keystore::BackendConfig;
+
+/// The only schema this build reads.
+pub const SCHEMA_VERSION: u32 = 1;
+/// The default config path.
+pub const DEFAULT_PATH: &str = "/etc/warden/keyd.toml";
+
+/// Why the config was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// Reading the file.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// TOML that does not parse or does not fit the schema (the message names the field).
+    #[error("{path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message, naming the field.
+        message: String,
+    },
+    /// A value that parses but is wrong.
+    #[error("{path}: field `{field}`: {message}")]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// The field.
+        field: String,
+        /// What is wrong and how to fix it.
+        message: String,
+    },
+}
+
+/// An operation of the key service's API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Operation {
+    /// The backend and its capabilities.
+    Describe,
+    /// The device key's public key.
+    DevicePublicKey,
+    /// Sign with the device key.
+    Sign,
+    /// Read the anchors of a role.
+    Anchors,
+    /// Unseal a data key.
+    Unseal,
+    /// Read a counter.
+    Counter,
+    /// Advance a counter.
+    AdvanceCounter,
+}
+
+impl Operation {
+    /// Its name in config and on the wire.
+    pub fn name(self) -> &'static str {
+        match self {
+            Operation::Describe => "describe",
+            Operation::DevicePublicKey => "device_public_key",
+            Operation::Sign => "sign",
+            Operation::Anchors => "anchors",
+            Operation::Unseal => "unseal",
+            Operation::Counter => "counter",
+            Operation::AdvanceCounter => "advance_counter",
+        }
+    }
+}
+
+/// A caller allowed on the socket, identified by its peer UID.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Principal {
+    /// A name for logs.
+    pub name: String,
+    /// The caller's user id, as the kernel reports it for the socket peer.
+    pub uid: u32,
+    /// What it may call.
+    pub operations: Vec<Operation>,
+}
+
+/// keyd's configuration.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeydConfig {
+    /// Must be [`SCHEMA_VERSION`].
+    pub schema_version: u32,
+    /// The Unix socket path (absolute).
+    pub socket: PathBuf,
+    /// The key store backend.
+    pub keystore: BackendConfig,
+    /// Who may call what. No principal: nobody may call.
+    #[serde(rename = "principal", default)]
+    pub principals: Vec<Principal>,
+}
+
+impl KeydConfig {
+    /// Reads and checks the file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::parse(path, &text)
+    }
+
+    /// Parses and checks config text (`path` names it in errors).
+    pub fn parse(path: &Path, text: &str) -> Result<Self, ConfigError> {
+        let config: KeydConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
+        config.check(path)?;
+        Ok(config)
+    }
+
+    fn check(&self, path: &Path) -> Result<(), ConfigError> {
+        let invalid = |field: &str, message: String| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            field: field.to_owned(),
+            message,
+        };
+        if self.schema_version != SCHEMA_VERSION {
+            return Err(invalid(
+                "schema_version",
+                format!(
+                    "{} is not supported; this build reads {SCHEMA_VERSION}",
+                    self.schema_version
+                ),
+            ));
+        }
+        if !self.socket.is_absolute() {
+            return Err(invalid(
+                "socket",
+                format!("{} must be an absolute path", self.socket.display()),
+            ));
+        }
+        let mut uids = std::collections::HashSet::new();
+        for (i, p) in self.principals.iter().enumerate() {
+            if !uids.insert(p.uid) {
+                return Err(invalid(
+                    &format!("principal[{i}].uid"),
+                    format!("uid {} is listed twice; merge its operations", p.uid),
+                ));
+            }
+            if p.operations.is_empty() {
+                return Err(invalid(
+                    &format!("principal[{i}].operations"),
+                    format!(
+                        "principal {:?} may call nothing; remove it or list operations",
+                        p.name
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The principal with this peer UID.
+    pub fn principal(&self, uid: u32) -> Option<&Principal> {
+        self.principals.iter().find(|p| p.uid == uid)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+schema_version = 1
+socket = "/run/warden/keyd.sock"
+[keystore]
+backend = "tpm"
+tcti = "device:/dev/tpmrm0"
+[[principal]]
+name = "agent"
+uid = 991
+operations = ["describe", "sign"]
+"#;
+
+    #[test]
+    fn parses_and_checks() {
+        let c = KeydConfig::parse(Path::new("k.toml"), GOOD).unwrap();
+        assert_eq!(c.principal(991).unwrap().operations.len(), 2);
+        assert!(c.principal(0).is_none());
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let e = KeydConfig::parse(
+            Path::new("k.toml"),
+            &GOOD.replace("uid = 991", "uid = 991\nuuid = 3"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("uuid"), "{e}");
+        let e = KeydConfig::parse(Path::new("k.toml"), &GOOD.replace("\"sign\"", "\"export\""))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("export"), "{e}");
+        let e = KeydConfig::parse(Path::new("k.toml"), &GOOD.replace("/run/warden", "run"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("`socket`"), "{e}");
+        let twice =
+            format!("{GOOD}\n[[principal]]\nname = \"b\"\nuid = 991\noperations = [\"sign\"]\n");
+        let e = KeydConfig::parse(Path::new("k.toml"), &twice)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("principal[1].uid"), "{e}");
+        let e = KeydConfig::parse(
+            Path::new("k.toml"),
+            &GOOD.replace(
+                "tcti = \"device:/dev/tpmrm0\"",
+                "tcti = \"x\"\npin = \"1234\"",
+            ),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("pin"), "{e}");
+    }
+}

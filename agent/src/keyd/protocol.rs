@@ -1,0 +1,474 @@
+//! The key service's wire format.
+//!
+//! A frame is a 4-byte big-endian length followed by that many bytes of JSON. A request is at
+//! most [`MAX_REQUEST_BYTES`], a response at most [`MAX_RESPONSE_BYTES`]; a frame announcing
+//! more is refused before anything is allocated for it, and the connection is closed (the
+//! stream can no longer be trusted to be in step). Binary fields are standard base64.
+//!
+//! Requests (`op` names the operation, unknown fields are refused):
+//!
+//! ```json
+//! {"op": "describe"}
+//! {"op": "device_public_key"}
+//! {"op": "sign", "message": "<base64, at most 16 KiB>"}
+//! {"op": "anchors", "role": "model-signers" | "release-authority" | "fleet-authority" | "tenant-cas"}
+//! {"op": "unseal", "blob": "<base64>"}
+//! {"op": "counter", "counter": "revocation-serial" | "policy-set-serial"}
+//! {"op": "advance_counter", "counter": "...", "to": 7}
+//! ```
+//!
+//! Responses (`type`):
+//!
+//! ```json
+//! {"type": "describe", "kind": "tpm", "location": "...", "development_only": false, "capabilities": {...}}
+//! {"type": "public_key", "spki": "<base64 DER SubjectPublicKeyInfo>"}
+//! {"type": "signature", "der": "<base64 DER ECDSA-Sig-Value>"}
+//! {"type": "anchors", "pem": "<base64>" | null}
+//! {"type": "unsealed", "secret": "<base64>"}
+//! {"type": "counter", "value": 7}
+//! {"type": "error", "kind": "unauthorized" | "forbidden" | "malformed_request" | "frame_too_large" | ..., "message": "..."}
+//! ```
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use warden_attest::keystore::{Capabilities, Counter, KeyStoreError, Role};
+
+use super::config::Operation;
+
+/// The largest request frame.
+pub const MAX_REQUEST_BYTES: u32 = 64 * 1024;
+/// The largest response frame (anchors may hold a few certificate chains).
+pub const MAX_RESPONSE_BYTES: u32 = 1024 * 1024;
+/// The largest message `sign` accepts (a TLS handshake signs about 130 bytes).
+pub const MAX_SIGN_MESSAGE: usize = 16 * 1024;
+
+/// A request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Request {
+    /// Backend and capabilities.
+    Describe {},
+    /// The device public key.
+    DevicePublicKey {},
+    /// Sign `message` with the device key.
+    Sign {
+        /// Base64.
+        message: String,
+    },
+    /// Read a role's anchors.
+    Anchors {
+        /// The role's name.
+        role: WireRole,
+    },
+    /// Unseal a blob.
+    Unseal {
+        /// Base64.
+        blob: String,
+    },
+    /// Read a counter.
+    Counter {
+        /// Which.
+        counter: WireCounter,
+    },
+    /// Advance a counter.
+    AdvanceCounter {
+        /// Which.
+        counter: WireCounter,
+        /// To what.
+        to: u64,
+    },
+}
+
+impl Request {
+    /// The operation, for authorization.
+    pub fn operation(&self) -> Operation {
+        match self {
+            Request::Describe {} => Operation::Describe,
+            Request::DevicePublicKey {} => Operation::DevicePublicKey,
+            Request::Sign { .. } => Operation::Sign,
+            Request::Anchors { .. } => Operation::Anchors,
+            Request::Unseal { .. } => Operation::Unseal,
+            Request::Counter { .. } => Operation::Counter,
+            Request::AdvanceCounter { .. } => Operation::AdvanceCounter,
+        }
+    }
+}
+
+/// A role on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum WireRole {
+    /// [`Role::ModelSigners`].
+    ModelSigners,
+    /// [`Role::ReleaseAuthority`].
+    ReleaseAuthority,
+    /// [`Role::FleetAuthority`].
+    FleetAuthority,
+    /// [`Role::TenantCas`].
+    TenantCas,
+}
+
+impl From<Role> for WireRole {
+    fn from(r: Role) -> Self {
+        match r {
+            Role::ModelSigners => WireRole::ModelSigners,
+            Role::ReleaseAuthority => WireRole::ReleaseAuthority,
+            Role::FleetAuthority => WireRole::FleetAuthority,
+            Role::TenantCas => WireRole::TenantCas,
+        }
+    }
+}
+
+impl From<WireRole> for Role {
+    fn from(r: WireRole) -> Self {
+        match r {
+            WireRole::ModelSigners => Role::ModelSigners,
+            WireRole::ReleaseAuthority => Role::ReleaseAuthority,
+            WireRole::FleetAuthority => Role::FleetAuthority,
+            WireRole::TenantCas => Role::TenantCas,
+        }
+    }
+}
+
+/// A counter on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum WireCounter {
+    /// [`Counter::RevocationSerial`].
+    RevocationSerial,
+    /// [`Counter::PolicySetSerial`].
+    PolicySetSerial,
+}
+
+impl From<Counter> for WireCounter {
+    fn from(c: Counter) -> Self {
+        match c {
+            Counter::RevocationSerial => WireCounter::RevocationSerial,
+            Counter::PolicySetSerial => WireCounter::PolicySetSerial,
+        }
+    }
+}
+
+impl From<WireCounter> for Counter {
+    fn from(c: WireCounter) -> Self {
+        match c {
+            WireCounter::RevocationSerial => Counter::RevocationSerial,
+            WireCounter::PolicySetSerial => Counter::PolicySetSerial,
+        }
+    }
+}
+
+/// [`Capabilities`] on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[allow(missing_docs, clippy::struct_excessive_bools)]
+pub struct WireCapabilities {
+    pub anchors: bool,
+    pub anchors_hardware_locked: bool,
+    pub device_key: bool,
+    pub device_key_non_exportable: bool,
+    pub seal: bool,
+    pub seal_bound_to_pcrs: bool,
+    pub counters: bool,
+    pub counters_hardware_monotonic: bool,
+}
+
+impl From<Capabilities> for WireCapabilities {
+    fn from(c: Capabilities) -> Self {
+        Self {
+            anchors: c.anchors,
+            anchors_hardware_locked: c.anchors_hardware_locked,
+            device_key: c.device_key,
+            device_key_non_exportable: c.device_key_non_exportable,
+            seal: c.seal,
+            seal_bound_to_pcrs: c.seal_bound_to_pcrs,
+            counters: c.counters,
+            counters_hardware_monotonic: c.counters_hardware_monotonic,
+        }
+    }
+}
+
+impl From<WireCapabilities> for Capabilities {
+    fn from(c: WireCapabilities) -> Self {
+        Self {
+            anchors: c.anchors,
+            anchors_hardware_locked: c.anchors_hardware_locked,
+            device_key: c.device_key,
+            device_key_non_exportable: c.device_key_non_exportable,
+            seal: c.seal,
+            seal_bound_to_pcrs: c.seal_bound_to_pcrs,
+            counters: c.counters,
+            counters_hardware_monotonic: c.counters_hardware_monotonic,
+        }
+    }
+}
+
+/// Why keyd refused a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorKind {
+    /// The peer UID is not a principal.
+    Unauthorized,
+    /// The principal may not call this operation.
+    Forbidden,
+    /// The request does not parse.
+    MalformedRequest,
+    /// The frame announces more than the limit.
+    FrameTooLarge,
+    /// The backend does not support the operation.
+    NotSupported,
+    /// A key or object is not provisioned.
+    NotProvisioned,
+    /// A counter may not go back.
+    CounterRollback,
+    /// A counter step is too large.
+    CounterStepTooLarge,
+    /// Unseal refused (PCRs, wrong key, altered blob).
+    UnsealRefused,
+    /// Bad input.
+    InvalidInput,
+    /// Anything else in the key store.
+    Internal,
+}
+
+/// A response.
+#[derive(Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Response {
+    /// Backend and capabilities.
+    Describe {
+        /// `tpm`, `pkcs11`, `software`.
+        kind: String,
+        /// Where.
+        location: String,
+        /// Development only.
+        development_only: bool,
+        /// What it can do.
+        capabilities: WireCapabilities,
+    },
+    /// The device public key.
+    PublicKey {
+        /// Base64 DER SubjectPublicKeyInfo.
+        spki: String,
+    },
+    /// A signature.
+    Signature {
+        /// Base64 DER ECDSA signature.
+        der: String,
+    },
+    /// A role's anchors.
+    Anchors {
+        /// Base64, or none installed.
+        pem: Option<String>,
+    },
+    /// An unsealed secret.
+    Unsealed {
+        /// Base64. Zeroize it after decoding (the client does).
+        secret: String,
+    },
+    /// A counter value.
+    Counter {
+        /// The value.
+        value: u64,
+    },
+    /// A refusal.
+    Error {
+        /// Its class.
+        kind: ErrorKind,
+        /// For the caller's logs; never holds key material.
+        message: String,
+        /// Counter errors: the current value.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        current: Option<u64>,
+        /// Counter errors: the value asked for.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        requested: Option<u64>,
+    },
+}
+
+impl std::fmt::Debug for Response {
+    // Never print an unsealed secret.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Response::Unsealed { .. } => f.write_str("Unsealed { .. }"),
+            Response::Describe { kind, .. } => write!(f, "Describe {{ kind: {kind:?}, .. }}"),
+            Response::PublicKey { .. } => f.write_str("PublicKey { .. }"),
+            Response::Signature { .. } => f.write_str("Signature { .. }"),
+            Response::Anchors { pem } => write!(f, "Anchors {{ present: {} }}", pem.is_some()),
+            Response::Counter { value } => write!(f, "Counter {{ value: {value} }}"),
+            Response::Error { kind, message, .. } => {
+                write!(f, "Error {{ kind: {kind:?}, message: {message:?} }}")
+            }
+        }
+    }
+}
+
+impl Response {
+    /// A refusal without counter details.
+    pub fn error(kind: ErrorKind, message: impl Into<String>) -> Self {
+        Response::Error {
+            kind,
+            message: message.into(),
+            current: None,
+            requested: None,
+        }
+    }
+
+    /// A key store error as a response.
+    pub fn from_keystore(e: &KeyStoreError) -> Self {
+        let (kind, current, requested) = match e {
+            KeyStoreError::NotSupported { .. } => (ErrorKind::NotSupported, None, None),
+            KeyStoreError::NotProvisioned { .. } => (ErrorKind::NotProvisioned, None, None),
+            KeyStoreError::CounterRollback {
+                current, requested, ..
+            } => (ErrorKind::CounterRollback, Some(*current), Some(*requested)),
+            KeyStoreError::CounterStepTooLarge {
+                current, requested, ..
+            } => (
+                ErrorKind::CounterStepTooLarge,
+                Some(*current),
+                Some(*requested),
+            ),
+            KeyStoreError::UnsealRefused { .. } | KeyStoreError::MalformedSealedBlob { .. } => {
+                (ErrorKind::UnsealRefused, None, None)
+            }
+            KeyStoreError::InvalidInput { .. } => (ErrorKind::InvalidInput, None, None),
+            _ => (ErrorKind::Internal, None, None),
+        };
+        Response::Error {
+            kind,
+            message: e.to_string(),
+            current,
+            requested,
+        }
+    }
+}
+
+/// Base64-encodes.
+pub fn b64(bytes: &[u8]) -> String {
+    STANDARD.encode(bytes)
+}
+
+/// Base64-decodes `field`.
+pub fn unb64(field: &str, s: &str) -> Result<Vec<u8>, String> {
+    STANDARD
+        .decode(s)
+        .map_err(|e| format!("{field} is not base64: {e}"))
+}
+
+/// Why a frame could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum FrameError {
+    /// The peer closed the connection between frames.
+    #[error("connection closed")]
+    Closed,
+    /// The announced length is over the limit.
+    #[error("frame of {size} bytes announced; the limit is {limit}")]
+    TooLarge {
+        /// Announced.
+        size: u32,
+        /// Limit.
+        limit: u32,
+    },
+    /// I/O.
+    #[error("socket: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Reads one frame (async).
+pub async fn read_frame<R: tokio::io::AsyncRead + Unpin>(
+    r: &mut R,
+    limit: u32,
+) -> Result<Vec<u8>, FrameError> {
+    let mut len = [0u8; 4];
+    match r.read_exact(&mut len).await {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Err(FrameError::Closed),
+        Err(e) => return Err(e.into()),
+    }
+    let size = u32::from_be_bytes(len);
+    if size > limit {
+        return Err(FrameError::TooLarge { size, limit });
+    }
+    let mut buf = vec![0u8; size as usize];
+    r.read_exact(&mut buf).await?;
+    Ok(buf)
+}
+
+/// Writes one frame (async).
+pub async fn write_frame<W: tokio::io::AsyncWrite + Unpin>(
+    w: &mut W,
+    body: &[u8],
+) -> Result<(), FrameError> {
+    let len = u32::try_from(body.len()).map_err(|_| FrameError::TooLarge {
+        size: u32::MAX,
+        limit: MAX_RESPONSE_BYTES,
+    })?;
+    w.write_all(&len.to_be_bytes()).await?;
+    w.write_all(body).await?;
+    w.flush().await?;
+    Ok(())
+}
+
+/// Reads one frame (blocking).
+pub fn read_frame_blocking<R: std::io::Read>(r: &mut R, limit: u32) -> Result<Vec<u8>, FrameError> {
+    let mut len = [0u8; 4];
+    match r.read_exact(&mut len) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Err(FrameError::Closed),
+        Err(e) => return Err(e.into()),
+    }
+    let size = u32::from_be_bytes(len);
+    if size > limit {
+        return Err(FrameError::TooLarge { size, limit });
+    }
+    let mut buf = vec![0u8; size as usize];
+    r.read_exact(&mut buf)?;
+    Ok(buf)
+}
+
+/// Writes one frame (blocking).
+pub fn write_frame_blocking<W: std::io::Write>(w: &mut W, body: &[u8]) -> Result<(), FrameError> {
+    let len = u32::try_from(body.len()).map_err(|_| FrameError::TooLarge {
+        size: u32::MAX,
+        limit: MAX_REQUEST_BYTES,
+    })?;
+    let mut frame = Vec::with_capacity(4 + body.len());
+    frame.extend_from_slice(&len.to_be_bytes());
+    frame.extend_from_slice(body);
+    w.write_all(&frame)?;
+    w.flush()?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_round_trip_and_refuse_unknown_fields() {
+        let r: Request = serde_json::from_str(
+            r#"{"op":"advance_counter","counter":"revocation-serial","to":3}"#,
+        )
+        .unwrap();
+        assert_eq!(r.operation(), Operation::AdvanceCounter);
+        assert!(serde_json::from_str::<Request>(r#"{"op":"describe","x":1}"#).is_err());
+        assert!(serde_json::from_str::<Request>(r#"{"op":"export_private_key"}"#).is_err());
+        assert!(serde_json::from_str::<Request>(r#"{"op":"anchors","role":"everyone"}"#).is_err());
+    }
+
+    #[tokio::test]
+    async fn oversized_frames_are_refused_before_allocation() {
+        let mut data: &[u8] = &[0xff, 0xff, 0xff, 0xff];
+        assert!(matches!(
+            read_frame(&mut data, MAX_REQUEST_BYTES).await,
+            Err(FrameError::TooLarge { .. })
+        ));
+        let mut empty: &[u8] = &[];
+        assert!(matches!(
+            read_frame(&mut empty, MAX_REQUEST_BYTES).await,
+            Err(FrameError::Closed)
+        ));
+    }
+}

@@ -1,0 +1,148 @@
+//! The HTTPS listener's TLS configuration with the server key in the key store: handshakes are
+//! signed by the TPM/HSM (in-process or through keyd) via
+//! [`warden_attest::keystore::tls::KeyStoreSigningKey`], so no private key file exists on
+//! disk. Same protocol versions, ALPN and client-certificate verification as
+//! [`crate::tls::server_config`]; only the source of the server key differs.
+//!
+//! The certificate chain (leaf first) is the device CA's answer to the CSR that
+//! `warden provision --csr` wrote; its public key must be the device key, which is checked
+//! here so that a mismatched certificate fails at start, not at the first handshake.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rustls::server::WebPkiClientVerifier;
+use rustls::sign::CertifiedKey;
+use warden_attest::keystore::KeyStore;
+use warden_attest::keystore::tls::KeyStoreSigningKey;
+
+use crate::tls::load_certificates;
+
+/// Why the TLS configuration could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsKeyStoreError {
+    /// Certificates (chain or client CAs).
+    #[error(transparent)]
+    Pem(#[from] crate::tls::TlsError),
+    /// The client CA file.
+    #[error("client CA {path}: {message}")]
+    ClientCa {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        message: String,
+    },
+    /// The key store has no usable device key.
+    #[error("the key store's device key: {0}")]
+    KeyStore(#[from] warden_attest::keystore::KeyStoreError),
+    /// The leaf certificate does not certify the device key.
+    #[error("{path}: the leaf certificate's key is not the key store's device key")]
+    KeyMismatch {
+        /// The chain file.
+        path: PathBuf,
+    },
+    /// rustls refused the setup.
+    #[error("TLS setup: {0}")]
+    Setup(String),
+}
+
+/// rustls signs synchronously inside the handshake future, and a key store signature is a
+/// TPM/HSM command or a round trip to keyd (milliseconds, up to a second on a slow TPM). On a
+/// multi-threaded tokio runtime the call is wrapped in `block_in_place`, so the worker's other
+/// tasks move to another worker instead of waiting behind the signature (without it, a task
+/// parked in the worker's LIFO slot, e.g. an in-process keyd's connection, waits until the
+/// signature returns: a deadlock when that task is the one that signs).
+#[derive(Debug)]
+struct OffTheReactor(Arc<dyn KeyStore>);
+
+impl KeyStore for OffTheReactor {
+    fn describe(&self) -> warden_attest::keystore::BackendInfo {
+        self.0.describe()
+    }
+
+    fn capabilities(&self) -> warden_attest::keystore::Capabilities {
+        self.0.capabilities()
+    }
+
+    fn device_public_key(&self) -> Result<p256::PublicKey, warden_attest::keystore::KeyStoreError> {
+        self.0.device_public_key()
+    }
+
+    fn sign(
+        &self,
+        message: &[u8],
+    ) -> Result<p256::ecdsa::Signature, warden_attest::keystore::KeyStoreError> {
+        let multi_thread = tokio::runtime::Handle::try_current()
+            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+        if multi_thread {
+            tokio::task::block_in_place(|| self.0.sign(message))
+        } else {
+            self.0.sign(message)
+        }
+    }
+}
+
+/// Where the listener's identity comes from.
+#[derive(Debug, Clone)]
+pub struct KeyStoreTlsConfig<'a> {
+    /// PEM chain for the device key, leaf first.
+    pub certificate: &'a Path,
+    /// PEM CAs that client certificates must chain to; `None` only with the insecure opt-in.
+    pub client_ca: Option<&'a Path>,
+    /// Accept clients without a certificate (the same opt-in as `tls.insecure_allow_anonymous_clients`).
+    pub insecure_allow_anonymous_clients: bool,
+}
+
+/// A rustls server configuration whose handshake signatures come from `store`'s device key.
+pub fn server_config(
+    cfg: &KeyStoreTlsConfig<'_>,
+    store: Arc<dyn KeyStore>,
+) -> Result<Arc<rustls::ServerConfig>, TlsKeyStoreError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(|e| TlsKeyStoreError::Setup(e.to_string()))?;
+    let builder = match cfg.client_ca {
+        Some(ca_path) => {
+            let mut roots = rustls::RootCertStore::empty();
+            for cert in load_certificates(ca_path)? {
+                roots.add(cert).map_err(|e| TlsKeyStoreError::ClientCa {
+                    path: ca_path.to_path_buf(),
+                    message: e.to_string(),
+                })?;
+            }
+            let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider);
+            let verifier = if cfg.insecure_allow_anonymous_clients {
+                verifier.allow_unauthenticated()
+            } else {
+                verifier
+            };
+            let verifier = verifier.build().map_err(|e| TlsKeyStoreError::ClientCa {
+                path: ca_path.to_path_buf(),
+                message: e.to_string(),
+            })?;
+            builder.with_client_cert_verifier(verifier)
+        }
+        None if cfg.insecure_allow_anonymous_clients => builder.with_no_client_auth(),
+        None => {
+            return Err(TlsKeyStoreError::Setup(
+                "no client CA: client certificates are required unless insecure_allow_anonymous_clients"
+                    .to_owned(),
+            ));
+        }
+    };
+    let chain = load_certificates(cfg.certificate)?;
+    let key = KeyStoreSigningKey::new(Arc::new(OffTheReactor(store)))?;
+    let certified = CertifiedKey::new(chain, Arc::new(key));
+    // The leaf must certify the device key (rustls compares the SPKIs).
+    certified
+        .keys_match()
+        .map_err(|_| TlsKeyStoreError::KeyMismatch {
+            path: cfg.certificate.to_path_buf(),
+        })?;
+    let mut config = builder.with_cert_resolver(Arc::new(rustls::sign::SingleCertAndKey::from(
+        Arc::new(certified),
+    )));
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}

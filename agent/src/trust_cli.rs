@@ -1,0 +1,496 @@
+//! The operator's trust commands: `warden provision`, `warden attest quote|verify`,
+//! `warden keyd`, `warden status`.
+//!
+//! `provision` opens the key store backend named in keyd.toml directly: run it as the key
+//! service's user while keyd is stopped (keyd is the only process that holds the hardware at
+//! run time). `status` asks a running keyd when given its socket, else opens the backend.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Context as _, bail};
+use p256::elliptic_curve::sec1::ToEncodedPoint as _;
+use p256::pkcs8::{EncodePublicKey as _, LineEnding};
+use warden_attest::boot::{measure, quote};
+use warden_attest::keystore::{self, Counter, KeyStore, KeyStoreError, Role};
+
+use crate::admission;
+use crate::keyd::{KeydClient, KeydConfig};
+
+/// `warden attest …`
+#[derive(Debug, clap::Subcommand)]
+pub enum AttestCommand {
+    /// Quote the SHA-256 PCRs over a verifier's nonce with the TPM's attestation key; prints
+    /// the quote as JSON.
+    Quote {
+        /// The TPM (TCTI): `device:/dev/tpmrm0`, `swtpm:host=127.0.0.1,port=2321`.
+        #[arg(long, default_value = "device:/dev/tpmrm0")]
+        tcti: String,
+        /// The verifier's nonce, hex (1 to 64 bytes).
+        #[arg(long)]
+        nonce: String,
+        /// PCRs to quote, comma-separated.
+        #[arg(long, value_delimiter = ',', default_values_t = [0u32, 2, 4, 7, measure::DEFAULT_APP_PCR])]
+        pcrs: Vec<u32>,
+        /// Write the quote here instead of standard output.
+        #[arg(long)]
+        output: Option<PathBuf>,
+    },
+    /// Verify a quote off the TPM against the attestation key and a golden PCR file.
+    Verify {
+        /// The quote (JSON from `warden attest quote`).
+        #[arg(long)]
+        quote: PathBuf,
+        /// The attestation key's public key, PEM (printed by `warden provision`).
+        #[arg(long)]
+        ak: PathBuf,
+        /// The nonce the verifier sent, hex.
+        #[arg(long)]
+        nonce: String,
+        /// Golden PCR values: a JSON object {"<pcr>": "<hex sha256>", ...}.
+        #[arg(long)]
+        golden: PathBuf,
+        /// An application event log to check against the quoted application PCR.
+        #[arg(long)]
+        app_log: Option<PathBuf>,
+        /// The application PCR.
+        #[arg(long, default_value_t = measure::DEFAULT_APP_PCR)]
+        app_pcr: u32,
+    },
+}
+
+/// A role's anchors on the command line: `ROLE=FILE.pem`.
+#[derive(Debug, Clone)]
+pub struct AnchorArg {
+    role: Role,
+    path: PathBuf,
+}
+
+impl std::str::FromStr for AnchorArg {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (role, path) = s
+            .split_once('=')
+            .ok_or_else(|| format!("{s:?} is not ROLE=FILE"))?;
+        let role = Role::ALL
+            .into_iter()
+            .find(|r| r.name() == role)
+            .ok_or_else(|| {
+                format!(
+                    "unknown role {role:?}; one of {}",
+                    Role::ALL.map(Role::name).join(", ")
+                )
+            })?;
+        Ok(Self {
+            role,
+            path: path.into(),
+        })
+    }
+}
+
+/// Options of `warden provision`.
+#[derive(Debug, clap::Args)]
+pub struct ProvisionArgs {
+    /// keyd's config; its `[keystore]` names the backend to enrol.
+    #[arg(long, default_value = crate::keyd::config::DEFAULT_PATH)]
+    pub keyd_config: PathBuf,
+    /// Install a role's anchors from a PEM file, `ROLE=FILE` (repeatable). Roles:
+    /// model-signers, release-authority, fleet-authority, tenant-cas. Anchors are locked once
+    /// installed.
+    #[arg(long = "anchor")]
+    pub anchors: Vec<AnchorArg>,
+    /// Write a certificate signing request for the device key here (signed by the key store).
+    #[arg(long)]
+    pub csr: Option<PathBuf>,
+    /// The device identity's DNS name (subject CN and SAN of the CSR).
+    #[arg(long, default_value = "warden-device")]
+    pub device_name: String,
+    /// TPM only: create the attestation key and write its public key (PEM) here.
+    #[arg(long)]
+    pub ak: Option<PathBuf>,
+}
+
+/// Options of `warden status`.
+#[derive(Debug, clap::Args)]
+pub struct StatusArgs {
+    /// Ask the running key service on this socket.
+    #[arg(long, conflicts_with = "keyd_config")]
+    pub keyd_socket: Option<PathBuf>,
+    /// Or open the backend of this keyd config directly (keyd stopped).
+    #[arg(long)]
+    pub keyd_config: Option<PathBuf>,
+    /// The policy directory whose digest releases must pin.
+    #[arg(long, default_value = "/etc/warden/policies")]
+    pub policies: PathBuf,
+}
+
+/// The device key as an rcgen signing key, so a CSR is signed inside the key store.
+struct StoreKey<'a> {
+    store: &'a dyn KeyStore,
+    point: Vec<u8>,
+}
+
+impl rcgen::PublicKeyData for StoreKey<'_> {
+    fn der_bytes(&self) -> &[u8] {
+        &self.point
+    }
+    fn algorithm(&self) -> &'static rcgen::SignatureAlgorithm {
+        &rcgen::PKCS_ECDSA_P256_SHA256
+    }
+}
+
+impl rcgen::SigningKey for StoreKey<'_> {
+    fn sign(&self, msg: &[u8]) -> Result<Vec<u8>, rcgen::Error> {
+        self.store
+            .sign(msg)
+            .map(|s| s.to_der().as_bytes().to_vec())
+            .map_err(|e| {
+                tracing::error!(error = %e, "the key store refused to sign the CSR");
+                rcgen::Error::RemoteKeyError
+            })
+    }
+}
+
+/// A PKCS#10 request for the device key, signed by the key store.
+pub fn device_csr(store: &dyn KeyStore, device_name: &str) -> anyhow::Result<String> {
+    let public = store.device_public_key()?;
+    let key = StoreKey {
+        store,
+        point: public.to_encoded_point(false).as_bytes().to_vec(),
+    };
+    let mut params = rcgen::CertificateParams::new(vec![device_name.to_owned()])
+        .context("the device name is not a valid DNS name")?;
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, device_name);
+    Ok(params.serialize_request(&key)?.pem()?)
+}
+
+/// Checks that anchors parse before they are locked in for good.
+fn check_anchor_pem(role: Role, pem: &[u8]) -> anyhow::Result<()> {
+    match role {
+        Role::TenantCas => {
+            use rustls_pki_types::pem::PemObject as _;
+            let certs: Vec<_> = rustls_pki_types::CertificateDer::pem_slice_iter(pem)
+                .collect::<Result<_, _>>()
+                .with_context(|| format!("the {role} anchors are not PEM certificates"))?;
+            if certs.is_empty() {
+                bail!("the {role} anchors hold no certificate");
+            }
+        }
+        _ => {
+            admission::verifiers_from_pem(role, pem)?;
+        }
+    }
+    Ok(())
+}
+
+/// Runs `warden provision`.
+pub fn provision(args: &ProvisionArgs) -> anyhow::Result<()> {
+    let config = KeydConfig::load(&args.keyd_config)?;
+    let store = keystore::open(&config.keystore).context("opening the key store (`keystore`)")?;
+    let info = store.describe();
+    println!("backend: {info}");
+    let public = store.ensure_device_key()?;
+    let spki = public
+        .to_public_key_pem(LineEnding::LF)
+        .context("encoding the device public key")?;
+    println!("device key: ok (ECDSA P-256)\n{spki}");
+    for a in &args.anchors {
+        let pem = std::fs::read(&a.path)
+            .with_context(|| format!("reading the {} anchors {}", a.role, a.path.display()))?;
+        check_anchor_pem(a.role, &pem)?;
+        match store.install_anchors(a.role, &pem) {
+            Ok(()) => println!("anchors {}: installed and locked", a.role),
+            Err(KeyStoreError::AnchorsLocked { .. })
+                if store.anchors(a.role)?.as_deref() == Some(pem.as_slice()) =>
+            {
+                println!("anchors {}: already installed (same bytes)", a.role);
+            }
+            Err(e) => return Err(e).context(format!("installing the {} anchors", a.role)),
+        }
+    }
+    if let Some(path) = &args.csr {
+        let csr = device_csr(store.as_ref(), &args.device_name)?;
+        std::fs::write(path, &csr).with_context(|| format!("writing {}", path.display()))?;
+        println!(
+            "device CSR for {} -> {} (have the device CA sign it; serve TLS with the resulting certificate)",
+            args.device_name,
+            path.display()
+        );
+    }
+    if let Some(path) = &args.ak {
+        let keystore::BackendConfig::Tpm(tpm_config) = &config.keystore else {
+            bail!("--ak needs the tpm backend");
+        };
+        drop(store);
+        let tpm = warden_attest::tpm::Tpm::open(&tpm_config.tcti)?;
+        let ak = quote::ensure_attestation_key(&tpm)?;
+        let pem = ak
+            .to_public_key_pem(LineEnding::LF)
+            .context("encoding the AK")?;
+        std::fs::write(path, &pem).with_context(|| format!("writing {}", path.display()))?;
+        println!(
+            "attestation key -> {} (enrol it with the verifier)",
+            path.display()
+        );
+    }
+    if info.development_only {
+        println!("WARNING: DEVELOPMENT-ONLY key store: do not use this appliance in production");
+    }
+    Ok(())
+}
+
+fn parse_nonce(hex_nonce: &str) -> anyhow::Result<Vec<u8>> {
+    let nonce = hex::decode(hex_nonce).context("--nonce is not hex")?;
+    if nonce.is_empty() || nonce.len() > quote::MAX_NONCE {
+        bail!(
+            "--nonce holds 1 to {} bytes, not {}",
+            quote::MAX_NONCE,
+            nonce.len()
+        );
+    }
+    Ok(nonce)
+}
+
+/// Reads a golden PCR file: `{"<pcr>": "<64 hex>"}`.
+pub fn read_golden(path: &Path) -> anyhow::Result<BTreeMap<u32, [u8; 32]>> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let raw: BTreeMap<String, String> = serde_json::from_str(&text)
+        .with_context(|| format!("{} is not {{\"pcr\": \"hex\"}}", path.display()))?;
+    raw.into_iter()
+        .map(|(k, v)| {
+            let pcr: u32 = k
+                .parse()
+                .with_context(|| format!("{}: {k:?} is not a PCR number", path.display()))?;
+            let bytes: [u8; 32] = hex::decode(&v)
+                .ok()
+                .and_then(|b| b.try_into().ok())
+                .with_context(|| format!("{}: PCR {pcr} is not 32 bytes of hex", path.display()))?;
+            Ok((pcr, bytes))
+        })
+        .collect()
+}
+
+/// Runs `warden attest …`.
+pub fn attest(cmd: AttestCommand) -> anyhow::Result<()> {
+    match cmd {
+        AttestCommand::Quote {
+            tcti,
+            nonce,
+            pcrs,
+            output,
+        } => {
+            let nonce = parse_nonce(&nonce)?;
+            let tpm = warden_attest::tpm::Tpm::open(&tcti)?;
+            let q = quote::quote(&tpm, &nonce, &pcrs)?;
+            let json = serde_json::to_string_pretty(&q)?;
+            match output {
+                Some(p) => std::fs::write(&p, json + "\n")
+                    .with_context(|| format!("writing {}", p.display()))?,
+                None => println!("{json}"),
+            }
+            Ok(())
+        }
+        AttestCommand::Verify {
+            quote: quote_path,
+            ak,
+            nonce,
+            golden,
+            app_log,
+            app_pcr,
+        } => {
+            use p256::pkcs8::DecodePublicKey as _;
+            let nonce = parse_nonce(&nonce)?;
+            let q: quote::Quote = serde_json::from_str(
+                &std::fs::read_to_string(&quote_path)
+                    .with_context(|| format!("reading {}", quote_path.display()))?,
+            )
+            .with_context(|| format!("{} is not a quote", quote_path.display()))?;
+            let ak_pem = std::fs::read_to_string(&ak)
+                .with_context(|| format!("reading {}", ak.display()))?;
+            let ak_key = p256::PublicKey::from_public_key_pem(&ak_pem)
+                .with_context(|| format!("{} is not a P-256 public key", ak.display()))?;
+            let golden = read_golden(&golden)?;
+            let verified = quote::verify_quote(&q, &ak_key, &nonce, &golden)?;
+            println!(
+                "quote verifies: {} PCR(s) quoted, {} golden value(s) match, TPM reset count {}",
+                verified.pcrs.len(),
+                golden.len(),
+                verified.reset_count
+            );
+            if let Some(log) = app_log {
+                let events = measure::AppEventLog::new(&log).read()?;
+                let value = verified
+                    .pcrs
+                    .get(&app_pcr)
+                    .with_context(|| format!("PCR {app_pcr} was not quoted"))?;
+                measure::verify_app_log(&events, app_pcr, value)?;
+                println!(
+                    "application log {}: {} model load(s) replay to PCR {app_pcr}",
+                    log.display(),
+                    events.len()
+                );
+                for e in events {
+                    println!(
+                        "  {} {} {} policy {}",
+                        e.model, e.version, e.root_digest, e.policy_digest
+                    );
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Runs `warden keyd --config FILE` until SIGTERM or SIGINT.
+pub fn keyd(config_path: &Path) -> anyhow::Result<()> {
+    let config = KeydConfig::load(config_path)?;
+    let store = keystore::open(&config.keystore).with_context(|| {
+        format!(
+            "{}: opening the key store (`keystore`)",
+            config_path.display()
+        )
+    })?;
+    let info = store.describe();
+    if info.development_only {
+        tracing::warn!(backend = %info, "keyd: DEVELOPMENT-ONLY key store: nothing is hardware-protected");
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    rt.block_on(async move {
+        let listener = crate::keyd::bind(&config.socket).with_context(|| {
+            format!(
+                "{}: binding `socket` {}",
+                config_path.display(),
+                config.socket.display()
+            )
+        })?;
+        tracing::info!(
+            socket = %config.socket.display(),
+            backend = info.kind,
+            principals = config.principals.len(),
+            "keyd: serving"
+        );
+        let socket = config.socket.clone();
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .context("installing the SIGTERM handler")?;
+        let shutdown = async move {
+            tokio::select! {
+                _ = term.recv() => {},
+                _ = tokio::signal::ctrl_c() => {},
+            }
+        };
+        crate::keyd::serve(listener, Arc::new(config), store, shutdown).await;
+        let _ = std::fs::remove_file(&socket);
+        tracing::info!("keyd: stopped");
+        Ok(())
+    })
+}
+
+/// What `warden status` reports, as lines; `Err` lines are problems with a hint.
+pub fn status_lines(store: &dyn KeyStore, policies: &Path) -> Vec<Result<String, String>> {
+    let mut out = Vec::new();
+    let info = store.describe();
+    if info.development_only {
+        out.push(Err(format!(
+            "key store: {info}\n  hint: choose backend = \"tpm\" or \"pkcs11\" in keyd.toml for production"
+        )));
+    } else {
+        out.push(Ok(format!("key store: {info}")));
+    }
+    let c = store.capabilities();
+    out.push(Ok(format!(
+        "capabilities: anchors {}{}, device key {}{}, seal {}{}, counters {}{}",
+        yes(c.anchors),
+        if c.anchors_hardware_locked {
+            " (hardware-locked)"
+        } else {
+            ""
+        },
+        yes(c.device_key),
+        if c.device_key_non_exportable {
+            " (non-exportable)"
+        } else {
+            ""
+        },
+        yes(c.seal),
+        if c.seal_bound_to_pcrs {
+            " (bound to PCRs)"
+        } else {
+            ""
+        },
+        yes(c.counters),
+        if c.counters_hardware_monotonic {
+            " (hardware-monotonic)"
+        } else {
+            ""
+        },
+    )));
+    match store.device_public_key() {
+        Ok(_) => out.push(Ok("device key: present".to_owned())),
+        Err(e) => out.push(Err(format!(
+            "device key: {e}\n  hint: run `warden provision --keyd-config …`"
+        ))),
+    }
+    for role in Role::ALL {
+        match store.anchors(role) {
+            Ok(Some(pem)) => out.push(Ok(format!("anchors {role}: present ({} bytes)", pem.len()))),
+            Ok(None) => out.push(Err(format!(
+                "anchors {role}: ABSENT\n  hint: `warden provision --anchor {role}=FILE.pem`"
+            ))),
+            Err(e) => out.push(Err(format!("anchors {role}: {e}"))),
+        }
+    }
+    for counter in [Counter::RevocationSerial, Counter::PolicySetSerial] {
+        match store.counter(counter) {
+            Ok(v) => out.push(Ok(format!("counter {counter}: {v}"))),
+            Err(e) => out.push(Err(format!("counter {counter}: {e}"))),
+        }
+    }
+    match admission::policy_set_digest(policies) {
+        Ok(d) => out.push(Ok(format!(
+            "policy set {}: {d} (releases must pin this digest)",
+            policies.display()
+        ))),
+        Err(e) => out.push(Err(format!(
+            "policy set: {e}\n  hint: pass --policies DIR (the directory holding serving/startup.rego)"
+        ))),
+    }
+    out
+}
+
+fn yes(b: bool) -> &'static str {
+    if b { "yes" } else { "no" }
+}
+
+/// Runs `warden status`; fails when something is wrong.
+pub fn status(args: &StatusArgs) -> anyhow::Result<()> {
+    let store: Arc<dyn KeyStore> = match (&args.keyd_socket, &args.keyd_config) {
+        (Some(socket), _) => Arc::new(KeydClient::connect(socket)?),
+        (None, Some(config)) => {
+            let config = KeydConfig::load(config)?;
+            keystore::open(&config.keystore).context("opening the key store (`keystore`)")?
+        }
+        (None, None) => bail!("name the key service: --keyd-socket PATH or --keyd-config FILE"),
+    };
+    let mut problems = 0;
+    for line in status_lines(store.as_ref(), &args.policies) {
+        match line {
+            Ok(l) => println!("{l}"),
+            Err(l) => {
+                problems += 1;
+                println!("{l}");
+            }
+        }
+    }
+    if problems > 0 {
+        bail!("{problems} problem(s): see the hints above");
+    }
+    println!("ok");
+    Ok(())
+}

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# The GPU suite: accelerator discovery (cudarc, CUDA driver API) on the real device.
+# Skips, saying why, on a machine without an NVIDIA GPU; on one with a GPU, finding none fails.
+#   hw-tests/gpu.sh                      # builds and runs through cargo
+#   WARDEN_ACCEL_TEST_BIN=path gpu.sh    # runs a prebuilt `runtime/tests/accel.rs` binary
+#                                        # (for a GPU machine without a toolchain)
+set -euo pipefail
+if [ ! -e /dev/nvidiactl ] && ! command -v nvidia-smi >/dev/null 2>&1; then
+    echo "SKIP gpu suite: no NVIDIA GPU here (no /dev/nvidiactl, no nvidia-smi)"
+    exit 0
+fi
+command -v nvidia-smi >/dev/null 2>&1 &&
+    nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || true
+export WARDEN_EXPECT_GPU=1
+if [ -n "${WARDEN_ACCEL_TEST_BIN:-}" ]; then
+    "$WARDEN_ACCEL_TEST_BIN" --nocapture --test-threads 1
+else
+    cd "$(dirname "$0")/.."
+    cargo test -p warden-runtime --test accel -- --nocapture --test-threads 1
+fi

@@ -1,0 +1,269 @@
+//! How a worker process comes up, shared by `warden-runtime` (which then serves) and
+//! `warden-sandbox-probe` (which then probes its own sandbox), so that the probes see exactly
+//! the sandbox a serving worker gets.
+//!
+//! ```text
+//! warden-runtime --model FILE --sha256 HEX --onnxruntime LIB [--threads N] [--concurrency N]
+//!                [--max-frame-bytes N] [--sandbox JSON]
+//! ```
+//!
+//! Its channel to the agent is a Unix stream socket passed as **stdin**. Order of start-up:
+//! read the model once and compare its SHA-256 with `--sha256` (the agent verified the signed
+//! bundle; this closes the window in which the file could be swapped), load the ONNX Runtime
+//! library — both with the agent's privileges — then enter the sandbox
+//! ([`crate::sandbox::enter`], policy from `--sandbox`), and only then let ONNX Runtime parse
+//! the model. Logs go to stderr, never tensor contents.
+//!
+//! Exit codes: 0 after `Shutdown` or when the agent closed the socket; 2 for bad arguments or
+//! a refused start (the reason is also sent to the agent as an `Error` frame with id 0 when
+//! the socket is usable); 1 when the connection broke; 128 + N when killed by signal N.
+
+use std::os::fd::AsFd;
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
+
+use sha2::{Digest, Sha256};
+
+use crate::engine::{self, EngineOptions, OrtEngine};
+use crate::protocol::{DEFAULT_MAX_FRAME_BYTES, ErrorClass, Message};
+use crate::sandbox::{self, SandboxPolicy, probe};
+use crate::server::{self, StopReason};
+
+/// What the process does once it is up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Serve the model to the agent (`warden-runtime`).
+    Serve,
+    /// Probe the sandbox and write a JSON report to the socket (`warden-sandbox-probe`).
+    Probe,
+}
+
+struct Args {
+    model: PathBuf,
+    sha256: String,
+    onnxruntime: PathBuf,
+    threads: usize,
+    concurrency: usize,
+    max_frame_bytes: usize,
+    sandbox: SandboxPolicy,
+    probe: probe::Targets,
+}
+
+const USAGE: &str = "usage: warden-runtime --model FILE --sha256 HEX --onnxruntime LIB \
+                     [--threads N] [--concurrency N] [--max-frame-bytes N] [--sandbox JSON]  \
+                     (stdin: the agent's socket)";
+
+fn parse_args(mode: Mode) -> Result<Args, String> {
+    let mut model = None;
+    let mut sha256 = None;
+    let mut onnxruntime = None;
+    let mut threads = 1usize;
+    let mut concurrency = 1usize;
+    let mut max_frame_bytes = DEFAULT_MAX_FRAME_BYTES;
+    let mut sandbox = SandboxPolicy::default();
+    let mut probe = probe::Targets::default();
+    let mut it = std::env::args_os().skip(1);
+    while let Some(flag) = it.next() {
+        let flag = flag.to_string_lossy().into_owned();
+        let mut value = || it.next().ok_or_else(|| format!("{flag} needs a value"));
+        let number = |v: std::ffi::OsString| {
+            v.to_string_lossy()
+                .parse::<usize>()
+                .map_err(|_| format!("{flag}: not a number: {v:?}"))
+        };
+        match flag.as_str() {
+            "--model" => model = Some(PathBuf::from(value()?)),
+            "--sha256" => sha256 = Some(value()?.to_string_lossy().to_ascii_lowercase()),
+            "--onnxruntime" => onnxruntime = Some(PathBuf::from(value()?)),
+            "--threads" => threads = number(value()?)?,
+            "--concurrency" => concurrency = number(value()?)?.max(1),
+            "--max-frame-bytes" => max_frame_bytes = number(value()?)?,
+            "--sandbox" => {
+                sandbox = serde_json::from_str(&value()?.to_string_lossy())
+                    .map_err(|e| format!("--sandbox: {e}"))?;
+            }
+            "--probe-secret" if mode == Mode::Probe => {
+                probe.secret = Some(PathBuf::from(value()?));
+            }
+            "--probe-connect" if mode == Mode::Probe => {
+                let v = value()?.to_string_lossy().into_owned();
+                probe.connect = Some(v.parse().map_err(|_| format!("{flag}: bad address {v}"))?);
+            }
+            "--help" | "-h" => return Err(USAGE.to_string()),
+            other => return Err(format!("unknown argument {other:?}")),
+        }
+    }
+    let sha256 = sha256.ok_or("--sha256 is required")?;
+    if sha256.len() != 64 || !sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err("--sha256 must be 64 hex digits".into());
+    }
+    probe.address_space_bytes = sandbox.address_space_bytes;
+    Ok(Args {
+        model: model.ok_or("--model is required")?,
+        sha256,
+        onnxruntime: onnxruntime.ok_or("--onnxruntime is required")?,
+        threads,
+        concurrency,
+        max_frame_bytes,
+        sandbox,
+        probe,
+    })
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The privileged part: the model bytes (checked) and the ONNX Runtime library.
+fn open_resources(args: &Args) -> Result<Vec<u8>, String> {
+    let bytes = std::fs::read(&args.model)
+        .map_err(|e| format!("cannot read model {}: {e}", args.model.display()))?;
+    let actual = hex(&Sha256::digest(&bytes));
+    if actual != args.sha256 {
+        return Err(format!(
+            "model sha256 mismatch: expected {}, file has {actual}; refusing to load",
+            args.sha256
+        ));
+    }
+    engine::load_library(&args.onnxruntime).map_err(|e| e.to_string())?;
+    Ok(bytes)
+}
+
+/// The agent's socket (our stdin). Taken only after the sandbox is entered, so that the
+/// sandbox's waiting parent holds no copy of it.
+fn take_socket() -> Result<UnixStream, String> {
+    let stream = std::io::stdin()
+        .as_fd()
+        .try_clone_to_owned()
+        .map(UnixStream::from)
+        .map_err(|e| format!("cannot take stdin: {e}"))?;
+    // `peer_addr` fails (ENOTSOCK, ENOTCONN) for anything but a connected socket.
+    stream
+        .peer_addr()
+        .map_err(|e| format!("stdin is not a connected Unix socket: {e}"))?;
+    Ok(stream)
+}
+
+/// Tells the agent why the worker will not start (when stdin is its socket), and exits 2.
+fn refuse(message: String, max_frame_bytes: usize) -> ExitCode {
+    tracing::error!("{message}");
+    if let Ok(stream) = take_socket() {
+        let writer = Mutex::new(stream);
+        let _ = server::send(
+            &writer,
+            &Message::Error {
+                id: 0,
+                class: ErrorClass::Internal,
+                message,
+            },
+            max_frame_bytes,
+        );
+    }
+    ExitCode::from(2)
+}
+
+/// The whole life of a worker process.
+pub fn main(mode: Mode) -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+
+    let args = match parse_args(mode) {
+        Ok(a) => a,
+        Err(e) => {
+            tracing::error!("{e}");
+            eprintln!("{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    if let Err(e) = take_socket() {
+        tracing::error!("{e}");
+        return ExitCode::from(2);
+    }
+    let bytes = match open_resources(&args) {
+        Ok(bytes) => bytes,
+        Err(message) => return refuse(message, args.max_frame_bytes),
+    };
+    if let Err(e) = sandbox::enter(&args.sandbox) {
+        return refuse(e.to_string(), args.max_frame_bytes);
+    }
+    // From here on: inside the sandbox.
+    let stream = match take_socket() {
+        Ok(s) => s,
+        Err(message) => return refuse(message, args.max_frame_bytes),
+    };
+    let engine = match OrtEngine::load(
+        &args.onnxruntime,
+        &bytes,
+        EngineOptions {
+            intra_op_threads: args.threads,
+            sessions: args.concurrency,
+        },
+    ) {
+        Ok(engine) => engine,
+        Err(e) => return refuse(e.to_string(), args.max_frame_bytes),
+    };
+    drop(bytes);
+    tracing::info!(
+        model = %args.model.display(),
+        sha256 = %args.sha256,
+        inputs = engine.signature().inputs.len(),
+        outputs = engine.signature().outputs.len(),
+        concurrency = args.concurrency,
+        threads = args.threads,
+        "model loaded"
+    );
+    match mode {
+        Mode::Serve => serve(stream, engine, &args),
+        Mode::Probe => report_probes(stream, &args),
+    }
+}
+
+fn serve(stream: UnixStream, engine: OrtEngine, args: &Args) -> ExitCode {
+    match server::serve(
+        stream,
+        Arc::new(engine),
+        args.concurrency,
+        args.max_frame_bytes,
+    ) {
+        Ok(StopReason::Shutdown) => {
+            tracing::info!("stopped after shutdown");
+            ExitCode::SUCCESS
+        }
+        Ok(StopReason::EndOfStream) => {
+            tracing::info!("agent closed the socket; stopping");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            tracing::error!("connection broken: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// Writes the report as one JSON line, then stays up until the agent closes the socket, so
+/// that the test can also inspect the sandboxed process from outside.
+fn report_probes(mut stream: UnixStream, args: &Args) -> ExitCode {
+    use std::io::{Read, Write};
+    let report = probe::run(&args.probe);
+    let written = serde_json::to_vec(&report)
+        .map_err(|e| e.to_string())
+        .and_then(|mut json| {
+            json.push(b'\n');
+            stream.write_all(&json).map_err(|e| e.to_string())
+        });
+    if let Err(e) = written {
+        tracing::error!("cannot send the probe report: {e}");
+        return ExitCode::from(1);
+    }
+    let mut rest = Vec::new();
+    let _ = stream.read_to_end(&mut rest);
+    ExitCode::SUCCESS
+}
