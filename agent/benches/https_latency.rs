@@ -1,7 +1,8 @@
 //! Warden's cost over raw ONNX Runtime, measured in one run on the demo model:
 //! - raw: `OrtEngine::run` in process, batch 1 (the floor);
-//! - warden: HTTPS (mutual TLS, HTTP/1.1 keep-alive) → decode → validate → worker hop →
-//!   ONNX Runtime → encode → audit, at concurrency 1, 8 and 32.
+//! - warden: HTTPS (mutual TLS, HTTP/1.1 keep-alive) → the gateway chain (identity, routes.rego,
+//!   rate-limit bookkeeping) → decode → validate → sandboxed worker hop → ONNX Runtime →
+//!   encode → audit, at concurrency 1, 8 and 32.
 //!
 //! Prints medians and tails, throughput and the added latency at concurrency 1. Run with
 //! `scripts/bench.sh` (it builds the worker in release first). Environment:
@@ -90,6 +91,12 @@ fn main() {
                 .join("warden-runtime"),
         );
         config.runtime.worker_concurrency = 2;
+        // The whole gateway chain runs (authn, authz, limiter bookkeeping, validation, audit);
+        // the limits are raised so that the load generator measures latency, not refusals.
+        config.gateway.limits.identity_rate_per_s = 1_000_000.0;
+        config.gateway.limits.identity_burst = 1_000_000;
+        config.gateway.limits.tenant_rate_per_s = 1_000_000.0;
+        config.gateway.limits.tenant_burst = 1_000_000;
         let prepared = serve::prepare(&config).await.unwrap();
         let addr = prepared.local_addr;
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();

@@ -495,6 +495,10 @@ pub struct SignatureFacts {
     pub signer: Option<String>,
     /// Why not, for operators.
     pub detail: String,
+    /// The files the signature covers, when valid (the loader checks that the file the engine
+    /// loads is one of them). Not part of the policy's input.
+    #[serde(skip)]
+    pub files: Vec<String>,
 }
 
 /// Whether a signed document was found valid.
@@ -718,6 +722,7 @@ fn check_signature(
                 status: SignatureStatus::Unsigned,
                 signer: None,
                 detail: "the model has no signature".to_owned(),
+                files: Vec::new(),
             },
             None,
         );
@@ -728,6 +733,7 @@ fn check_signature(
                 status: SignatureStatus::UnknownSigner,
                 signer: None,
                 detail: "no model-signer anchors are installed".to_owned(),
+                files: Vec::new(),
             },
             None,
         );
@@ -747,6 +753,7 @@ fn check_signature(
                         status: SignatureStatus::Valid,
                         signer: Some(m.signer),
                         detail: String::new(),
+                        files: m.files.iter().map(|f| f.name.clone()).collect(),
                     },
                     Some(m.root_digest),
                 );
@@ -766,6 +773,7 @@ fn check_signature(
             status,
             signer: None,
             detail,
+            files: Vec::new(),
         },
         None,
     )

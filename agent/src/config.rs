@@ -37,7 +37,14 @@ pub struct Config {
     pub audit: AuditConfig,
     #[serde(default)]
     pub runtime: RuntimeConfig,
+    /// File-based model-signer anchors: only without a `[keystore]` (development mode).
+    #[serde(default)]
     pub trust: TrustConfig,
+    /// Where keys and trust anchors live. Present: anchors come from the key store's roles and
+    /// every load is decided by `[admission]`.
+    pub keystore: Option<KeystoreConfig>,
+    /// The startup policy, allowed stages and revocation list (required with `[keystore]`).
+    pub admission: Option<AdmissionConfig>,
     #[serde(default)]
     pub state: StateConfig,
     #[serde(default, rename = "model")]
@@ -86,8 +93,10 @@ pub struct ServerConfig {
 pub struct TlsConfig {
     /// PEM certificate chain of the server, leaf first.
     pub certificate: PathBuf,
-    /// PEM private key of the server (PKCS#8, SEC1 or PKCS#1).
-    pub private_key: PathBuf,
+    /// PEM private key of the server (PKCS#8, SEC1 or PKCS#1). Absent: the handshake is
+    /// signed by the key store's device key (requires `[keystore]`; the certificate must
+    /// certify that key).
+    pub private_key: Option<PathBuf>,
     /// PEM CA certificates that client certificates must chain to.
     pub client_ca: Option<PathBuf>,
     /// Serve clients that present no certificate. Only for local experiments: every request
@@ -167,6 +176,84 @@ pub struct TrustConfig {
     pub model_signer_roots: Vec<PathBuf>,
 }
 
+/// Where the key store is: in this process (a backend of `warden_attest::keystore`) or behind
+/// the key service's socket (`warden keyd`). Exactly one of `backend` and `keyd_socket`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "toml::Table")]
+pub enum KeystoreConfig {
+    /// `backend = "tpm" | "pkcs11" | "software-development-only"` with its fields.
+    InProcess(warden_attest::keystore::BackendConfig),
+    /// `keyd_socket = "/run/warden/keyd.sock"`.
+    Keyd { socket: PathBuf },
+}
+
+impl TryFrom<toml::Table> for KeystoreConfig {
+    type Error = String;
+
+    fn try_from(table: toml::Table) -> Result<Self, String> {
+        match (table.contains_key("backend"), table.get("keyd_socket")) {
+            (true, Some(_)) => Err(
+                "set either keystore.backend (in-process) or keystore.keyd_socket (the key \
+                 service), not both"
+                    .into(),
+            ),
+            (false, None) => Err(
+                "name keystore.backend (\"tpm\", \"pkcs11\", \"software-development-only\") or \
+                 keystore.keyd_socket"
+                    .into(),
+            ),
+            (false, Some(socket)) => {
+                if let Some(other) = table.keys().find(|k| *k != "keyd_socket") {
+                    return Err(format!(
+                        "unknown field keystore.{other}: with keyd_socket the key service holds \
+                         the backend's settings"
+                    ));
+                }
+                let socket = socket
+                    .as_str()
+                    .ok_or("keystore.keyd_socket must be a path string")?;
+                Ok(KeystoreConfig::Keyd {
+                    socket: PathBuf::from(socket),
+                })
+            }
+            (true, None) => toml::Value::Table(table)
+                .try_into()
+                .map(KeystoreConfig::InProcess)
+                .map_err(|e| format!("keystore: {}", e.to_string().trim_end())),
+        }
+    }
+}
+
+/// Model admission: `policies/serving/startup.rego` decides every load and every refresh.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdmissionConfig {
+    /// The policy set (its canonical digest must equal the release's `policySetDigest`).
+    pub policy_directory: PathBuf,
+    /// Release stages this appliance serves.
+    #[serde(default = "default_allowed_stages")]
+    pub allowed_stages: Vec<warden_attest::release::Stage>,
+    /// The fleet authority's signed revocation list. Once one was accepted, its absence is
+    /// refused (`revocation_list_missing`).
+    pub revocation_list: Option<PathBuf>,
+    /// Seconds between re-runs of admission on every loaded version (also on SIGHUP).
+    #[serde(default = "default_refresh_interval_s")]
+    pub refresh_interval_s: u64,
+}
+
+fn default_allowed_stages() -> Vec<warden_attest::release::Stage> {
+    vec![warden_attest::release::Stage::Approved]
+}
+fn default_refresh_interval_s() -> u64 {
+    60
+}
+
+impl AdmissionConfig {
+    pub fn refresh_interval(&self) -> Duration {
+        Duration::from_secs(self.refresh_interval_s)
+    }
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ModelConfig {
@@ -180,6 +267,11 @@ pub struct ModelConfig {
     pub file: PathBuf,
     /// The OMS signature. Absent: `model.sig` inside `directory`.
     pub signature: Option<PathBuf>,
+    /// The release authority's signed release statement (with `[keystore]`).
+    pub release: Option<PathBuf>,
+    /// Signed attestations the release requires (with `[keystore]`).
+    #[serde(default)]
+    pub attestations: Vec<PathBuf>,
     /// Declared value ranges per input tensor (`[model.inputs.<name>] min/max`): every element
     /// must lie within them, or the request is refused before it reaches the worker.
     #[serde(default)]
@@ -276,7 +368,30 @@ impl Config {
             }
         };
         fix(&mut self.tls.certificate);
-        fix(&mut self.tls.private_key);
+        if let Some(p) = self.tls.private_key.as_mut() {
+            fix(p);
+        }
+        match self.keystore.as_mut() {
+            Some(KeystoreConfig::Keyd { socket }) => fix(socket),
+            Some(KeystoreConfig::InProcess(b)) => {
+                use warden_attest::keystore::BackendConfig;
+                match b {
+                    BackendConfig::Software(c) => fix(&mut c.dir),
+                    BackendConfig::Pkcs11(c) => {
+                        fix(&mut c.module);
+                        fix(&mut c.pin_file);
+                    }
+                    BackendConfig::Tpm(_) => {}
+                }
+            }
+            None => {}
+        }
+        if let Some(a) = self.admission.as_mut() {
+            fix(&mut a.policy_directory);
+            if let Some(p) = a.revocation_list.as_mut() {
+                fix(p);
+            }
+        }
         if let Some(p) = self.tls.client_ca.as_mut() {
             fix(p);
         }
@@ -298,6 +413,10 @@ impl Config {
             if let Some(p) = m.signature.as_mut() {
                 fix(p);
             }
+            if let Some(p) = m.release.as_mut() {
+                fix(p);
+            }
+            m.attestations.iter_mut().for_each(fix);
         }
     }
 
@@ -378,7 +497,9 @@ impl Config {
                 "must be between 1 and 1024".into(),
             ));
         }
-        if !self.models.is_empty()
+        self.validate_trust(origin)?;
+        if self.keystore.is_none()
+            && !self.models.is_empty()
             && self.trust.model_signer_keys.is_empty()
             && self.trust.model_signer_roots.is_empty()
         {
@@ -442,6 +563,88 @@ impl Config {
                 return Err(invalid(
                     &field("file"),
                     "must be a plain relative path inside the model directory".into(),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Config {
+    /// The rules between `[keystore]`, `[admission]`, `[trust]`, `tls.private_key` and the
+    /// models' release documents.
+    fn validate_trust(&self, origin: &Path) -> Result<(), ConfigError> {
+        let invalid = |field: &str, message: &str| ConfigError::Invalid {
+            path: origin.to_path_buf(),
+            field: field.to_string(),
+            message: message.to_string(),
+        };
+        match (&self.keystore, &self.admission) {
+            (Some(_), None) => {
+                return Err(invalid(
+                    "admission",
+                    "a [keystore] is configured: name the policy set in \
+                     [admission] policy_directory, so every load is decided by startup.rego",
+                ));
+            }
+            (None, Some(_)) => {
+                return Err(invalid(
+                    "admission",
+                    "admission verifies against the key store's anchors and counters: \
+                     configure [keystore] too",
+                ));
+            }
+            _ => {}
+        }
+        if self.keystore.is_some() {
+            // One source of anchors: files beside a key store would be a silent second root.
+            if !self.trust.model_signer_keys.is_empty() {
+                return Err(invalid(
+                    "trust.model_signer_keys",
+                    "with a [keystore] the model signers are the key store's anchors; \
+                     remove the file-based anchors",
+                ));
+            }
+            if !self.trust.model_signer_roots.is_empty() {
+                return Err(invalid(
+                    "trust.model_signer_roots",
+                    "with a [keystore] the model signers are the key store's anchors; \
+                     remove the file-based anchors",
+                ));
+            }
+        } else {
+            if self.tls.private_key.is_none() {
+                return Err(invalid(
+                    "tls.private_key",
+                    "required without a [keystore] (with one, the device key signs handshakes)",
+                ));
+            }
+            for (i, m) in self.models.iter().enumerate() {
+                if m.release.is_some() {
+                    return Err(invalid(
+                        &format!("model[{i}].release"),
+                        "release statements are checked only with [keystore] and [admission]",
+                    ));
+                }
+                if !m.attestations.is_empty() {
+                    return Err(invalid(
+                        &format!("model[{i}].attestations"),
+                        "attestations are checked only with [keystore] and [admission]",
+                    ));
+                }
+            }
+        }
+        if let Some(a) = &self.admission {
+            if a.allowed_stages.is_empty() {
+                return Err(invalid(
+                    "admission.allowed_stages",
+                    "name at least one stage (e.g. [\"Approved\"])",
+                ));
+            }
+            if !(1..=86_400).contains(&a.refresh_interval_s) {
+                return Err(invalid(
+                    "admission.refresh_interval_s",
+                    "must be between 1 second and one day",
                 ));
             }
         }
@@ -552,6 +755,155 @@ file = "model.onnx"
             .unwrap_err()
             .to_string();
         assert!(err.contains("server.max_body_bytes"), "{err}");
+    }
+
+    const KEYSTORE: &str = r#"
+schema_version = 1
+[server]
+listen = "127.0.0.1:8443"
+[tls]
+certificate = "pki/server.pem"
+client_ca = "pki/ca.pem"
+[keystore]
+backend = "software-development-only"
+dir = "keystore"
+[admission]
+policy_directory = "policies"
+revocation_list = "revocations.json"
+[[model]]
+name = "demo"
+version = "1"
+directory = "models/demo"
+file = "model.onnx"
+release = "models/demo.release.json"
+attestations = ["models/demo.slsa.json"]
+"#;
+
+    #[test]
+    fn keystore_mode_loads_with_defaults_and_anchored_paths() {
+        let c = parse(KEYSTORE).unwrap();
+        assert_eq!(
+            c.keystore,
+            Some(KeystoreConfig::InProcess(
+                warden_attest::keystore::BackendConfig::Software(
+                    warden_attest::keystore::SoftwareConfig {
+                        dir: PathBuf::from("/etc/warden/keystore")
+                    }
+                )
+            ))
+        );
+        let a = c.admission.as_ref().unwrap();
+        assert_eq!(a.policy_directory, Path::new("/etc/warden/policies"));
+        assert_eq!(
+            a.allowed_stages,
+            vec![warden_attest::release::Stage::Approved]
+        );
+        assert_eq!(a.refresh_interval_s, 60);
+        assert_eq!(
+            a.revocation_list.as_deref(),
+            Some(Path::new("/etc/warden/revocations.json"))
+        );
+        assert_eq!(
+            c.models[0].release.as_deref(),
+            Some(Path::new("/etc/warden/models/demo.release.json"))
+        );
+        assert_eq!(
+            c.models[0].attestations,
+            vec![PathBuf::from("/etc/warden/models/demo.slsa.json")]
+        );
+        assert!(c.tls.private_key.is_none());
+        let keyd = KEYSTORE.replace(
+            "backend = \"software-development-only\"\ndir = \"keystore\"",
+            "keyd_socket = \"/run/warden/keyd.sock\"",
+        );
+        assert_eq!(
+            parse(&keyd).unwrap().keystore,
+            Some(KeystoreConfig::Keyd {
+                socket: PathBuf::from("/run/warden/keyd.sock")
+            })
+        );
+    }
+
+    #[test]
+    fn keystore_rules_name_the_field() {
+        let err_of = |text: &str| parse(text).unwrap_err().to_string();
+        // Both, or neither, of backend and keyd_socket.
+        let both = KEYSTORE.replace("dir = \"keystore\"", "dir = \"k\"\nkeyd_socket = \"/s\"");
+        assert!(err_of(&both).contains("not both"), "{}", err_of(&both));
+        let neither = KEYSTORE.replace(
+            "backend = \"software-development-only\"\ndir = \"keystore\"",
+            "",
+        );
+        assert!(
+            err_of(&neither).contains("keystore.backend"),
+            "{}",
+            err_of(&neither)
+        );
+        let stray = KEYSTORE.replace(
+            "backend = \"software-development-only\"\ndir = \"keystore\"",
+            "keyd_socket = \"/s\"\ntcti = \"x\"",
+        );
+        assert!(
+            err_of(&stray).contains("keystore.tcti"),
+            "{}",
+            err_of(&stray)
+        );
+        let typo = KEYSTORE.replace("dir = \"keystore\"", "dri = \"keystore\"");
+        assert!(err_of(&typo).contains("dri"), "{}", err_of(&typo));
+        // [admission] is required with a key store and refused without.
+        let no_admission = KEYSTORE.replace(
+            "[admission]\npolicy_directory = \"policies\"\nrevocation_list = \"revocations.json\"\n",
+            "",
+        );
+        assert!(
+            err_of(&no_admission).contains("field `admission`"),
+            "{}",
+            err_of(&no_admission)
+        );
+        let admission_alone = format!("{GOOD}[admission]\npolicy_directory = \"p\"\n");
+        assert!(err_of(&admission_alone).contains("field `admission`"));
+        // One source of anchors.
+        let files_too = KEYSTORE.replace(
+            "[admission]",
+            "[trust]\nmodel_signer_keys = [\"s.pub\"]\n[admission]",
+        );
+        assert!(
+            err_of(&files_too).contains("trust.model_signer_keys"),
+            "{}",
+            err_of(&files_too)
+        );
+        // The key file is optional only with a key store.
+        let no_key = GOOD.replace("private_key = \"pki/server.key\"\n", "");
+        assert!(
+            err_of(&no_key).contains("tls.private_key"),
+            "{}",
+            err_of(&no_key)
+        );
+        // Release documents only with admission.
+        let release_in_dev = GOOD.replace(
+            "file = \"model.onnx\"",
+            "file = \"model.onnx\"\nrelease = \"r.json\"",
+        );
+        assert!(err_of(&release_in_dev).contains("model[0].release"));
+        let interval = KEYSTORE.replace(
+            "revocation_list = ",
+            "refresh_interval_s = 0\nrevocation_list = ",
+        );
+        assert!(err_of(&interval).contains("admission.refresh_interval_s"));
+        let stages = KEYSTORE.replace(
+            "revocation_list = ",
+            "allowed_stages = []\nrevocation_list = ",
+        );
+        assert!(err_of(&stages).contains("admission.allowed_stages"));
+        let bad_stage = KEYSTORE.replace(
+            "revocation_list = ",
+            "allowed_stages = [\"Aproved\"]\nrevocation_list = ",
+        );
+        assert!(
+            err_of(&bad_stage).contains("Aproved"),
+            "{}",
+            err_of(&bad_stage)
+        );
     }
 
     #[test]

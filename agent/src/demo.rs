@@ -3,6 +3,11 @@
 //! binary) signed with that key, and a config; then it serves the model on 127.0.0.1 over
 //! mutual TLS exactly as `warden serve` would, verification included. What is development-only
 //! is printed as such.
+//!
+//! `warden demo` runs the appliance's trust path too ([`prepare_admitted`]): a software key
+//! store (development only) holding the model-signer, release-authority and fleet-authority
+//! anchors, a release statement and an SLSA attestation for the model, a signed revocation
+//! list, and the startup policy, so the model is served only because admission allowed it.
 
 use crate::config::Config;
 use crate::pki::DevCa;
@@ -30,7 +35,20 @@ pub enum DemoError {
     Sign(#[from] warden_attest::bundle::BundleError),
     #[error("the generated config is invalid: {0}")]
     Config(#[from] crate::config::ConfigError),
+    #[error("the demo key store: {0}")]
+    KeyStore(#[from] warden_attest::keystore::KeyStoreError),
+    #[error("signing the demo release: {0}")]
+    Release(#[from] warden_attest::release::ReleaseError),
+    #[error("signing the demo revocation list: {0}")]
+    Revocation(#[from] warden_attest::revocation::RevocationError),
+    #[error("the demo policy set: {0}")]
+    Policy(#[from] crate::admission::AdmissionError),
 }
+
+/// The startup policy as shipped (`policies/serving/startup.rego`), written by the demo.
+pub const SHIPPED_STARTUP_REGO: &str = include_str!("../../policies/serving/startup.rego");
+/// The attestation the demo's release requires.
+const DEMO_ATTESTATION_TYPE: &str = "https://slsa.dev/provenance/v1";
 
 /// Paths of what the demo wrote.
 pub struct DemoFiles {
@@ -41,6 +59,8 @@ pub struct DemoFiles {
     pub client_key: PathBuf,
     pub request: PathBuf,
     pub root_digest: String,
+    /// The admission policy set's digest, when the demo runs with a key store.
+    pub policy_digest: Option<String>,
 }
 
 fn write(path: &Path, contents: &[u8], private: bool) -> Result<(), DemoError> {
@@ -61,6 +81,9 @@ fn write(path: &Path, contents: &[u8], private: bool) -> Result<(), DemoError> {
         .map_err(err)?;
     f.write_all(contents).map_err(err)
 }
+
+/// The development-mode anchors of the demo config ([`prepare_admitted`] replaces them).
+const DEMO_TRUST_SECTION: &str = "[trust]\nmodel_signer_keys = [\"trust/model-signer.pub\"]\n";
 
 /// The demo's grants: tenant `demo` may call every route of every version of model `demo`.
 const DEMO_GRANTS_JSON: &str = r#"{"tenants": {"demo": {"models": {"demo": {"versions": ["*"], "routes": ["infer", "metadata", "ready"]}}}}}
@@ -160,9 +183,7 @@ path = "audit.jsonl"
 [state]
 directory = "state"
 
-[trust]
-model_signer_keys = ["trust/model-signer.pub"]
-
+{DEMO_TRUST_SECTION}
 # Client certificates name their caller with a SPIFFE ID of this trust domain:
 # spiffe://warden.demo/tenant/<tenant>/app/<app>.
 [gateway.identity]
@@ -195,10 +216,113 @@ signature = "models/demo.sig"
             client_key: pki.join("client.key"),
             request: dir.join("sample-request.json"),
             root_digest: signed.root_digest,
+            policy_digest: None,
             dir,
         },
         config,
     ))
+}
+
+/// [`prepare`], then the trust path of an appliance with development keys: a software key store
+/// in `keystore/` with the anchors, the startup policy in `admission/`, a release statement
+/// and an SLSA attestation signed by a release authority, an empty revocation list signed by a
+/// fleet authority; the config names them in `[keystore]`, `[admission]` and the model's
+/// `release`/`attestations` instead of `[trust]`. The key store is made afresh on every run
+/// (its anchors are write-once).
+pub fn prepare_admitted(dir: &Path, port: u16) -> Result<(DemoFiles, Config), DemoError> {
+    use warden_attest::keystore::{KeyStore, Role, software::SoftwareKeyStore};
+    use warden_attest::release::{Release, Stage, sign_attestation, sign_release};
+    use warden_attest::revocation::{RevocationList, sign_revocation_list};
+    let (mut files, _) = prepare(dir, port)?;
+    let dir = files.dir.clone();
+    let werr = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| DemoError::Write { path, source }
+    };
+    let signer_pub = std::fs::read(dir.join("trust/model-signer.pub"))
+        .map_err(werr(&dir.join("trust/model-signer.pub")))?;
+    let authority = |name: &str| -> Result<(Signer, String), DemoError> {
+        let (private, public) = bundle::generate_private_key_pem(bundle::Curve::P256)?;
+        write(
+            &dir.join(format!("trust/{name}.key")),
+            private.as_bytes(),
+            true,
+        )?;
+        write(
+            &dir.join(format!("trust/{name}.pub")),
+            public.as_bytes(),
+            false,
+        )?;
+        Ok((Signer::from_private_key_pem(&private)?, public))
+    };
+    let (release_authority, release_pub) = authority("release-authority")?;
+    let (fleet, fleet_pub) = authority("fleet-authority")?;
+
+    let ks_dir = dir.join("keystore");
+    if ks_dir.exists() {
+        std::fs::remove_dir_all(&ks_dir).map_err(werr(&ks_dir))?;
+    }
+    let store = SoftwareKeyStore::open(&ks_dir)?;
+    store.install_anchors(Role::ModelSigners, &signer_pub)?;
+    store.install_anchors(Role::ReleaseAuthority, release_pub.as_bytes())?;
+    store.install_anchors(Role::FleetAuthority, fleet_pub.as_bytes())?;
+    drop(store);
+
+    let policy_dir = dir.join("admission");
+    write(
+        &policy_dir.join(crate::admission::STARTUP_POLICY),
+        SHIPPED_STARTUP_REGO.as_bytes(),
+        false,
+    )?;
+    let policy_digest = crate::admission::policy_set_digest(&policy_dir)?;
+    let release = sign_release(
+        &Release {
+            name: "demo".into(),
+            version: "1".into(),
+            stage: Stage::Approved,
+            policy_set_digest: policy_digest.clone(),
+            required_attestations: vec![DEMO_ATTESTATION_TYPE.into()],
+        },
+        &files.root_digest,
+        &release_authority,
+    )?;
+    write(&dir.join("models/demo.release.json"), &release, false)?;
+    let attestation = sign_attestation(
+        DEMO_ATTESTATION_TYPE,
+        &serde_json::json!({"builder": {"id": "warden demo (development only)"}}),
+        "demo",
+        &files.root_digest,
+        &release_authority,
+    )?;
+    write(&dir.join("models/demo.slsa.json"), &attestation, false)?;
+    let revocations = sign_revocation_list(
+        &RevocationList {
+            serial: 1,
+            revoked_digests: vec![],
+            revoked_versions: vec![],
+        },
+        &fleet,
+    )?;
+    write(&dir.join("revocations.json"), &revocations, false)?;
+
+    let text = std::fs::read_to_string(&files.config).map_err(werr(&files.config))?;
+    let text = text.replace(
+        DEMO_TRUST_SECTION,
+        r#"# Trust anchors in a key store: DEVELOPMENT ONLY (plain files in keystore/).
+[keystore]
+backend = "software-development-only"
+dir = "keystore"
+
+# Every load and every refresh is decided by admission/serving/startup.rego.
+[admission]
+policy_directory = "admission"
+revocation_list = "revocations.json"
+"#,
+    ) + "release = \"models/demo.release.json\"\nattestations = [\"models/demo.slsa.json\"]\n";
+    write(&files.config, text.as_bytes(), false)?;
+    let config = Config::load(&files.config)?;
+    files.policy_digest = Some(policy_digest);
+    Ok((files, config))
 }
 
 /// What the demo prints once it is serving.
@@ -208,11 +332,11 @@ pub fn banner(files: &DemoFiles, addr: std::net::SocketAddr) -> String {
         r#"Warden demo — serving model "demo" version 1 on https://{addr} (mutual TLS required)
 
 DEVELOPMENT ONLY, do not use on an appliance:
-  - software keys: the CA, server, client and model-signer private keys are plain files in {dir}
+  - software keys: the CA, server, client and signing private keys are plain files in {dir}
   - the CA ({ca}) was made just now by this demo; nothing outside this machine trusts it
   - the model signer key was generated just now; production signers keep theirs in an HSM
 
-Verified before serving: OMS signature of models/demo (root digest {digest}) against trust/model-signer.pub
+{verified}
 Config: {config}   Audit trail: {dir}/audit.jsonl
 
 Run an inference (two held-out rows of the breast-cancer dataset):
@@ -228,7 +352,20 @@ listening on https://{addr}
         key = q(&files.client_key),
         req = q(&files.request),
         config = files.config.display(),
-        digest = files.root_digest,
+        verified = match &files.policy_digest {
+            None => format!(
+                "Verified before serving: OMS signature of models/demo (root digest {}) against trust/model-signer.pub",
+                files.root_digest
+            ),
+            Some(policy) => format!(
+                "Admitted before serving by admission/serving/startup.rego (policy set {policy}):\n  \
+                 OMS signature of models/demo (root digest {}) against the key store's model-signer anchor,\n  \
+                 release statement (Approved) and SLSA attestation by the release authority,\n  \
+                 revocation list serial 1 by the fleet authority\n  \
+                 - the key store is the software backend (keystore/): DEVELOPMENT ONLY",
+                files.root_digest
+            ),
+        },
     )
 }
 

@@ -99,7 +99,7 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Check { config } => check(&config),
         Command::Demo { dir, port } => {
-            let (files, config) = demo::prepare(&dir, port)?;
+            let (files, config) = demo::prepare_admitted(&dir, port)?;
             runtime()?.block_on(async {
                 let prepared = serve::prepare(&config).await?;
                 print!("{}", demo::banner(&files, prepared.local_addr));
@@ -126,6 +126,9 @@ fn check(path: &std::path::Path) -> anyhow::Result<()> {
         path.display(),
         config.schema_version
     );
+    if config.keystore.is_some() {
+        return check_with_key_store(&config);
+    }
     warden_agent::tls::server_config(&config.tls).context("TLS")?;
     println!(
         "tls: server certificate and key ok; client certificates {}",
@@ -176,6 +179,39 @@ fn check(path: &std::path::Path) -> anyhow::Result<()> {
     if failed > 0 {
         anyhow::bail!("{failed} model(s) would not be served");
     }
+    println!("ok");
+    Ok(())
+}
+
+/// `warden check` with a `[keystore]`: the key store opens, the listener's identity is the
+/// device key (or the key file), the admission policy compiles. Models are decided by the
+/// startup policy when `warden serve` stages them (accepting a revocation list advances the
+/// key store's counter, so `check` does not evaluate them).
+fn check_with_key_store(config: &Config) -> anyhow::Result<()> {
+    let trust = warden_agent::models::TrustContext::open(config)
+        .context("key store and admission")?
+        .context("[keystore] and [admission] are both required")?;
+    let info = trust.store.describe();
+    println!("keystore: {info}");
+    warden_agent::serve::tls_config(config, Some(&trust.store)).context("TLS")?;
+    println!(
+        "tls: server certificate ok; handshakes signed by {}",
+        if config.tls.private_key.is_some() {
+            "the key file"
+        } else {
+            "the key store's device key"
+        }
+    );
+    println!(
+        "admission: policy set {} digest {}; {} model(s) decided at load",
+        config
+            .admission
+            .as_ref()
+            .map(|a| a.policy_directory.display().to_string())
+            .unwrap_or_default(),
+        trust.admission().policy_digest(),
+        config.models.len()
+    );
     println!("ok");
     Ok(())
 }

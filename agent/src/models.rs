@@ -3,22 +3,34 @@
 //! the verified copy (the worker re-checks the model file's SHA-256, so nothing can be swapped
 //! between verification and load), and only then make it visible to the API. A version that
 //! fails any step is not served.
+//!
+//! With a `[keystore]`, the verification step is admission (`crate::admission`): the startup
+//! policy decides on facts verified against the key store's anchors, the load is measured into
+//! the application PCR (TPM) or the application event log, and [`ModelRegistry::refresh`]
+//! re-decides every loaded version on an interval and on SIGHUP, unloading what is refused.
 
+use crate::admission::{self, Admission, AdmissionError, Decision, Evidence};
 use crate::audit::{AuditError, AuditEvent, AuditLog};
-use crate::config::{Config, ModelConfig};
+use crate::config::{AdmissionConfig, Config, KeystoreConfig, ModelConfig};
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 use tokio::sync::broadcast;
+use warden_attest::boot::measure::{AppEventLog, DEFAULT_APP_PCR};
 use warden_attest::bundle::{self, Verifier, VerifyOptions};
+use warden_attest::keystore::{KeyStore, KeyStoreError};
 use warden_runtime::tensor::ModelSignature;
 use warden_runtime::worker::{RestartPolicy, Worker, WorkerOptions};
 
 /// Largest single file the loader copies into the state directory.
 const MAX_MODEL_FILE_BYTES: u64 = 64 * 1024 * 1024 * 1024;
+/// Largest release statement, attestation or revocation list read.
+const MAX_DOCUMENT_BYTES: u64 = 16 * 1024 * 1024;
+/// The application event log, in the state directory.
+pub const APP_EVENT_LOG: &str = "app-events.jsonl";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
@@ -43,6 +55,27 @@ pub enum ModelError {
         version: String,
         reasons: String,
     },
+    #[error("model {name} version {version}: admission refused: {}", reasons.join("; "))]
+    Refused {
+        name: String,
+        version: String,
+        /// The startup policy's reasons, `<clause>: <detail>`.
+        reasons: Vec<String>,
+    },
+    #[error("model {name} version {version}: the key store's anchors: {source}")]
+    Anchors {
+        name: String,
+        version: String,
+        source: admission::AnchorError,
+    },
+    #[error("model {name} version {version}: measuring the load: {message}")]
+    Measure {
+        name: String,
+        version: String,
+        message: String,
+    },
+    #[error("model {name} version {version} is already loaded")]
+    AlreadyLoaded { name: String, version: String },
     #[error("trust anchor {path}: {message}")]
     Anchor { path: PathBuf, message: String },
     #[error("model {name} version {version}: worker failed to start: {message}")]
@@ -59,6 +92,133 @@ pub enum ModelError {
     NoWorkerBinary { path: PathBuf },
     #[error("worker events: {0}")]
     Audit(#[from] AuditError),
+    #[error("a blocking task failed: {0}")]
+    Join(String),
+}
+
+/// Why the key store or the admission policy could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum TrustError {
+    #[error("keystore: {0}")]
+    KeyStore(#[from] KeyStoreError),
+    #[error("admission.policy_directory: {0}")]
+    Policy(#[from] AdmissionError),
+    #[error("the application event log: {0}")]
+    AppLog(warden_attest::boot::BootError),
+}
+
+/// The key store and the admission policy, when `[keystore]` is configured.
+pub struct TrustContext {
+    pub store: Arc<dyn KeyStore>,
+    pub config: AdmissionConfig,
+    /// Swapped whole on refresh; evaluations clone the `Arc` and never hold the lock.
+    admission: RwLock<Arc<Admission>>,
+    app_log: AppEventLog,
+}
+
+impl std::fmt::Debug for TrustContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TrustContext")
+            .field("store", &self.store.describe())
+            .field("policy_directory", &self.config.policy_directory)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Opens the configured key store: in this process, or the key service's socket.
+pub fn open_key_store(config: &KeystoreConfig) -> Result<Arc<dyn KeyStore>, KeyStoreError> {
+    match config {
+        KeystoreConfig::InProcess(backend) => warden_attest::keystore::open(backend),
+        KeystoreConfig::Keyd { socket } => Ok(Arc::new(crate::keyd::KeydClient::connect(socket)?)),
+    }
+}
+
+impl TrustContext {
+    /// `None` without `[keystore]` (development mode: file anchors, no admission).
+    pub fn open(config: &Config) -> Result<Option<Arc<TrustContext>>, TrustError> {
+        let (Some(ks), Some(adm)) = (&config.keystore, &config.admission) else {
+            return Ok(None);
+        };
+        let store = open_key_store(ks)?;
+        tracing::info!(keystore = %store.describe(), "key store opened");
+        Ok(Some(Arc::new(Self::new(
+            store,
+            adm.clone(),
+            &config.state.directory,
+        )?)))
+    }
+
+    /// With an already opened key store (tests, the demo).
+    pub fn new(
+        store: Arc<dyn KeyStore>,
+        config: AdmissionConfig,
+        state_dir: &Path,
+    ) -> Result<Self, TrustError> {
+        let admission = Admission::with_options(
+            &config.policy_directory,
+            &config.allowed_stages,
+            admission::DEFAULT_LIMIT,
+        )?;
+        tracing::info!(policy_digest = %admission.policy_digest(), "admission policy loaded");
+        let app_log = AppEventLog::new(&state_dir.join(APP_EVENT_LOG));
+        start_app_log(store.as_ref(), &app_log)?;
+        Ok(Self {
+            store,
+            config,
+            admission: RwLock::new(Arc::new(admission)),
+            app_log,
+        })
+    }
+
+    /// The running admission policy.
+    pub fn admission(&self) -> Arc<Admission> {
+        match self.admission.read() {
+            Ok(a) => a.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// Re-reads the policy set. A set that no longer compiles leaves the previous one running
+    /// (its digest is what releases are compared with), and says so.
+    fn reload_policy(&self) -> Result<(), AdmissionError> {
+        let fresh = Admission::with_options(
+            &self.config.policy_directory,
+            &self.config.allowed_stages,
+            admission::DEFAULT_LIMIT,
+        )?;
+        let fresh = Arc::new(fresh);
+        match self.admission.write() {
+            Ok(mut a) => *a = fresh,
+            Err(poisoned) => *poisoned.into_inner() = fresh,
+        }
+        Ok(())
+    }
+
+    /// The revocation list as it is now. An unreadable or absent file is offered as no list:
+    /// admission then refuses once a list was accepted (`revocation_list_missing`).
+    fn revocation_list(&self) -> Option<Arc<Vec<u8>>> {
+        let path = self.config.revocation_list.as_ref()?;
+        match read_document(path) {
+            Ok(bytes) => Some(Arc::new(bytes)),
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "revocation list not readable: offered as absent");
+                None
+            }
+        }
+    }
+
+    /// The application event log (model loads measured into the application PCR).
+    pub fn app_log(&self) -> &AppEventLog {
+        &self.app_log
+    }
+}
+
+/// The signed documents of one loaded version, read from the agent's private copies.
+#[derive(Debug, Clone, Default)]
+pub struct HeldEvidence {
+    signature: Option<Vec<u8>>,
+    release: Option<Vec<u8>>,
+    attestations: Vec<Vec<u8>>,
 }
 
 /// One verified, running model version.
@@ -73,19 +233,62 @@ pub struct LoadedModel {
     pub worker: Worker,
     /// Requests handed to the worker; everything refused before that point never counts.
     pub forwarded: std::sync::atomic::AtomicU64,
+    /// The verified copy, re-checked on every refresh.
+    staged_dir: PathBuf,
+    /// Present when admitted by the startup policy.
+    evidence: Option<Arc<HeldEvidence>>,
+}
+
+type Map = BTreeMap<String, Vec<Arc<LoadedModel>>>;
+
+/// What a loader needs beyond one model's config.
+struct Loader {
+    config: Config,
+    state_dir: PathBuf,
+    onnxruntime: PathBuf,
+    worker_binary: PathBuf,
+    worker_audit: Arc<AuditLog>,
+    /// File anchors (development mode, no key store).
+    verifiers: Vec<(PathBuf, Verifier)>,
+    trust: Option<Arc<TrustContext>>,
+}
+
+/// A version a refresh stopped serving.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unloaded {
+    pub name: String,
+    pub version: String,
+    pub reasons: Vec<String>,
 }
 
 /// All served versions by model name; versions ordered, the default being the highest.
+/// The map is swapped whole (copy on write): a request clones an `Arc` under a short read
+/// lock and never holds it across an await.
 pub struct ModelRegistry {
-    by_name: BTreeMap<String, Vec<Arc<LoadedModel>>>,
+    map: RwLock<Arc<Map>>,
+    /// Versions a refresh unloaded, with why (for the API's message).
+    withdrawn: RwLock<BTreeMap<(String, String), String>>,
+    /// One change at a time: loads and refreshes (the interval and SIGHUP may coincide; two
+    /// loads of one version would stage into the same directory).
+    changing: tokio::sync::Mutex<()>,
+    loader: Loader,
 }
 
 impl ModelRegistry {
     /// Verifies and starts every configured model. Fails on the first model that cannot be
     /// served: an appliance that silently serves fewer models than configured is worse than
-    /// one that refuses to start and says why.
-    pub async fn load(config: &Config, state_dir: &Path) -> Result<ModelRegistry, ModelError> {
-        let verifiers = trust_anchors(config)?;
+    /// one that refuses to start and says why. With `trust`, every model must be admitted by
+    /// the startup policy against the key store's anchors.
+    pub async fn load(
+        config: &Config,
+        state_dir: &Path,
+        trust: Option<Arc<TrustContext>>,
+    ) -> Result<ModelRegistry, ModelError> {
+        let verifiers = if trust.is_some() {
+            Vec::new()
+        } else {
+            trust_anchors(config)?
+        };
         let onnxruntime = config
             .runtime
             .onnxruntime_library
@@ -104,66 +307,172 @@ impl ModelRegistry {
         // Worker deaths, hangs, restarts and quarantines go to the audit trail. A second
         // append-only handle on the same file: each line is one `write`, so lines never mix.
         let worker_audit = Arc::new(AuditLog::open(config.audit.path.as_deref())?);
-        let mut by_name: BTreeMap<String, Vec<Arc<LoadedModel>>> = BTreeMap::new();
+        let registry = ModelRegistry {
+            map: RwLock::new(Arc::new(Map::new())),
+            withdrawn: RwLock::new(BTreeMap::new()),
+            changing: tokio::sync::Mutex::new(()),
+            loader: Loader {
+                config: config.clone(),
+                state_dir: state_dir.to_path_buf(),
+                onnxruntime,
+                worker_binary,
+                worker_audit,
+                verifiers,
+                trust,
+            },
+        };
         for m in &config.models {
-            let staged = stage_and_verify(m, &verifiers, state_dir)?;
-            let model_file = staged.directory.join(&m.file);
-            let sha256 = sha256_file(&model_file).map_err(|source| ModelError::Stage {
-                name: m.name.clone(),
-                version: m.version.clone(),
-                path: model_file.clone(),
-                source,
-            })?;
-            let worker = Worker::start(WorkerOptions {
-                worker_binary: worker_binary.clone(),
-                onnxruntime_library: onnxruntime.clone(),
-                model_file,
-                model_sha256: sha256,
-                intra_op_threads: config.runtime.intra_op_threads,
-                concurrency: config.runtime.worker_concurrency,
-                startup_timeout: Duration::from_millis(config.runtime.worker_startup_timeout_ms),
-                max_frame_bytes: config.server.max_body_bytes.saturating_mul(2).max(1 << 20),
-                sandbox: config.sandbox.clone(),
-                // The worker's watchdog: no answer within the request deadline means a hung
-                // worker, which is killed and restarted.
-                request_timeout: Some(Duration::from_millis(config.server.request_timeout_ms)),
-                restart: RestartPolicy::default(),
-                batching: None,
-            })
-            .await
-            .map_err(|e| ModelError::Worker {
-                name: m.name.clone(),
-                version: m.version.clone(),
-                message: e.to_string(),
-            })?;
-            tracing::info!(
-                model = %m.name, version = %m.version, root_digest = %staged.root_digest,
-                signer = %staged.signer, "model verified and loaded"
-            );
-            audit_worker_events(&worker, &worker_audit, &m.name, &m.version);
-            let loaded = LoadedModel {
-                name: m.name.clone(),
-                version: m.version.clone(),
-                root_digest: staged.root_digest,
-                signer: staged.signer,
-                signature: worker.signature().clone(),
-                worker,
-                forwarded: std::sync::atomic::AtomicU64::new(0),
-            };
-            by_name
-                .entry(m.name.clone())
-                .or_default()
-                .push(Arc::new(loaded));
+            if let Err(e) = registry.add(m).await {
+                registry.shutdown().await;
+                return Err(e);
+            }
         }
-        for versions in by_name.values_mut() {
+        Ok(registry)
+    }
+
+    fn snapshot(&self) -> Arc<Map> {
+        match self.map.read() {
+            Ok(m) => m.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    fn swap(&self, f: impl FnOnce(&mut Map)) {
+        let mut guard = match self.map.write() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let mut next = (**guard).clone();
+        f(&mut next);
+        *guard = Arc::new(next);
+    }
+
+    /// Verifies (and, with a key store, admits) one more version and starts serving it. On
+    /// any refusal nothing changes: the versions already loaded keep serving.
+    pub async fn add(&self, m: &ModelConfig) -> Result<(), ModelError> {
+        let _one_at_a_time = self.changing.lock().await;
+        if self.resolve(&m.name, Some(&m.version)).is_some() {
+            return Err(ModelError::AlreadyLoaded {
+                name: m.name.clone(),
+                version: m.version.clone(),
+            });
+        }
+        let loaded = Arc::new(self.loader.load_one(m).await?);
+        self.swap(|map| {
+            let versions = map.entry(m.name.clone()).or_default();
+            versions.push(loaded);
             versions.sort_by(|a, b| version_order(&a.version, &b.version));
+        });
+        if let Ok(mut w) = self.withdrawn.write() {
+            w.remove(&(m.name.clone(), m.version.clone()));
         }
-        Ok(ModelRegistry { by_name })
+        Ok(())
+    }
+
+    /// Re-reads the policy set and the revocation list and re-runs admission for every
+    /// loaded version; unloads each one now refused (revoked, policy digest mismatch, an
+    /// older list replayed, …) and stops its worker. Returns what was unloaded. Without a
+    /// key store there is nothing to re-decide.
+    pub async fn refresh(&self) -> Vec<Unloaded> {
+        let Some(trust) = self.loader.trust.clone() else {
+            return Vec::new();
+        };
+        let _one_at_a_time = self.changing.lock().await;
+        if let Err(e) = trust.reload_policy() {
+            tracing::error!(error = %e, "refresh: the policy set does not load; the previous one stays in force");
+        }
+        let list = trust.revocation_list();
+        let mut unloaded = Vec::new();
+        for model in self.all() {
+            let Some(evidence) = model.evidence.clone() else {
+                continue;
+            };
+            let decided = decide_blocking(
+                trust.clone(),
+                model.name.clone(),
+                model.version.clone(),
+                model.staged_dir.clone(),
+                evidence,
+                list.clone(),
+            )
+            .await;
+            let decision = match decided {
+                Ok((_, d)) => d,
+                // The anchors could not be read (a key service restart), or evaluation
+                // crashed: no decision was made, so nothing is unloaded for it; the next
+                // refresh decides (a policy's denial, including a missing list, unloads).
+                Err(e) => {
+                    tracing::error!(model = %model.name, version = %model.version, error = %e, "refresh: admission not evaluated");
+                    continue;
+                }
+            };
+            audit_admission(
+                &self.loader.worker_audit,
+                &model.name,
+                &model.version,
+                &decision,
+                if decision.allowed { "kept" } else { "unloaded" },
+            );
+            if decision.allowed {
+                continue;
+            }
+            tracing::error!(model = %model.name, version = %model.version, reasons = ?decision.reasons, "refresh: admission refused a serving version: unloading it");
+            self.swap(|map| {
+                if let Some(versions) = map.get_mut(&model.name) {
+                    versions.retain(|v| !Arc::ptr_eq(v, &model));
+                    if versions.is_empty() {
+                        map.remove(&model.name);
+                    }
+                }
+            });
+            if let Ok(mut w) = self.withdrawn.write() {
+                w.insert(
+                    (model.name.clone(), model.version.clone()),
+                    decision.reasons.join("; "),
+                );
+            }
+            model.worker.shutdown().await;
+            // The refused copy is not kept: a later load stages and decides afresh.
+            if let Some(version_dir) = model.staged_dir.parent()
+                && let Err(e) = std::fs::remove_dir_all(version_dir)
+            {
+                tracing::warn!(path = %version_dir.display(), error = %e, "refresh: cannot remove an unloaded version's copy");
+            }
+            unloaded.push(Unloaded {
+                name: model.name.clone(),
+                version: model.version.clone(),
+                reasons: decision.reasons,
+            });
+        }
+        unloaded
+    }
+
+    /// Why a version is no longer served, when a refresh unloaded it.
+    pub fn withdrawn(&self, name: &str, version: &str) -> Option<String> {
+        self.withdrawn
+            .read()
+            .ok()?
+            .get(&(name.to_owned(), version.to_owned()))
+            .cloned()
+    }
+
+    /// The refresh interval, when admission is configured.
+    pub fn refresh_interval(&self) -> Option<Duration> {
+        self.loader
+            .trust
+            .as_ref()
+            .map(|t| t.config.refresh_interval())
+    }
+
+    /// The key store and admission policy, when configured.
+    pub fn trust(&self) -> Option<&Arc<TrustContext>> {
+        self.loader.trust.as_ref()
     }
 
     /// A version, or the default (highest) one.
     pub fn resolve(&self, name: &str, version: Option<&str>) -> Option<Arc<LoadedModel>> {
-        let versions = self.by_name.get(name)?;
+        let map = self.snapshot();
+        let versions = map.get(name)?;
         match version {
             Some(v) => versions.iter().find(|m| m.version == v).cloned(),
             None => versions.last().cloned(),
@@ -171,19 +480,19 @@ impl ModelRegistry {
     }
 
     pub fn versions(&self, name: &str) -> Vec<String> {
-        self.by_name
+        self.snapshot()
             .get(name)
             .map(|v| v.iter().map(|m| m.version.clone()).collect())
             .unwrap_or_default()
     }
 
-    pub fn all(&self) -> impl Iterator<Item = &Arc<LoadedModel>> {
-        self.by_name.values().flatten()
+    pub fn all(&self) -> Vec<Arc<LoadedModel>> {
+        self.snapshot().values().flatten().cloned().collect()
     }
 
-    /// Whether every configured model has a live worker.
+    /// Whether every loaded model has a live worker.
     pub fn all_ready(&self) -> bool {
-        self.all().all(|m| m.worker.is_alive())
+        self.all().iter().all(|m| m.worker.is_alive())
     }
 
     /// Stops every worker.
@@ -191,6 +500,326 @@ impl ModelRegistry {
         for m in self.all() {
             m.worker.shutdown().await;
         }
+    }
+}
+
+impl Loader {
+    async fn load_one(&self, m: &ModelConfig) -> Result<LoadedModel, ModelError> {
+        let config = &self.config;
+        let (staged, evidence) = match &self.trust {
+            None => (stage_and_verify(m, &self.verifiers, &self.state_dir)?, None),
+            Some(trust) => {
+                let (staged, evidence) = self.stage_and_admit(m, trust).await?;
+                (staged, Some(evidence))
+            }
+        };
+        let model_file = staged.directory.join(&m.file);
+        let sha256 = sha256_file(&model_file).map_err(|source| ModelError::Stage {
+            name: m.name.clone(),
+            version: m.version.clone(),
+            path: model_file.clone(),
+            source,
+        })?;
+        let worker = Worker::start(WorkerOptions {
+            worker_binary: self.worker_binary.clone(),
+            onnxruntime_library: self.onnxruntime.clone(),
+            model_file,
+            model_sha256: sha256,
+            intra_op_threads: config.runtime.intra_op_threads,
+            concurrency: config.runtime.worker_concurrency,
+            startup_timeout: Duration::from_millis(config.runtime.worker_startup_timeout_ms),
+            max_frame_bytes: config.server.max_body_bytes.saturating_mul(2).max(1 << 20),
+            sandbox: config.sandbox.clone(),
+            // The worker's watchdog: no answer within the request deadline means a hung
+            // worker, which is killed and restarted.
+            request_timeout: Some(Duration::from_millis(config.server.request_timeout_ms)),
+            restart: RestartPolicy::default(),
+            batching: None,
+        })
+        .await
+        .map_err(|e| ModelError::Worker {
+            name: m.name.clone(),
+            version: m.version.clone(),
+            message: e.to_string(),
+        })?;
+        // Measured once the worker serves it, before the API can see it: a quote then names
+        // exactly what can answer.
+        if let (Some(trust), Some(event)) = (&self.trust, &staged.load_event)
+            && let Err(message) = measure(trust, event)
+        {
+            worker.shutdown().await;
+            return Err(ModelError::Measure {
+                name: m.name.clone(),
+                version: m.version.clone(),
+                message,
+            });
+        }
+        tracing::info!(
+            model = %m.name, version = %m.version, root_digest = %staged.root_digest,
+            signer = %staged.signer, "model verified and loaded"
+        );
+        audit_worker_events(&worker, &self.worker_audit, &m.name, &m.version);
+        Ok(LoadedModel {
+            name: m.name.clone(),
+            version: m.version.clone(),
+            root_digest: staged.root_digest,
+            signer: staged.signer,
+            signature: worker.signature().clone(),
+            worker,
+            forwarded: std::sync::atomic::AtomicU64::new(0),
+            staged_dir: staged.directory,
+            evidence: evidence.map(Arc::new),
+        })
+    }
+
+    /// Stages the model and its documents, then lets the startup policy decide on the copy.
+    async fn stage_and_admit(
+        &self,
+        m: &ModelConfig,
+        trust: &Arc<TrustContext>,
+    ) -> Result<(Staged, HeldEvidence), ModelError> {
+        let stage_err = |path: &Path, source: std::io::Error| ModelError::Stage {
+            name: m.name.clone(),
+            version: m.version.clone(),
+            path: path.to_path_buf(),
+            source,
+        };
+        let version_dir = self.state_dir.join("models").join(&m.name).join(&m.version);
+        if version_dir.exists() {
+            std::fs::remove_dir_all(&version_dir).map_err(|e| stage_err(&version_dir, e))?;
+        }
+        let model_copy = version_dir.join("model");
+        let result = async {
+            copy_tree(m, &m.directory, &model_copy)?;
+            // An absent signature is a fact for the policy (`unsigned`), not an I/O error.
+            let signature_path = m.signature_path();
+            let signature = match signature_path.strip_prefix(&m.directory) {
+                Ok(inside) => optional_document(&model_copy.join(inside)),
+                Err(_) => optional_document(&signature_path),
+            }
+            .map_err(|e| stage_err(&signature_path, e))?;
+            // The documents are read once; refreshes re-decide on these bytes.
+            let release = match &m.release {
+                Some(p) => Some(read_document(p).map_err(|e| stage_err(p, e))?),
+                None => None,
+            };
+            let attestations = m
+                .attestations
+                .iter()
+                .map(|p| read_document(p).map_err(|e| stage_err(p, e)))
+                .collect::<Result<Vec<_>, _>>()?;
+            let evidence = HeldEvidence {
+                signature,
+                release,
+                attestations,
+            };
+            let (facts, decision) = decide_blocking(
+                trust.clone(),
+                m.name.clone(),
+                m.version.clone(),
+                model_copy.clone(),
+                Arc::new(evidence.clone()),
+                trust.revocation_list(),
+            )
+            .await
+            .map_err(|e| match e {
+                DecideError::Anchors(source) => ModelError::Anchors {
+                    name: m.name.clone(),
+                    version: m.version.clone(),
+                    source,
+                },
+                DecideError::Panicked(message) => ModelError::Join(message),
+            })?;
+            audit_admission(
+                &self.worker_audit,
+                &m.name,
+                &m.version,
+                &decision,
+                if decision.allowed {
+                    "admitted"
+                } else {
+                    "refused"
+                },
+            );
+            if !decision.allowed {
+                return Err(ModelError::Refused {
+                    name: m.name.clone(),
+                    version: m.version.clone(),
+                    reasons: decision.reasons,
+                });
+            }
+            let loaded = m.file.to_string_lossy();
+            if !covers(&facts.signature.files, &loaded) {
+                return Err(ModelError::Signature {
+                    name: m.name.clone(),
+                    version: m.version.clone(),
+                    reasons: format!(
+                        "{} is not covered by the signature (it is ignored or absent)",
+                        m.file.display()
+                    ),
+                });
+            }
+            let load_event = facts.load_event();
+            Ok((
+                Staged {
+                    directory: model_copy.clone(),
+                    root_digest: facts.model.root_digest.unwrap_or_default(),
+                    signer: facts.signature.signer.unwrap_or_default(),
+                    load_event,
+                },
+                evidence,
+            ))
+        }
+        .await;
+        if result.is_err() {
+            // Leave nothing half-verified behind.
+            let _ = std::fs::remove_dir_all(&version_dir);
+        }
+        result
+    }
+}
+
+/// The application PCR is reset at every boot (PCR 23): a zero PCR means a fresh boot, and the
+/// log, which must replay to the PCR, starts empty again. After a restart of the agent alone
+/// the PCR and the log go on together. A log that no longer matches is reported, not hidden:
+/// quotes will not verify until the next boot.
+fn start_app_log(store: &dyn KeyStore, log: &AppEventLog) -> Result<(), TrustError> {
+    let pcr = match store.read_pcr(DEFAULT_APP_PCR) {
+        Ok(v) => v,
+        // No PCRs (software, PKCS#11, the key service): the log is a plain record.
+        Err(KeyStoreError::NotSupported { .. }) => return Ok(()),
+        Err(e) => return Err(TrustError::KeyStore(e)),
+    };
+    if pcr == [0u8; 32] {
+        log.truncate().map_err(TrustError::AppLog)?;
+        return Ok(());
+    }
+    let events = log.read().map_err(TrustError::AppLog)?;
+    if warden_attest::boot::measure::predict(&events) != pcr {
+        tracing::error!(
+            pcr = DEFAULT_APP_PCR,
+            events = events.len(),
+            "the application event log does not replay to the application PCR: quotes will not verify until the next boot"
+        );
+    }
+    Ok(())
+}
+
+/// Appends the load to the application event log, then extends the application PCR. A key
+/// store without PCRs (software, PKCS#11, the key service) records the log only, and says so.
+fn measure(
+    trust: &TrustContext,
+    event: &warden_attest::boot::measure::ModelLoadEvent,
+) -> Result<(), String> {
+    trust.app_log.append(event).map_err(|e| e.to_string())?;
+    match trust.store.extend_pcr(DEFAULT_APP_PCR, event.digest()) {
+        Ok(()) => {
+            tracing::info!(model = %event.model, version = %event.version, pcr = DEFAULT_APP_PCR, "load measured into the application PCR");
+            Ok(())
+        }
+        Err(KeyStoreError::NotSupported { backend, .. }) => {
+            tracing::warn!(model = %event.model, version = %event.version, backend, "this key store has no PCRs: the load is recorded in the application event log only, not measured");
+            Ok(())
+        }
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// Runs admission off the async threads (it hashes the whole model).
+async fn decide_blocking(
+    trust: Arc<TrustContext>,
+    name: String,
+    version: String,
+    dir: PathBuf,
+    evidence: Arc<HeldEvidence>,
+    list: Option<Arc<Vec<u8>>>,
+) -> Result<(admission::AdmissionFacts, Decision), DecideError> {
+    let joined = tokio::task::spawn_blocking(move || {
+        let admission = trust.admission();
+        admission::admit(
+            &admission,
+            &Evidence {
+                name: &name,
+                version: &version,
+                model_dir: &dir,
+                signature: evidence.signature.as_deref(),
+                release: evidence.release.as_deref(),
+                attestations: &evidence.attestations,
+                revocation_list: list.as_deref().map(|l| l.as_slice()),
+            },
+            trust.store.as_ref(),
+        )
+    })
+    .await;
+    match joined {
+        Ok(r) => r.map_err(DecideError::Anchors),
+        Err(e) => Err(DecideError::Panicked(e.to_string())),
+    }
+}
+
+/// Admission made no decision.
+#[derive(Debug, thiserror::Error)]
+enum DecideError {
+    #[error(transparent)]
+    Anchors(admission::AnchorError),
+    #[error("admission did not complete: {0}")]
+    Panicked(String),
+}
+
+/// One admission decision in the audit trail: which version, the outcome, the reasons (the
+/// policy's clause texts: digests and signer names, never key material).
+fn audit_admission(audit: &AuditLog, name: &str, version: &str, d: &Decision, outcome: &str) {
+    let reasons = d.reasons.join("; ");
+    audit.record(&AuditEvent {
+        kind: "admission",
+        request_id: None,
+        identity: None,
+        tenant: None,
+        peer: None,
+        method: None,
+        route: None,
+        model: Some(name),
+        version: Some(version),
+        outcome,
+        status: None,
+        reason: if reasons.is_empty() {
+            None
+        } else {
+            Some(&reasons)
+        },
+        rule: Some(admission::DECISION_RULE),
+        latency_us: None,
+    });
+}
+
+/// Whether the signature covers the file the engine loads (whole, or as shards).
+fn covers(files: &[String], loaded: &str) -> bool {
+    files.iter().any(|f| {
+        f == loaded
+            || f.strip_prefix(loaded)
+                .is_some_and(|rest| rest.starts_with(':'))
+    })
+}
+
+/// A bounded document read (release statements, attestations, revocation lists).
+fn read_document(path: &Path) -> std::io::Result<Vec<u8>> {
+    let f = std::fs::File::open(path)?;
+    let mut bytes = Vec::new();
+    f.take(MAX_DOCUMENT_BYTES + 1).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > MAX_DOCUMENT_BYTES {
+        return Err(std::io::Error::other(format!(
+            "larger than {MAX_DOCUMENT_BYTES} bytes"
+        )));
+    }
+    Ok(bytes)
+}
+
+/// `None` when the file does not exist.
+fn optional_document(path: &Path) -> std::io::Result<Option<Vec<u8>>> {
+    match read_document(path) {
+        Ok(b) => Ok(Some(b)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
     }
 }
 
@@ -279,6 +908,8 @@ struct Staged {
     directory: PathBuf,
     root_digest: String,
     signer: String,
+    /// What to measure (with a key store).
+    load_event: Option<warden_attest::boot::measure::ModelLoadEvent>,
 }
 
 /// Copies the model directory and its signature into `state_dir/models/NAME/VERSION/`, then
@@ -345,6 +976,7 @@ fn stage_and_verify(
                     directory: model_copy,
                     root_digest: verified.root_digest,
                     signer: verified.signer,
+                    load_event: None,
                 });
             }
             Err(e) => reasons.push(format!("{}: {e}", anchor.display())),

@@ -1,13 +1,14 @@
 //! `warden serve`: load and check the config, load the gateway (JWKS, route policy), verify and
 //! start every model, then serve the inference API (and the metrics listener) until SIGTERM or
 //! SIGINT, draining in-flight requests before exit. SIGHUP reloads the route policy, its data
-//! and the JWKS, each atomically.
+//! and the JWKS, each atomically, and (with a `[keystore]`) re-runs model admission, as does
+//! every `admission.refresh_interval_s`.
 
 use crate::api::{Api, Limits};
 use crate::audit::{AuditError, AuditLog};
 use crate::config::Config;
 use crate::gateway::{Gateway, GatewayError};
-use crate::models::{ModelError, ModelRegistry};
+use crate::models::{ModelError, ModelRegistry, TrustContext, TrustError};
 use crate::server::Server;
 use crate::tls::TlsError;
 use std::net::SocketAddr;
@@ -18,6 +19,10 @@ use std::sync::Arc;
 pub enum ServeError {
     #[error(transparent)]
     Tls(#[from] TlsError),
+    #[error("tls (through the key store): {0}")]
+    TlsKeyStore(#[from] crate::tls_keystore::TlsKeyStoreError),
+    #[error(transparent)]
+    Trust(#[from] TrustError),
     #[error(transparent)]
     Audit(#[from] AuditError),
     #[error(transparent)]
@@ -61,11 +66,42 @@ pub struct Prepared {
 /// Everything that can fail before the first request: TLS material, the audit file, the state
 /// directory, model verification and worker start, and the bind.
 pub async fn prepare(config: &Config) -> Result<Prepared, ServeError> {
-    let tls = crate::tls::server_config(&config.tls)?;
+    // The key store's application event log lives in the state directory.
+    create_private_dir(&config.state.directory)?;
+    let trust = TrustContext::open(config)?;
+    prepare_with(config, trust).await
+}
+
+/// The TLS listener's configuration: the key file when configured, else the key store's
+/// device key signs the handshakes (no private key on disk).
+pub fn tls_config(
+    config: &Config,
+    store: Option<&Arc<dyn warden_attest::keystore::KeyStore>>,
+) -> Result<Arc<rustls::ServerConfig>, ServeError> {
+    match (&config.tls.private_key, store) {
+        (None, Some(store)) => Ok(crate::tls_keystore::server_config(
+            &crate::tls_keystore::KeyStoreTlsConfig {
+                certificate: &config.tls.certificate,
+                client_ca: config.tls.client_ca.as_deref(),
+                insecure_allow_anonymous_clients: config.tls.insecure_allow_anonymous_clients,
+            },
+            store.clone(),
+        )?),
+        _ => Ok(crate::tls::server_config(&config.tls)?),
+    }
+}
+
+/// [`prepare`] with an already opened key store and admission policy (tests hand in their
+/// own software or TPM key store).
+pub async fn prepare_with(
+    config: &Config,
+    trust: Option<Arc<TrustContext>>,
+) -> Result<Prepared, ServeError> {
+    create_private_dir(&config.state.directory)?;
+    let tls = tls_config(config, trust.as_ref().map(|t| &t.store))?;
     let gateway = Arc::new(Gateway::new(&config.gateway)?);
     let audit = Arc::new(AuditLog::open(config.audit.path.as_deref())?);
-    create_private_dir(&config.state.directory)?;
-    let models = Arc::new(ModelRegistry::load(config, &config.state.directory).await?);
+    let models = Arc::new(ModelRegistry::load(config, &config.state.directory, trust).await?);
     let listener = tokio::net::TcpListener::bind(config.server.listen)
         .await
         .map_err(|source| ServeError::Bind {
@@ -143,15 +179,24 @@ impl Prepared {
         let mut int = signal(SignalKind::interrupt()).map_err(ServeError::Signals)?;
         let mut hup = signal(SignalKind::hangup()).map_err(ServeError::Signals)?;
         let gateway = self.gateway.clone();
+        let models = self.models.clone();
         let shutdown = async move {
             loop {
                 tokio::select! {
                     _ = term.recv() => { tracing::info!("SIGTERM received"); break }
                     _ = int.recv() => { tracing::info!("SIGINT received"); break }
-                    _ = hup.recv() => match gateway.reload() {
-                        Ok(()) => tracing::info!("SIGHUP: route policy and JWKS reloaded"),
-                        Err(e) => tracing::error!(error = %e, "SIGHUP: reload failed; the previous policy and keys stay in force"),
-                    },
+                    _ = hup.recv() => {
+                        match gateway.reload() {
+                            Ok(()) => tracing::info!("SIGHUP: route policy and JWKS reloaded"),
+                            Err(e) => tracing::error!(error = %e, "SIGHUP: reload failed; the previous policy and keys stay in force"),
+                        }
+                        // Model admission: a refresh that runs inside the signal loop, so a
+                        // second SIGHUP waits for this one rather than racing it.
+                        if models.trust().is_some() {
+                            let unloaded = models.refresh().await;
+                            tracing::info!(unloaded = unloaded.len(), "SIGHUP: model admission re-run");
+                        }
+                    }
                 }
             }
         };
@@ -163,6 +208,20 @@ impl Prepared {
     /// Serves until `shutdown` completes (tests drive this directly).
     pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) {
         let models = self.models.clone();
+        // Re-decide every loaded version on the admission interval (revocations, policy
+        // changes); stopped with the server.
+        let refresher = models.refresh_interval().map(|every| {
+            let models = models.clone();
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(every);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                tick.tick().await;
+                loop {
+                    tick.tick().await;
+                    models.refresh().await;
+                }
+            })
+        });
         let (stop_metrics, stopped) = tokio::sync::oneshot::channel::<()>();
         let metrics_task = self.metrics_listener.map(|l| {
             tokio::spawn(crate::gateway::metrics::serve(
@@ -174,6 +233,9 @@ impl Prepared {
             ))
         });
         self.server.run(shutdown).await;
+        if let Some(r) = refresher {
+            r.abort();
+        }
         let _ = stop_metrics.send(());
         if let Some(t) = metrics_task {
             let _ = t.await;

@@ -85,7 +85,12 @@ pub fn server_config(cfg: &TlsConfig) -> Result<Arc<rustls::ServerConfig>, TlsEr
         None => builder.with_no_client_auth(),
     };
     let chain = load_certificates(&cfg.certificate)?;
-    let key = load_private_key(&cfg.private_key)?;
+    // Without a key file the key store's device key signs (crate::tls_keystore); this
+    // file-key path is only reached when config validation required the file.
+    let key_path = cfg.private_key.as_deref().ok_or_else(|| {
+        TlsError::Setup("tls.private_key is not set (the key store signs handshakes)".into())
+    })?;
+    let key = load_private_key(key_path)?;
     let mut config = builder
         .with_single_cert(chain, key)
         .map_err(TlsError::ServerIdentity)?;

@@ -89,6 +89,21 @@ fn printed_curl_command_matches_python_onnxruntime() {
     let demo = start_demo();
     assert!(demo.banner.contains("DEVELOPMENT ONLY"), "{}", demo.banner);
     assert!(demo.banner.contains("software keys"), "{}", demo.banner);
+    // The demo runs the trust path: the model was admitted by the startup policy, through a
+    // (development-only) key store, and the decision is audited.
+    assert!(
+        demo.banner
+            .contains("Admitted before serving by admission/serving/startup.rego"),
+        "{}",
+        demo.banner
+    );
+    let audit = std::fs::read_to_string(demo.dir.path().join("audit.jsonl")).unwrap();
+    assert!(
+        audit
+            .lines()
+            .any(|l| l.contains(r#""kind":"admission""#) && l.contains(r#""outcome":"admitted""#)),
+        "{audit}"
+    );
     let curl = demo
         .banner
         .lines()

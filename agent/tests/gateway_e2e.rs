@@ -223,6 +223,7 @@ impl Running {
     fn forwarded_total(&self) -> u64 {
         self.models
             .all()
+            .iter()
             .map(|m| m.forwarded.load(Ordering::SeqCst))
             .sum()
     }

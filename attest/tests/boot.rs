@@ -272,3 +272,40 @@ fn application_pcr_has_the_predicted_value_after_model_loads() {
         Err(BootError::PcrMismatch { pcr: 23, .. })
     ));
 }
+
+#[test]
+fn tpm_key_store_reads_and_extends_the_application_pcr_and_others_say_not_supported() {
+    use warden_attest::keystore::tpm::TpmKeyStore;
+    use warden_attest::keystore::{KeyStore, KeyStoreError, software::SoftwareKeyStore};
+    let (_sw, tpm) = fresh_tpm();
+    tpm.reset_pcr(DEFAULT_APP_PCR).unwrap();
+    let store = TpmKeyStore::with_tpm(tpm, vec![0, 2, 4, 7]).unwrap();
+    let e = ModelLoadEvent {
+        model: "fraud".into(),
+        version: "1".into(),
+        root_digest: format!("sha256:{}", "aa".repeat(32)),
+        policy_digest: format!("sha256:{}", "cd".repeat(32)),
+    };
+    assert_eq!(store.read_pcr(DEFAULT_APP_PCR).unwrap(), [0u8; 32]);
+    store.extend_pcr(DEFAULT_APP_PCR, e.digest()).unwrap();
+    let actual = store.tpm().read_pcrs(&[DEFAULT_APP_PCR]).unwrap()[0].1;
+    assert_eq!(actual, predict(std::slice::from_ref(&e)));
+    assert_eq!(store.read_pcr(DEFAULT_APP_PCR).unwrap(), actual);
+
+    let dir = tempfile::tempdir().unwrap();
+    let soft = SoftwareKeyStore::open(dir.path()).unwrap();
+    assert!(matches!(
+        soft.extend_pcr(DEFAULT_APP_PCR, e.digest()),
+        Err(KeyStoreError::NotSupported {
+            operation: "extend_pcr",
+            ..
+        })
+    ));
+    assert!(matches!(
+        soft.read_pcr(DEFAULT_APP_PCR),
+        Err(KeyStoreError::NotSupported {
+            operation: "read_pcr",
+            ..
+        })
+    ));
+}

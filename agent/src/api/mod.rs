@@ -392,7 +392,19 @@ impl Api {
             .models
             .resolve(name, version)
             .ok_or_else(|| match version {
-                Some(_) => ApiError::new(ErrorClass::NotFound, "no such model version"),
+                // Unloaded by a refresh (revoked, policy changed): say so; the reasons are
+                // for the operator's log.
+                Some(v) => match self.models.withdrawn(name, v) {
+                    Some(reasons) => {
+                        let mut e = ApiError::new(
+                            ErrorClass::NotFound,
+                            "model version withdrawn: it no longer passes admission and is not served",
+                        );
+                        e.detail = Some(reasons);
+                        e
+                    }
+                    None => ApiError::new(ErrorClass::NotFound, "no such model version"),
+                },
                 None => ApiError::new(ErrorClass::NotFound, "no such model"),
             })?;
         trace.version = Some(model.version.clone());

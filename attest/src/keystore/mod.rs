@@ -231,6 +231,21 @@ pub trait KeyStore: Send + Sync + std::fmt::Debug {
         Err(self.not_supported("advance_counter"))
     }
 
+    /// Extends PCR `pcr` with a SHA-256 `digest` (the application measurements of
+    /// [`crate::boot::measure`]). Only a TPM backend measures; the others answer
+    /// [`KeyStoreError::NotSupported`], and a caller then records the event in its log only.
+    fn extend_pcr(&self, pcr: u32, digest: [u8; 32]) -> Result<(), KeyStoreError> {
+        let _ = (pcr, digest);
+        Err(self.not_supported("extend_pcr"))
+    }
+
+    /// The SHA-256 bank value of PCR `pcr` (to tell a fresh boot, where the application PCR
+    /// is zero, from a restart of the agent). Only a TPM backend has PCRs.
+    fn read_pcr(&self, pcr: u32) -> Result<[u8; 32], KeyStoreError> {
+        let _ = pcr;
+        Err(self.not_supported("read_pcr"))
+    }
+
     /// The error of an operation this backend does not support.
     fn not_supported(&self, operation: &'static str) -> KeyStoreError {
         KeyStoreError::NotSupported {
@@ -428,6 +443,8 @@ mod tests {
             b.unseal(b"k").err(),
             b.counter(Counter::RevocationSerial).err(),
             b.advance_counter(Counter::RevocationSerial, 1).err(),
+            b.extend_pcr(23, [0u8; 32]).err(),
+            b.read_pcr(23).err(),
         ];
         for r in results {
             assert!(

@@ -718,6 +718,22 @@ fn unseal(ctx: &mut Context, blob: &[u8]) -> Result<Zeroizing<Vec<u8>>, KeyStore
 }
 
 impl KeyStore for TpmKeyStore {
+    fn extend_pcr(&self, pcr: u32, digest: [u8; 32]) -> Result<(), KeyStoreError> {
+        self.tpm.extend_pcr(pcr, digest).map_err(tpm_err)
+    }
+
+    fn read_pcr(&self, pcr: u32) -> Result<[u8; 32], KeyStoreError> {
+        let values = self.tpm.read_pcrs(&[pcr]).map_err(tpm_err)?;
+        values
+            .into_iter()
+            .find(|(p, _)| *p == pcr)
+            .map(|(_, v)| v)
+            .ok_or_else(|| KeyStoreError::Tpm {
+                operation: "PCR_Read",
+                detail: format!("PCR {pcr} was not returned"),
+            })
+    }
+
     fn describe(&self) -> BackendInfo {
         BackendInfo {
             kind: "tpm",
