@@ -58,6 +58,33 @@ pub struct Config {
     /// The sandbox every model worker runs in (secure defaults; `warden_runtime::sandbox`).
     #[serde(default)]
     pub sandbox: warden_runtime::sandbox::SandboxPolicy,
+    /// The fleet-push admin listener (`crate::admin`); absent: disabled.
+    pub admin: Option<AdminConfig>,
+}
+
+/// `[admin]`: the fleet-push listener, HTTPS with client certificates from the fleet CA only.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Address and port (keep it on loopback or a management network).
+    pub listen: SocketAddr,
+    /// PEM CA(s) that admin client certificates must chain to. With a key store whose
+    /// fleet-authority anchors are certificates, those are used instead.
+    pub client_ca: Option<PathBuf>,
+    /// Largest pushed archive (bytes, as sent and as unpacked).
+    #[serde(default = "default_admin_max_upload_bytes")]
+    pub max_upload_bytes: u64,
+    /// Most entries in a pushed archive.
+    #[serde(default = "default_admin_max_entries")]
+    pub max_entries: usize,
+}
+
+fn default_admin_max_upload_bytes() -> u64 {
+    4 * 1024 * 1024 * 1024
+}
+
+fn default_admin_max_entries() -> usize {
+    10_000
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -395,6 +422,9 @@ impl Config {
         if let Some(p) = self.tls.client_ca.as_mut() {
             fix(p);
         }
+        if let Some(p) = self.admin.as_mut().and_then(|a| a.client_ca.as_mut()) {
+            fix(p);
+        }
         fix(&mut self.state.directory);
         if let Some(p) = self.audit.path.as_mut() {
             fix(p);
@@ -498,6 +528,28 @@ impl Config {
             ));
         }
         self.validate_trust(origin)?;
+        if let Some(a) = &self.admin {
+            if a.client_ca.is_none() && self.keystore.is_none() {
+                return Err(invalid(
+                    "admin.client_ca",
+                    "the admin listener requires client certificates: name the fleet CA \
+                     (or configure a [keystore] whose fleet-authority anchors are certificates)"
+                        .into(),
+                ));
+            }
+            if a.max_upload_bytes < 1024 {
+                return Err(invalid(
+                    "admin.max_upload_bytes",
+                    "must be at least 1 KiB".into(),
+                ));
+            }
+            if !(1..=1_000_000).contains(&a.max_entries) {
+                return Err(invalid(
+                    "admin.max_entries",
+                    "must be between 1 and 1000000".into(),
+                ));
+            }
+        }
         if self.keystore.is_none()
             && !self.models.is_empty()
             && self.trust.model_signer_keys.is_empty()
@@ -708,6 +760,28 @@ file = "model.onnx"
         let text = GOOD.replace("[server]", "[server]\nlisten_adress = \"x\"");
         let err = parse(&text).unwrap_err().to_string();
         assert!(err.contains("listen_adress"), "{err}");
+    }
+
+    #[test]
+    fn admin_listener_requires_a_client_ca_and_anchors_it() {
+        let text = format!("{GOOD}\n[admin]\nlisten = \"127.0.0.1:9443\"\n");
+        let err = parse(&text).unwrap_err().to_string();
+        assert!(err.contains("admin.client_ca"), "{err}");
+        let text = format!(
+            "{GOOD}\n[admin]\nlisten = \"127.0.0.1:9443\"\nclient_ca = \"pki/fleet-ca.pem\"\n"
+        );
+        let c = parse(&text).unwrap();
+        let admin = c.admin.unwrap();
+        assert_eq!(
+            admin.client_ca.as_deref(),
+            Some(Path::new("/etc/warden/pki/fleet-ca.pem"))
+        );
+        assert_eq!(admin.max_entries, 10_000);
+        let text = format!(
+            "{GOOD}\n[admin]\nlisten = \"127.0.0.1:9443\"\nclient_ca = \"x\"\nmax_entries = 0\n"
+        );
+        let err = parse(&text).unwrap_err().to_string();
+        assert!(err.contains("admin.max_entries"), "{err}");
     }
 
     #[test]

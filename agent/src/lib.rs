@@ -3,6 +3,7 @@
 //!
 //! The binary `warden` (src/main.rs) is a thin CLI over these modules.
 
+pub mod admin;
 pub mod admission;
 pub mod api;
 pub mod audit;

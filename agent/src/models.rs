@@ -74,6 +74,15 @@ pub enum ModelError {
         version: String,
         message: String,
     },
+    #[error(
+        "model {name} version {version}: a value range names {input:?}, which is not an input of the model (inputs: {declared:?})"
+    )]
+    RangeInput {
+        name: String,
+        version: String,
+        input: String,
+        declared: Vec<String>,
+    },
     #[error("model {name} version {version} is already loaded")]
     AlreadyLoaded { name: String, version: String },
     #[error("trust anchor {path}: {message}")]
@@ -94,6 +103,15 @@ pub enum ModelError {
     Audit(#[from] AuditError),
     #[error("a blocking task failed: {0}")]
     Join(String),
+}
+
+/// Why a default could not be changed.
+#[derive(Debug, thiserror::Error)]
+pub enum ActivateError {
+    #[error("model {name} version {version} is not loaded")]
+    NotLoaded { name: String, version: String },
+    #[error("model {name} has no previously active version")]
+    NoPrevious { name: String },
 }
 
 /// Why the key store or the admission policy could not be set up.
@@ -233,6 +251,9 @@ pub struct LoadedModel {
     pub worker: Worker,
     /// Requests handed to the worker; everything refused before that point never counts.
     pub forwarded: std::sync::atomic::AtomicU64,
+    /// Declared value ranges per input (`[model.inputs]`; pushed versions inherit the
+    /// configured model's).
+    pub input_ranges: BTreeMap<String, crate::config::InputRange>,
     /// The verified copy, re-checked on every refresh.
     staged_dir: PathBuf,
     /// Present when admitted by the startup policy.
@@ -268,6 +289,9 @@ pub struct ModelRegistry {
     map: RwLock<Arc<Map>>,
     /// Versions a refresh unloaded, with why (for the API's message).
     withdrawn: RwLock<BTreeMap<(String, String), String>>,
+    /// Defaults chosen by the admin API: name → (active version, the one before). A name
+    /// without an entry (or whose active version is gone) defaults to its highest version.
+    active: RwLock<BTreeMap<String, (String, Option<String>)>>,
     /// One change at a time: loads and refreshes (the interval and SIGHUP may coincide; two
     /// loads of one version would stage into the same directory).
     changing: tokio::sync::Mutex<()>,
@@ -310,6 +334,7 @@ impl ModelRegistry {
         let registry = ModelRegistry {
             map: RwLock::new(Arc::new(Map::new())),
             withdrawn: RwLock::new(BTreeMap::new()),
+            active: RwLock::new(BTreeMap::new()),
             changing: tokio::sync::Mutex::new(()),
             loader: Loader {
                 config: config.clone(),
@@ -469,14 +494,121 @@ impl ModelRegistry {
         self.loader.trust.as_ref()
     }
 
-    /// A version, or the default (highest) one.
+    /// A version, or the default one: the version activated through the admin API while it
+    /// is loaded, else the highest.
     pub fn resolve(&self, name: &str, version: Option<&str>) -> Option<Arc<LoadedModel>> {
         let map = self.snapshot();
         let versions = map.get(name)?;
         match version {
             Some(v) => versions.iter().find(|m| m.version == v).cloned(),
-            None => versions.last().cloned(),
+            None => self
+                .active_version(name)
+                .and_then(|a| versions.iter().find(|m| m.version == a).cloned())
+                .or_else(|| versions.last().cloned()),
         }
+    }
+
+    fn active_version(&self, name: &str) -> Option<String> {
+        match self.active.read() {
+            Ok(a) => a.get(name).map(|(v, _)| v.clone()),
+            Err(poisoned) => poisoned.into_inner().get(name).map(|(v, _)| v.clone()),
+        }
+    }
+
+    fn with_active<T>(
+        &self,
+        f: impl FnOnce(&mut BTreeMap<String, (String, Option<String>)>) -> T,
+    ) -> T {
+        match self.active.write() {
+            Ok(mut a) => f(&mut a),
+            Err(poisoned) => f(&mut poisoned.into_inner()),
+        }
+    }
+
+    /// Pins the current default of `name` (when it has none pinned yet), so that a version
+    /// added next does not become the default before it is activated.
+    pub fn pin_default(&self, name: &str) {
+        let Some(current) = self.resolve(name, None) else {
+            return;
+        };
+        self.with_active(|a| {
+            a.entry(name.to_owned())
+                .or_insert_with(|| (current.version.clone(), None));
+        });
+    }
+
+    /// Makes a loaded version the default; returns the previous default.
+    pub fn activate(&self, name: &str, version: &str) -> Result<Option<String>, ActivateError> {
+        if self.resolve(name, Some(version)).is_none() {
+            return Err(ActivateError::NotLoaded {
+                name: name.to_owned(),
+                version: version.to_owned(),
+            });
+        }
+        let previous = self.resolve(name, None).map(|m| m.version.clone());
+        self.with_active(|a| {
+            a.insert(name.to_owned(), (version.to_owned(), previous.clone()));
+        });
+        Ok(previous)
+    }
+
+    /// Makes the previously active version the default again; returns it.
+    pub fn rollback(&self, name: &str) -> Result<String, ActivateError> {
+        let previous = self
+            .with_active(|a| a.get(name).and_then(|(_, p)| p.clone()))
+            .ok_or_else(|| ActivateError::NoPrevious {
+                name: name.to_owned(),
+            })?;
+        self.activate(name, &previous)?;
+        Ok(previous)
+    }
+
+    /// What is loaded, which version is the default, and what was withdrawn (admin API).
+    pub fn status(&self) -> serde_json::Value {
+        let map = self.snapshot();
+        let models: Vec<serde_json::Value> = map
+            .iter()
+            .map(|(name, versions)| {
+                serde_json::json!({
+                    "name": name,
+                    "active": self.resolve(name, None).map(|m| m.version.clone()),
+                    "versions": versions.iter().map(|m| serde_json::json!({
+                        "version": m.version,
+                        "root_digest": m.root_digest,
+                        "signer": m.signer,
+                        "ready": m.worker.is_alive(),
+                    })).collect::<Vec<_>>(),
+                })
+            })
+            .collect();
+        let withdrawn: Vec<serde_json::Value> = self
+            .withdrawn
+            .read()
+            .map(|w| {
+                w.iter()
+                    .map(
+                        |((n, v), why)| serde_json::json!({"name": n, "version": v, "reason": why}),
+                    )
+                    .collect()
+            })
+            .unwrap_or_default();
+        serde_json::json!({"models": models, "withdrawn": withdrawn})
+    }
+
+    /// The configured model of that name (its file and input ranges serve as the template
+    /// for pushed versions).
+    pub fn configured(&self, name: &str) -> Option<ModelConfig> {
+        self.loader
+            .config
+            .models
+            .iter()
+            .find(|m| m.name == name)
+            .cloned()
+    }
+
+    /// The agent's private state directory.
+    pub fn state_dir(&self) -> &Path {
+        &self.loader.state_dir
     }
 
     pub fn versions(&self, name: &str) -> Vec<String> {
@@ -542,6 +674,27 @@ impl Loader {
             version: m.version.clone(),
             message: e.to_string(),
         })?;
+        // A value range must name an input of the model (else it would never apply).
+        if let Some(input) = m
+            .inputs
+            .keys()
+            .find(|k| !worker.signature().inputs.iter().any(|i| &i.name == *k))
+        {
+            let input = input.clone();
+            let declared = worker
+                .signature()
+                .inputs
+                .iter()
+                .map(|i| i.name.clone())
+                .collect();
+            worker.shutdown().await;
+            return Err(ModelError::RangeInput {
+                name: m.name.clone(),
+                version: m.version.clone(),
+                input,
+                declared,
+            });
+        }
         // Measured once the worker serves it, before the API can see it: a quote then names
         // exactly what can answer.
         if let (Some(trust), Some(event)) = (&self.trust, &staged.load_event)
@@ -567,6 +720,7 @@ impl Loader {
             signature: worker.signature().clone(),
             worker,
             forwarded: std::sync::atomic::AtomicU64::new(0),
+            input_ranges: m.inputs.clone(),
             staged_dir: staged.directory,
             evidence: evidence.map(Arc::new),
         })

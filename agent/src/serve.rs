@@ -48,6 +48,8 @@ pub enum ServeError {
         input: String,
         declared: Vec<String>,
     },
+    #[error(transparent)]
+    Admin(#[from] crate::admin::AdminError),
     #[error("cannot install signal handlers: {0}")]
     Signals(std::io::Error),
 }
@@ -60,6 +62,9 @@ pub struct Prepared {
     /// Where `/metrics` is served, when enabled.
     pub metrics_addr: Option<SocketAddr>,
     metrics_listener: Option<tokio::net::TcpListener>,
+    /// Where the fleet-push admin listener is bound, when `[admin]` is configured.
+    pub admin_addr: Option<SocketAddr>,
+    admin: Option<crate::admin::AdminServer>,
     server: Server,
 }
 
@@ -144,6 +149,7 @@ pub async fn prepare_with(
     } else {
         (None, None)
     };
+    let admin = crate::admin::AdminServer::prepare(config, models.clone(), audit.clone()).await?;
     let api = Arc::new(Api::new(
         models.clone(),
         audit.clone(),
@@ -160,6 +166,8 @@ pub async fn prepare_with(
         gateway,
         metrics_addr,
         metrics_listener,
+        admin_addr: admin.as_ref().map(|a| a.local_addr),
+        admin,
         server: Server {
             listener,
             tls,
@@ -232,7 +240,17 @@ impl Prepared {
                 },
             ))
         });
+        let (stop_admin, admin_stopped) = tokio::sync::oneshot::channel::<()>();
+        let admin_task = self.admin.map(|a| {
+            tokio::spawn(a.run(async move {
+                let _ = admin_stopped.await;
+            }))
+        });
         self.server.run(shutdown).await;
+        let _ = stop_admin.send(());
+        if let Some(t) = admin_task {
+            let _ = t.await;
+        }
         if let Some(r) = refresher {
             r.abort();
         }

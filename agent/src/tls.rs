@@ -53,37 +53,53 @@ fn load_private_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
     })
 }
 
-/// Builds the listener's rustls configuration from the `[tls]` table.
-pub fn server_config(cfg: &TlsConfig) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+/// A server config builder with the listener's protocol versions and client-certificate
+/// policy: certificates chaining to `client_ca` are required, unless the insecure opt-in
+/// allows anonymous clients (then a certificate, when offered, must still chain).
+pub fn builder_with_client_auth(
+    client_ca: Option<&Path>,
+    insecure_allow_anonymous_clients: bool,
+) -> Result<rustls::ConfigBuilder<rustls::ServerConfig, rustls::server::WantsServerCert>, TlsError>
+{
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
         .map_err(|e| TlsError::Setup(e.to_string()))?;
-
-    let builder = match &cfg.client_ca {
+    match client_ca {
         Some(ca_path) => {
             let mut roots = rustls::RootCertStore::empty();
             for cert in load_certificates(ca_path)? {
                 roots.add(cert).map_err(|e| TlsError::ClientCa {
-                    path: ca_path.clone(),
+                    path: ca_path.to_path_buf(),
                     message: e.to_string(),
                 })?;
             }
             let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider);
-            let verifier = if cfg.insecure_allow_anonymous_clients {
+            let verifier = if insecure_allow_anonymous_clients {
                 verifier.allow_unauthenticated()
             } else {
                 verifier
             };
             let verifier = verifier.build().map_err(|e| TlsError::ClientCa {
-                path: ca_path.clone(),
+                path: ca_path.to_path_buf(),
                 message: e.to_string(),
             })?;
-            builder.with_client_cert_verifier(verifier)
+            Ok(builder.with_client_cert_verifier(verifier))
         }
-        // Config validation admits this only with the explicit insecure opt-in.
-        None => builder.with_no_client_auth(),
-    };
+        None if insecure_allow_anonymous_clients => Ok(builder.with_no_client_auth()),
+        None => Err(TlsError::Setup(
+            "no client CA: client certificates are required unless insecure_allow_anonymous_clients"
+                .into(),
+        )),
+    }
+}
+
+/// Builds the listener's rustls configuration from the `[tls]` table.
+pub fn server_config(cfg: &TlsConfig) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+    let builder = builder_with_client_auth(
+        cfg.client_ca.as_deref(),
+        cfg.insecure_allow_anonymous_clients,
+    )?;
     let chain = load_certificates(&cfg.certificate)?;
     // Without a key file the key store's device key signs (crate::tls_keystore); this
     // file-key path is only reached when config validation required the file.

@@ -11,7 +11,6 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use rustls::server::WebPkiClientVerifier;
 use rustls::sign::CertifiedKey;
 use warden_attest::keystore::KeyStore;
 use warden_attest::keystore::tls::KeyStoreSigningKey;
@@ -21,17 +20,9 @@ use crate::tls::load_certificates;
 /// Why the TLS configuration could not be built.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsKeyStoreError {
-    /// Certificates (chain or client CAs).
+    /// Certificates (chain or client CAs) and the protocol setup.
     #[error(transparent)]
     Pem(#[from] crate::tls::TlsError),
-    /// The client CA file.
-    #[error("client CA {path}: {message}")]
-    ClientCa {
-        /// The file.
-        path: PathBuf,
-        /// Why.
-        message: String,
-    },
     /// The key store has no usable device key.
     #[error("the key store's device key: {0}")]
     KeyStore(#[from] warden_attest::keystore::KeyStoreError),
@@ -41,9 +32,6 @@ pub enum TlsKeyStoreError {
         /// The chain file.
         path: PathBuf,
     },
-    /// rustls refused the setup.
-    #[error("TLS setup: {0}")]
-    Setup(String),
 }
 
 /// rustls signs synchronously inside the handshake future, and a key store signature is a
@@ -98,39 +86,8 @@ pub fn server_config(
     cfg: &KeyStoreTlsConfig<'_>,
     store: Arc<dyn KeyStore>,
 ) -> Result<Arc<rustls::ServerConfig>, TlsKeyStoreError> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
-        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-        .map_err(|e| TlsKeyStoreError::Setup(e.to_string()))?;
-    let builder = match cfg.client_ca {
-        Some(ca_path) => {
-            let mut roots = rustls::RootCertStore::empty();
-            for cert in load_certificates(ca_path)? {
-                roots.add(cert).map_err(|e| TlsKeyStoreError::ClientCa {
-                    path: ca_path.to_path_buf(),
-                    message: e.to_string(),
-                })?;
-            }
-            let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider);
-            let verifier = if cfg.insecure_allow_anonymous_clients {
-                verifier.allow_unauthenticated()
-            } else {
-                verifier
-            };
-            let verifier = verifier.build().map_err(|e| TlsKeyStoreError::ClientCa {
-                path: ca_path.to_path_buf(),
-                message: e.to_string(),
-            })?;
-            builder.with_client_cert_verifier(verifier)
-        }
-        None if cfg.insecure_allow_anonymous_clients => builder.with_no_client_auth(),
-        None => {
-            return Err(TlsKeyStoreError::Setup(
-                "no client CA: client certificates are required unless insecure_allow_anonymous_clients"
-                    .to_owned(),
-            ));
-        }
-    };
+    let builder =
+        crate::tls::builder_with_client_auth(cfg.client_ca, cfg.insecure_allow_anonymous_clients)?;
     let chain = load_certificates(cfg.certificate)?;
     let key = KeyStoreSigningKey::new(Arc::new(OffTheReactor(store)))?;
     let certified = CertifiedKey::new(chain, Arc::new(key));

@@ -480,11 +480,13 @@ impl Api {
             .map_err(|e| ApiError::new(ErrorClass::Invalid, e.to_string()))?;
         validate::requested_outputs(&model.signature, &request.outputs)
             .map_err(|e| ApiError::new(ErrorClass::Invalid, e.to_string()))?;
-        if let Some(ranges) = self
+        // Configured versions' ranges, else those the loaded version carries (pushed ones).
+        let ranges = self
             .limits
             .input_ranges
             .get(&(model.name.clone(), model.version.clone()))
-        {
+            .or(Some(&model.input_ranges).filter(|r| !r.is_empty()));
+        if let Some(ranges) = ranges {
             validate::ranges(ranges, &request.inputs)
                 .map_err(|e| ApiError::new(ErrorClass::Invalid, e.to_string()))?;
         }

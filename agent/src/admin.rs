@@ -1,0 +1,926 @@
+//! The fleet-push admin listener (`[admin]`): its own port, HTTPS with client certificates that
+//! must chain to the fleet authority's CA (the key store's fleet-authority anchors when they are
+//! certificates, else `admin.client_ca`). Every action is audited (kind `admin`; the route
+//! pattern names the action).
+//!
+//! - `PUT /admin/v1/models/{name}/versions/{version}`: one tar archive (`application/x-tar`)
+//!   holding `model/` (the model directory), `model.sig`, and in key-store mode `release.json`
+//!   and `attestations/*.json`. It is unpacked into the state directory (regular files and
+//!   directories only; no absolute paths, `..`, links or devices; size and entry count capped),
+//!   then loaded by [`ModelRegistry::add`] exactly like a configured version (the same
+//!   verification and admission). The new version serves under `/versions/{version}`; the
+//!   default stays where it was until `activate`. Any refusal changes nothing.
+//! - `POST /admin/v1/models/{name}/activate` `{"version": "…"}`: the default version.
+//! - `POST /admin/v1/models/{name}/rollback`: back to the previously active version.
+//! - `PUT /admin/v1/revocations`: a signed revocation list (fleet authority; an older serial
+//!   is refused), stored at `admission.revocation_list`, then every loaded version is
+//!   re-decided at once and the revoked ones are unloaded.
+//! - `GET /admin/v1/models`: what is loaded, active and withdrawn.
+//!
+//! Pushed versions must belong to a configured model name (its `file` and input ranges are
+//! the template). Errors are `{"error": "<class>: <short text>"}`; the detail goes to the log
+//! and the audit trail.
+
+use crate::audit::{AuditEvent, AuditLog};
+use crate::config::{AdminConfig, Config, ModelConfig, ServerConfig, valid_name};
+use crate::models::{ModelError, ModelRegistry};
+use crate::tls::ClientIdentity;
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use std::io::{Read, Write};
+use std::net::SocketAddr;
+use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_rustls::TlsAcceptor;
+use warden_attest::keystore::{Counter, KeyStore, Role};
+use warden_attest::revocation::{RevocationError, verify_revocation_list};
+
+/// Admin connections at once (operators and fleet controllers, not clients).
+const MAX_ADMIN_CONNECTIONS: usize = 16;
+/// Largest revocation list or JSON body accepted.
+const MAX_DOCUMENT_BYTES: usize = 16 * 1024 * 1024;
+/// Where uploads are unpacked, inside the state directory.
+const UPLOADS: &str = "uploads";
+
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    #[error(
+        "admin.client_ca: no CA for admin client certificates (set admin.client_ca, or install certificates as the key store's fleet-authority anchors)"
+    )]
+    NoClientCa,
+    #[error("admin: reading the key store's fleet-authority anchors: {0}")]
+    Anchors(warden_attest::keystore::KeyStoreError),
+    #[error("admin: cannot write {path}: {source}")]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("admin TLS: {0}")]
+    Tls(String),
+    #[error("admin: cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// A bound admin listener, ready to run.
+pub struct AdminServer {
+    pub local_addr: SocketAddr,
+    listener: TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    admin: Arc<Admin>,
+    server: ServerConfig,
+}
+
+struct Admin {
+    models: Arc<ModelRegistry>,
+    audit: Arc<AuditLog>,
+    config: AdminConfig,
+}
+
+/// The CA file admin client certificates must chain to: the key store's fleet-authority
+/// anchors when they are certificates (copied into the state directory for rustls), else
+/// `admin.client_ca`.
+fn client_ca(
+    config: &Config,
+    admin: &AdminConfig,
+    store: Option<&Arc<dyn KeyStore>>,
+) -> Result<PathBuf, AdminError> {
+    if let Some(store) = store
+        && let Some(pem) = store
+            .anchors(Role::FleetAuthority)
+            .map_err(AdminError::Anchors)?
+        && String::from_utf8_lossy(&pem).contains("-----BEGIN CERTIFICATE-----")
+    {
+        let path = config.state.directory.join("admin-fleet-ca.pem");
+        std::fs::write(&path, &pem).map_err(|source| AdminError::Write {
+            path: path.clone(),
+            source,
+        })?;
+        return Ok(path);
+    }
+    admin.client_ca.clone().ok_or(AdminError::NoClientCa)
+}
+
+impl AdminServer {
+    /// Builds the TLS configuration (the inference listener's server identity, the fleet CA
+    /// for clients, no anonymous clients) and binds the port. `None` without `[admin]`.
+    pub async fn prepare(
+        config: &Config,
+        models: Arc<ModelRegistry>,
+        audit: Arc<AuditLog>,
+    ) -> Result<Option<AdminServer>, AdminError> {
+        let Some(admin) = &config.admin else {
+            return Ok(None);
+        };
+        let store = models.trust().map(|t| t.store.clone());
+        let mut tls_cfg = config.clone();
+        tls_cfg.tls.client_ca = Some(client_ca(config, admin, store.as_ref())?);
+        tls_cfg.tls.insecure_allow_anonymous_clients = false;
+        let tls = crate::serve::tls_config(&tls_cfg, store.as_ref())
+            .map_err(|e| AdminError::Tls(e.to_string()))?;
+        let listener =
+            TcpListener::bind(admin.listen)
+                .await
+                .map_err(|source| AdminError::Bind {
+                    addr: admin.listen,
+                    source,
+                })?;
+        let local_addr = listener.local_addr().map_err(|source| AdminError::Bind {
+            addr: admin.listen,
+            source,
+        })?;
+        tracing::info!(listen = %local_addr, "admin listener bound");
+        Ok(Some(AdminServer {
+            local_addr,
+            listener,
+            tls,
+            admin: Arc::new(Admin {
+                models,
+                audit,
+                config: admin.clone(),
+            }),
+            server: config.server.clone(),
+        }))
+    }
+
+    /// Serves until `shutdown` completes, then drains for up to the server's grace period.
+    pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) {
+        let acceptor = TlsAcceptor::from(self.tls);
+        let mut http = auto::Builder::new(TokioExecutor::new());
+        http.http1()
+            .keep_alive(true)
+            .timer(TokioTimer::new())
+            .header_read_timeout(self.server.request_timeout())
+            .max_buf_size(self.server.max_header_bytes.max(8192));
+        http.http2()
+            .timer(TokioTimer::new())
+            .max_concurrent_streams(8)
+            .max_header_list_size(self.server.max_header_bytes as u32);
+        let http = Arc::new(http);
+        let graceful = GracefulShutdown::new();
+        let connections = Arc::new(Semaphore::new(MAX_ADMIN_CONNECTIONS));
+        tokio::pin!(shutdown);
+        loop {
+            let permit = tokio::select! {
+                p = connections.clone().acquire_owned() => match p {
+                    Ok(p) => p,
+                    Err(_) => break,
+                },
+                () = &mut shutdown => break,
+            };
+            let (tcp, addr) = tokio::select! {
+                accepted = self.listener.accept() => match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "admin: accept failed");
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+                () = &mut shutdown => break,
+            };
+            let _ = tcp.set_nodelay(true);
+            let acceptor = acceptor.clone();
+            let admin = self.admin.clone();
+            let http = http.clone();
+            let handshake_timeout = self.server.handshake_timeout();
+            let watcher = graceful.watcher();
+            tokio::spawn(async move {
+                let _permit = permit;
+                let tls = match tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)).await
+                {
+                    Ok(Ok(tls)) => tls,
+                    Ok(Err(e)) => return admin.refused(addr, &e.to_string()),
+                    Err(_) => return admin.refused(addr, "TLS handshake timed out"),
+                };
+                let identity = Arc::new(
+                    ClientIdentity::from_peer_certificates(tls.get_ref().1.peer_certificates())
+                        .as_audit_string(),
+                );
+                let service = service_fn(move |req| {
+                    let admin = admin.clone();
+                    let identity = identity.clone();
+                    async move {
+                        Ok::<_, std::convert::Infallible>(admin.handle(req, &identity, addr).await)
+                    }
+                });
+                let conn = http
+                    .serve_connection(TokioIo::new(tls), service)
+                    .into_owned();
+                if let Err(e) = watcher.watch(conn).await {
+                    tracing::debug!(peer = %addr, error = %e, "admin connection ended with an error");
+                }
+            });
+        }
+        drop(self.listener);
+        if tokio::time::timeout(self.server.shutdown_grace(), graceful.shutdown())
+            .await
+            .is_err()
+        {
+            tracing::warn!("admin: grace period over; closing the remaining connections");
+        }
+    }
+}
+
+/// The result of one admin action: the reply, and what the audit trail records.
+struct Done {
+    status: StatusCode,
+    body: serde_json::Value,
+    outcome: &'static str,
+    /// The precise reason (log and audit only).
+    reason: Option<String>,
+}
+
+impl Done {
+    fn ok(body: serde_json::Value) -> Done {
+        Done {
+            status: StatusCode::OK,
+            body,
+            outcome: "ok",
+            reason: None,
+        }
+    }
+
+    /// A refusal: `class` and `public` go to the client, `reason` to the log and audit.
+    fn refuse(status: StatusCode, class: &'static str, public: &str, reason: String) -> Done {
+        Done {
+            status,
+            body: serde_json::json!({ "error": format!("{class}: {public}") }),
+            outcome: class,
+            reason: Some(reason),
+        }
+    }
+}
+
+impl Admin {
+    fn refused(&self, addr: SocketAddr, reason: &str) {
+        tracing::info!(peer = %addr, reason, "admin: TLS handshake refused");
+        self.audit.record(&AuditEvent {
+            kind: "admin",
+            request_id: None,
+            identity: None,
+            tenant: None,
+            peer: Some(addr.to_string()),
+            method: None,
+            route: None,
+            model: None,
+            version: None,
+            outcome: "tls_refused",
+            status: None,
+            reason: Some(reason),
+            rule: None,
+            latency_us: None,
+        });
+    }
+
+    async fn handle(
+        &self,
+        req: Request<Incoming>,
+        identity: &str,
+        addr: SocketAddr,
+    ) -> Response<Full<Bytes>> {
+        let started = std::time::Instant::now();
+        let method = req.method().clone();
+        let path = req.uri().path().to_owned();
+        let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+        let (route, model, version, done): (&str, Option<&str>, Option<String>, Done) =
+            match (&method, segments.as_slice()) {
+                (&Method::GET, ["admin", "v1", "models"]) => (
+                    "GET /admin/v1/models",
+                    None,
+                    None,
+                    Done::ok(self.models.status()),
+                ),
+                (&Method::PUT, ["admin", "v1", "models", name, "versions", version]) => (
+                    "PUT /admin/v1/models/{name}/versions/{version}",
+                    Some(*name),
+                    Some((*version).to_owned()),
+                    self.push(name, version, req).await,
+                ),
+                (&Method::POST, ["admin", "v1", "models", name, "activate"]) => {
+                    let (version, done) = self.activate(name, req).await;
+                    (
+                        "POST /admin/v1/models/{name}/activate",
+                        Some(*name),
+                        version,
+                        done,
+                    )
+                }
+                (&Method::POST, ["admin", "v1", "models", name, "rollback"]) => {
+                    let (version, done) = self.rollback(name);
+                    (
+                        "POST /admin/v1/models/{name}/rollback",
+                        Some(*name),
+                        version,
+                        done,
+                    )
+                }
+                (&Method::PUT, ["admin", "v1", "revocations"]) => (
+                    "PUT /admin/v1/revocations",
+                    None,
+                    None,
+                    self.revocations(req).await,
+                ),
+                _ => (
+                    "unknown",
+                    None,
+                    None,
+                    Done::refuse(
+                        StatusCode::NOT_FOUND,
+                        "not_found",
+                        "no such admin endpoint",
+                        format!("{method} on an unknown admin path"),
+                    ),
+                ),
+            };
+        // Names that are not valid model names are not written to the audit trail verbatim.
+        let model = model.filter(|m| valid_name(m));
+        let version = version.filter(|v| valid_name(v));
+        if let Some(reason) = &done.reason {
+            tracing::warn!(identity, route, model, version = version.as_deref(), outcome = done.outcome, reason = %reason, "admin action refused");
+        } else {
+            tracing::info!(
+                identity,
+                route,
+                model,
+                version = version.as_deref(),
+                "admin action done"
+            );
+        }
+        self.audit.record(&AuditEvent {
+            kind: "admin",
+            request_id: None,
+            identity: Some(identity),
+            tenant: None,
+            peer: Some(addr.to_string()),
+            method: Some(method.as_str()),
+            route: Some(route),
+            model,
+            version: version.as_deref(),
+            outcome: done.outcome,
+            status: Some(done.status.as_u16()),
+            reason: done.reason.as_deref(),
+            rule: None,
+            latency_us: Some(u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX)),
+        });
+        let mut resp = Response::new(Full::new(Bytes::from(done.body.to_string())));
+        *resp.status_mut() = done.status;
+        resp.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("application/json"),
+        );
+        resp
+    }
+
+    async fn push(&self, name: &str, version: &str, req: Request<Incoming>) -> Done {
+        if !valid_name(name) || !valid_name(version) {
+            return Done::refuse(
+                StatusCode::BAD_REQUEST,
+                "invalid_name",
+                "model names and versions are 1-64 of [A-Za-z0-9._-]",
+                "invalid model name or version".into(),
+            );
+        }
+        let is_tar = req
+            .headers()
+            .get(http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.trim() == "application/x-tar");
+        if !is_tar {
+            return Done::refuse(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                "send one application/x-tar archive",
+                "content-type is not application/x-tar".into(),
+            );
+        }
+        let Some(template) = self.models.configured(name) else {
+            return Done::refuse(
+                StatusCode::NOT_FOUND,
+                "unknown_model",
+                "pushed versions must belong to a configured model",
+                format!("model {name} is not configured"),
+            );
+        };
+        if self.models.resolve(name, Some(version)).is_some() {
+            return Done::refuse(
+                StatusCode::CONFLICT,
+                "already_loaded",
+                "this version is already loaded",
+                format!("model {name} version {version} is already loaded"),
+            );
+        }
+        let upload = self
+            .models
+            .state_dir()
+            .join(UPLOADS)
+            .join(uuid::Uuid::new_v4().to_string());
+        let done = self.push_into(&upload, template, version, req).await;
+        if let Err(e) = std::fs::remove_dir_all(&upload)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!(path = %upload.display(), error = %e, "admin: cannot remove an upload");
+        }
+        done
+    }
+
+    async fn push_into(
+        &self,
+        upload: &Path,
+        template: ModelConfig,
+        version: &str,
+        req: Request<Incoming>,
+    ) -> Done {
+        let internal = |what: &str, e: &dyn std::fmt::Display| {
+            Done::refuse(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "the upload could not be staged",
+                format!("{what}: {e}"),
+            )
+        };
+        if let Err(e) = create_private_dir(upload) {
+            return internal("creating the upload directory", &e);
+        }
+        let archive = upload.join("archive.tar");
+        let limit = self.config.max_upload_bytes;
+        match spool(req.into_body(), &archive, limit).await {
+            Ok(()) => {}
+            Err(SpoolError::TooLarge) => {
+                return Done::refuse(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "too_large",
+                    "the archive is larger than admin.max_upload_bytes",
+                    format!("archive larger than {limit} bytes"),
+                );
+            }
+            Err(SpoolError::Body(e)) => {
+                return Done::refuse(
+                    StatusCode::BAD_REQUEST,
+                    "upload_failed",
+                    "the body could not be read",
+                    e,
+                );
+            }
+            Err(SpoolError::Io(e)) => return internal("writing the upload", &e),
+        }
+        let bundle = upload.join("bundle");
+        let limits = (limit, self.config.max_entries);
+        let unpacked = {
+            let (archive, bundle) = (archive.clone(), bundle.clone());
+            tokio::task::spawn_blocking(move || unpack(&archive, &bundle, limits.0, limits.1)).await
+        };
+        match unpacked {
+            Ok(Ok(())) => {}
+            Ok(Err(UnpackError::TooLarge(reason))) => {
+                return Done::refuse(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "too_large",
+                    "the archive exceeds the size or entry limits",
+                    reason,
+                );
+            }
+            Ok(Err(UnpackError::Invalid(reason))) => {
+                return Done::refuse(
+                    StatusCode::BAD_REQUEST,
+                    "archive_invalid",
+                    "the archive is malformed or holds a refused entry",
+                    reason,
+                );
+            }
+            Err(e) => return internal("unpacking", &e),
+        }
+        let _ = std::fs::remove_file(&archive);
+        let directory = bundle.join("model");
+        if !directory.is_dir() {
+            return Done::refuse(
+                StatusCode::BAD_REQUEST,
+                "archive_invalid",
+                "the archive holds no model/ directory",
+                "no model/ directory in the archive".into(),
+            );
+        }
+        let signature = bundle.join("model.sig");
+        if !signature.is_file() && self.models.trust().is_none() {
+            // With a key store the policy decides on "unsigned"; without, the loader needs one.
+            return Done::refuse(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "signature_refused",
+                "the model is not signed",
+                "no model.sig in the archive".into(),
+            );
+        }
+        let release = bundle.join("release.json");
+        let mut attestations: Vec<PathBuf> = std::fs::read_dir(bundle.join("attestations"))
+            .map(|d| {
+                d.filter_map(Result::ok)
+                    .map(|e| e.path())
+                    .filter(|p| p.extension().is_some_and(|x| x == "json"))
+                    .collect()
+            })
+            .unwrap_or_default();
+        attestations.sort();
+        let m = ModelConfig {
+            version: version.to_owned(),
+            directory,
+            signature: Some(signature),
+            release: release.is_file().then_some(release),
+            attestations,
+            ..template
+        };
+        // The current default stays the default until `activate`.
+        self.models.pin_default(&m.name);
+        match self.models.add(&m).await {
+            Ok(()) => Done::ok(serde_json::json!({
+                "name": m.name,
+                "version": m.version,
+                "loaded": true,
+                "active": self.models.resolve(&m.name, None).map(|l| l.version.clone()),
+            })),
+            Err(e) => {
+                let (status, class, public) = classify(&e);
+                Done::refuse(status, class, public, e.to_string())
+            }
+        }
+    }
+
+    async fn activate(&self, name: &str, req: Request<Incoming>) -> (Option<String>, Done) {
+        #[derive(serde::Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Activate {
+            version: String,
+        }
+        let body = match Limited::new(req.into_body(), MAX_DOCUMENT_BYTES)
+            .collect()
+            .await
+        {
+            Ok(b) => b.to_bytes(),
+            Err(e) => {
+                return (
+                    None,
+                    Done::refuse(
+                        StatusCode::BAD_REQUEST,
+                        "upload_failed",
+                        "the body could not be read",
+                        e.to_string(),
+                    ),
+                );
+            }
+        };
+        let a: Activate = match serde_json::from_slice(&body) {
+            Ok(a) => a,
+            Err(e) => {
+                return (
+                    None,
+                    Done::refuse(
+                        StatusCode::BAD_REQUEST,
+                        "invalid_body",
+                        "expected {\"version\": \"…\"}",
+                        e.to_string(),
+                    ),
+                );
+            }
+        };
+        match self.models.activate(name, &a.version) {
+            Ok(previous) => (
+                Some(a.version.clone()),
+                Done::ok(serde_json::json!({
+                    "name": name, "active": a.version, "previous": previous,
+                })),
+            ),
+            Err(e) => (
+                Some(a.version),
+                Done::refuse(
+                    StatusCode::NOT_FOUND,
+                    "not_loaded",
+                    "that version is not loaded",
+                    e.to_string(),
+                ),
+            ),
+        }
+    }
+
+    fn rollback(&self, name: &str) -> (Option<String>, Done) {
+        match self.models.rollback(name) {
+            Ok(v) => (
+                Some(v.clone()),
+                Done::ok(serde_json::json!({"name": name, "active": v})),
+            ),
+            Err(e) => (
+                None,
+                Done::refuse(
+                    StatusCode::CONFLICT,
+                    "no_previous",
+                    "there is no previously active version to go back to",
+                    e.to_string(),
+                ),
+            ),
+        }
+    }
+
+    async fn revocations(&self, req: Request<Incoming>) -> Done {
+        let Some(trust) = self.models.trust().cloned() else {
+            return Done::refuse(
+                StatusCode::CONFLICT,
+                "no_key_store",
+                "revocation lists need a key store and admission",
+                "no [keystore] configured".into(),
+            );
+        };
+        let Some(path) = trust.config.revocation_list.clone() else {
+            return Done::refuse(
+                StatusCode::CONFLICT,
+                "no_revocation_list",
+                "admission.revocation_list is not configured",
+                "admission.revocation_list is not set".into(),
+            );
+        };
+        let body = match Limited::new(req.into_body(), MAX_DOCUMENT_BYTES)
+            .collect()
+            .await
+        {
+            Ok(b) => b.to_bytes(),
+            Err(e) => {
+                return Done::refuse(
+                    StatusCode::BAD_REQUEST,
+                    "upload_failed",
+                    "the body could not be read (at most 16 MiB)",
+                    e.to_string(),
+                );
+            }
+        };
+        let store = trust.store.clone();
+        let checked = tokio::task::spawn_blocking(move || {
+            check_list(&body, store.as_ref()).map(|s| (s, body))
+        })
+        .await;
+        let (serial, body) = match checked {
+            Ok(Ok(v)) => v,
+            Ok(Err(ListRefused::Older(reason))) => {
+                return Done::refuse(
+                    StatusCode::CONFLICT,
+                    "revocation_list_replayed",
+                    "the list's serial is older than the accepted one",
+                    reason,
+                );
+            }
+            Ok(Err(ListRefused::Invalid(reason))) => {
+                return Done::refuse(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "revocation_list_invalid",
+                    "the list does not verify against the fleet authority",
+                    reason,
+                );
+            }
+            Ok(Err(ListRefused::Internal(reason))) => {
+                return Done::refuse(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal",
+                    "the key store could not be read",
+                    reason,
+                );
+            }
+            Err(e) => {
+                return Done::refuse(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal",
+                    "the list could not be checked",
+                    e.to_string(),
+                );
+            }
+        };
+        if let Err(e) = write_atomically(&path, &body) {
+            return Done::refuse(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "the list could not be stored",
+                format!("{}: {e}", path.display()),
+            );
+        }
+        // Admission accepts the list (advancing the key store's counter) and re-decides.
+        let unloaded = self.models.refresh().await;
+        Done::ok(serde_json::json!({
+            "serial": serial,
+            "unloaded": unloaded.iter().map(|u| serde_json::json!({
+                "name": u.name, "version": u.version,
+            })).collect::<Vec<_>>(),
+        }))
+    }
+}
+
+enum ListRefused {
+    Older(String),
+    Invalid(String),
+    Internal(String),
+}
+
+/// Verifies a revocation list against the fleet authority's anchors and the accepted serial
+/// (the same functions admission uses); records nothing.
+fn check_list(body: &[u8], store: &dyn KeyStore) -> Result<u64, ListRefused> {
+    let anchors = crate::admission::TrustAnchors::from_key_store(store)
+        .map_err(|e| ListRefused::Internal(e.to_string()))?;
+    let current = store
+        .counter(Counter::RevocationSerial)
+        .map_err(|e| ListRefused::Internal(e.to_string()))?;
+    if anchors.fleet_authority.is_empty() {
+        return Err(ListRefused::Invalid(
+            "no fleet-authority anchors are installed".into(),
+        ));
+    }
+    let mut last = String::new();
+    for v in &anchors.fleet_authority {
+        match verify_revocation_list(body, v, current) {
+            Ok(list) => return Ok(list.serial),
+            Err(e @ RevocationError::OlderSerial { .. }) => {
+                return Err(ListRefused::Older(e.to_string()));
+            }
+            Err(e) => last = e.to_string(),
+        }
+    }
+    Err(ListRefused::Invalid(last))
+}
+
+/// The status, class and public text for a refused load.
+fn classify(e: &ModelError) -> (StatusCode, &'static str, &'static str) {
+    match e {
+        ModelError::Signature { .. } => (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "signature_refused",
+            "the model's signature does not verify against the trusted signers",
+        ),
+        ModelError::Refused { .. } => (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "admission_refused",
+            "the startup policy refused this version",
+        ),
+        ModelError::NotRegular { .. } | ModelError::Stage { .. } => (
+            StatusCode::BAD_REQUEST,
+            "archive_invalid",
+            "the model could not be staged",
+        ),
+        ModelError::AlreadyLoaded { .. } => (
+            StatusCode::CONFLICT,
+            "already_loaded",
+            "this version is already loaded",
+        ),
+        _ => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "load_failed",
+            "the version could not be started",
+        ),
+    }
+}
+
+enum SpoolError {
+    TooLarge,
+    Body(String),
+    Io(std::io::Error),
+}
+
+/// Streams the body into `to`, refusing more than `limit` bytes.
+async fn spool(mut body: Incoming, to: &Path, limit: u64) -> Result<(), SpoolError> {
+    let mut file = std::fs::File::create(to).map_err(SpoolError::Io)?;
+    let mut written: u64 = 0;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| SpoolError::Body(e.to_string()))?;
+        if let Ok(data) = frame.into_data() {
+            written = written.saturating_add(data.len() as u64);
+            if written > limit {
+                return Err(SpoolError::TooLarge);
+            }
+            file.write_all(&data).map_err(SpoolError::Io)?;
+        }
+    }
+    file.sync_all().map_err(SpoolError::Io)
+}
+
+enum UnpackError {
+    TooLarge(String),
+    Invalid(String),
+}
+
+/// Unpacks `archive` into `into`: regular files and directories only, relative paths without
+/// `..`, under the top-level names a push may hold; at most `max_bytes` unpacked and
+/// `max_entries` entries.
+fn unpack(
+    archive: &Path,
+    into: &Path,
+    max_bytes: u64,
+    max_entries: usize,
+) -> Result<(), UnpackError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let invalid = |e: &dyn std::fmt::Display| UnpackError::Invalid(e.to_string());
+    let file = std::fs::File::open(archive).map_err(|e| invalid(&e))?;
+    let mut tar = tar::Archive::new(file);
+    let mut total: u64 = 0;
+    let mut count: usize = 0;
+    std::fs::create_dir_all(into).map_err(|e| invalid(&e))?;
+    for entry in tar.entries().map_err(|e| invalid(&e))? {
+        let mut entry = entry.map_err(|e| invalid(&e))?;
+        count += 1;
+        if count > max_entries {
+            return Err(UnpackError::TooLarge(format!(
+                "more than {max_entries} entries"
+            )));
+        }
+        let path = entry.path().map_err(|e| invalid(&e))?.into_owned();
+        let mut rel = PathBuf::new();
+        for c in path.components() {
+            match c {
+                Component::Normal(p) => rel.push(p),
+                Component::CurDir => {}
+                _ => {
+                    return Err(UnpackError::Invalid(format!(
+                        "{}: absolute paths and '..' are refused",
+                        path.display()
+                    )));
+                }
+            }
+        }
+        let Some(top) = rel.components().next() else {
+            continue;
+        };
+        let top = top.as_os_str();
+        let is_file_top = top == "model.sig" || top == "release.json";
+        if !(top == "model" || top == "attestations" || is_file_top) {
+            return Err(UnpackError::Invalid(format!(
+                "{}: unexpected entry (model/, model.sig, release.json, attestations/ only)",
+                path.display()
+            )));
+        }
+        // `model` and `attestations` are directories, never files themselves.
+        let dir_only = (top == "attestations" || top == "model") && rel.components().count() == 1;
+        let target = into.join(&rel);
+        match entry.header().entry_type() {
+            tar::EntryType::Directory if !is_file_top => {
+                std::fs::create_dir_all(&target).map_err(|e| invalid(&e))?;
+            }
+            tar::EntryType::Regular | tar::EntryType::Continuous if !dir_only => {
+                let size = entry.header().size().map_err(|e| invalid(&e))?;
+                total = total.saturating_add(size);
+                if total > max_bytes {
+                    return Err(UnpackError::TooLarge(format!(
+                        "more than {max_bytes} bytes unpacked"
+                    )));
+                }
+                if let Some(parent) = target.parent() {
+                    std::fs::create_dir_all(parent).map_err(|e| invalid(&e))?;
+                }
+                let mut out = std::fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(0o600)
+                    .open(&target)
+                    .map_err(|e| UnpackError::Invalid(format!("{}: {e}", path.display())))?;
+                let copied = std::io::copy(&mut (&mut entry).take(size), &mut out)
+                    .map_err(|e| invalid(&e))?;
+                if copied != size {
+                    return Err(UnpackError::Invalid(format!(
+                        "{}: truncated",
+                        path.display()
+                    )));
+                }
+            }
+            other => {
+                return Err(UnpackError::Invalid(format!(
+                    "{}: {other:?} entries are refused here (regular files and directories only)",
+                    path.display()
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn create_private_dir(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(path)
+}
+
+/// Writes beside `path`, then renames over it: readers see the old list or the new one.
+fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let tmp = path.with_extension(format!("tmp-{}", uuid::Uuid::new_v4()));
+    let result = (|| {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
