@@ -7,7 +7,8 @@
 #   - with `--test`, a Python virtual environment with the reference tools the tests run
 #     against (`model_signing`, `tritonclient[http]`, `onnxruntime`, numpy), and the devices
 #     the key-store and measured-boot tests start themselves: swtpm (`swtpm`, `swtpm-tools`),
-#     `tpm2-tools`, SoftHSM2 (`softhsm2`) and OpenSC (`opensc`, for pkcs11-tool).
+#     `tpm2-tools`, SoftHSM2 (`softhsm2`) and OpenSC (`opensc`, for pkcs11-tool), and the OCI
+#     registry the pull tests start on loopback (`docker-registry`).
 # Idempotent: a second run only checks (apt-get runs only when a program or library is
 # missing). Everything else lands under .cache/ and .venv/ (ignored).
 set -euo pipefail
@@ -37,11 +38,17 @@ if [ "$want_test" = 1 ]; then
     need_pkg tpm2-tools command -v tpm2_pcrread
     need_pkg softhsm2 command -v softhsm2-util
     need_pkg opensc command -v pkcs11-tool
+    need_pkg docker-registry test -x /usr/bin/docker-registry
 fi
 if [ "${#apt_missing[@]}" -gt 0 ]; then
     say "installing ${apt_missing[*]} (apt)"
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${apt_missing[@]}" >/dev/null
+    # The package enables its own registry service (with auth, on every address); the tests
+    # start their own on loopback, so the packaged one is stopped where systemd runs.
+    if [[ " ${apt_missing[*]} " == *" docker-registry "* ]] && command -v systemctl >/dev/null 2>&1; then
+        systemctl disable --now docker-registry >/dev/null 2>&1 || true
+    fi
 fi
 
 # Python's venv module is a separate Debian package.

@@ -10,6 +10,10 @@
 //!   then loaded by [`ModelRegistry::add`] exactly like a configured version (the same
 //!   verification and admission). The new version serves under `/versions/{version}`; the
 //!   default stays where it was until `activate`. Any refusal changes nothing.
+//! - `POST /admin/v1/models/{name}/versions/{version}/pull` `{"reference":
+//!   "registry/repo@sha256:…", "insecure_http": false}`: the same archive, pulled from an OCI
+//!   registry as a bundle artifact pinned by digest ([`oci`]), then unpacked and loaded by the
+//!   same function as a `PUT`. Tag-only references are refused; plain HTTP only on request.
 //! - `POST /admin/v1/models/{name}/activate` `{"version": "…"}`: the default version.
 //! - `POST /admin/v1/models/{name}/rollback`: back to the previously active version.
 //! - `PUT /admin/v1/revocations`: a signed revocation list (fleet authority; an older serial
@@ -20,6 +24,8 @@
 //! Pushed versions must belong to a configured model name (its `file` and input ranges are
 //! the template). Errors are `{"error": "<class>: <short text>"}`; the detail goes to the log
 //! and the audit trail.
+
+// The OCI pull (crate::admin::oci): it hands its archive to the same unpack-and-load path.
 
 use crate::audit::{AuditEvent, AuditLog};
 use crate::config::{AdminConfig, Config, ModelConfig, ServerConfig, valid_name};
@@ -307,6 +313,12 @@ impl Admin {
                     Some((*version).to_owned()),
                     self.push(name, version, req).await,
                 ),
+                (&Method::POST, ["admin", "v1", "models", name, "versions", version, "pull"]) => (
+                    "POST /admin/v1/models/{name}/versions/{version}/pull",
+                    Some(*name),
+                    Some((*version).to_owned()),
+                    self.pull(name, version, req).await,
+                ),
                 (&Method::POST, ["admin", "v1", "models", name, "activate"]) => {
                     let (version, done) = self.activate(name, req).await;
                     (
@@ -404,28 +416,161 @@ impl Admin {
                 "content-type is not application/x-tar".into(),
             );
         }
+        let template = match self.new_version(name, version) {
+            Ok(t) => t,
+            Err(done) => return done,
+        };
+        let limit = self.config.max_upload_bytes;
+        self.staged(template, version, |archive| async move {
+            spool_archive(req.into_body(), &archive, limit).await
+        })
+        .await
+    }
+
+    /// `POST …/versions/{version}/pull` `{"reference": "registry/repo@sha256:…",
+    /// "insecure_http": false}`: the bundle's tar layer, pulled by digest, then the same
+    /// unpacking and loading as a `PUT`.
+    async fn pull(&self, name: &str, version: &str, req: Request<Incoming>) -> Done {
+        #[derive(serde::Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Pull {
+            reference: String,
+            #[serde(default)]
+            insecure_http: bool,
+        }
+        let body = match Limited::new(req.into_body(), MAX_DOCUMENT_BYTES)
+            .collect()
+            .await
+        {
+            Ok(b) => b.to_bytes(),
+            Err(e) => {
+                return Done::refuse(
+                    StatusCode::BAD_REQUEST,
+                    "upload_failed",
+                    "the body could not be read",
+                    e.to_string(),
+                );
+            }
+        };
+        let p: Pull = match serde_json::from_slice(&body) {
+            Ok(p) => p,
+            Err(e) => {
+                return Done::refuse(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_body",
+                    "expected {\"reference\": \"registry/repo@sha256:…\"}",
+                    e.to_string(),
+                );
+            }
+        };
+        let reference = match crate::oci::pinned_reference(&p.reference) {
+            Ok(r) => r,
+            Err(e) => {
+                return Done::refuse(
+                    StatusCode::BAD_REQUEST,
+                    "reference_refused",
+                    "the reference must be pinned by digest (registry/repo@sha256:…)",
+                    e.to_string(),
+                );
+            }
+        };
+        let template = match self.new_version(name, version) {
+            Ok(t) => t,
+            Err(done) => return done,
+        };
+        let limit = self.config.max_upload_bytes;
+        let insecure = p.insecure_http;
+        self.staged(template, version, |archive| async move {
+            crate::oci::pull_bundle(&reference, insecure, &archive, limit)
+                .await
+                .map_err(|e| {
+                    let reason = e.to_string();
+                    match e {
+                        crate::oci::OciError::TooLarge { .. } => Done::refuse(
+                            StatusCode::PAYLOAD_TOO_LARGE,
+                            "too_large",
+                            "the bundle is larger than admin.max_upload_bytes",
+                            reason,
+                        ),
+                        crate::oci::OciError::DigestMismatch { .. } => Done::refuse(
+                            StatusCode::UNPROCESSABLE_ENTITY,
+                            "digest_mismatch",
+                            "the registry's content does not match the pinned digest",
+                            reason,
+                        ),
+                        crate::oci::OciError::NotABundle { .. } => Done::refuse(
+                            StatusCode::UNPROCESSABLE_ENTITY,
+                            "not_a_bundle",
+                            "the artifact is not a Warden bundle",
+                            reason,
+                        ),
+                        crate::oci::OciError::Write { .. } => Done::refuse(
+                            StatusCode::INTERNAL_SERVER_ERROR,
+                            "internal",
+                            "the upload could not be staged",
+                            reason,
+                        ),
+                        crate::oci::OciError::Reference { .. }
+                        | crate::oci::OciError::NotPinned { .. }
+                        | crate::oci::OciError::Registry { .. }
+                        | crate::oci::OciError::Transfer { .. } => Done::refuse(
+                            StatusCode::BAD_GATEWAY,
+                            "registry_failed",
+                            "the bundle could not be pulled from the registry",
+                            reason,
+                        ),
+                    }
+                })
+        })
+        .await
+    }
+
+    /// The configured template for a new `version` of `name`, or the refusal.
+    fn new_version(&self, name: &str, version: &str) -> Result<ModelConfig, Done> {
         let Some(template) = self.models.configured(name) else {
-            return Done::refuse(
+            return Err(Done::refuse(
                 StatusCode::NOT_FOUND,
                 "unknown_model",
                 "pushed versions must belong to a configured model",
                 format!("model {name} is not configured"),
-            );
+            ));
         };
         if self.models.resolve(name, Some(version)).is_some() {
-            return Done::refuse(
+            return Err(Done::refuse(
                 StatusCode::CONFLICT,
                 "already_loaded",
                 "this version is already loaded",
                 format!("model {name} version {version} is already loaded"),
-            );
+            ));
         }
+        Ok(template)
+    }
+
+    /// Runs `fetch` (which writes the archive to the path it is given) in a fresh upload
+    /// directory, then [`Admin::unpack_and_load`]; the directory is removed afterwards.
+    async fn staged<F, Fut>(&self, template: ModelConfig, version: &str, fetch: F) -> Done
+    where
+        F: FnOnce(PathBuf) -> Fut,
+        Fut: std::future::Future<Output = Result<(), Done>>,
+    {
         let upload = self
             .models
             .state_dir()
             .join(UPLOADS)
             .join(uuid::Uuid::new_v4().to_string());
-        let done = self.push_into(&upload, template, version, req).await;
+        let done = match create_private_dir(&upload) {
+            Err(e) => internal("creating the upload directory", &e),
+            Ok(()) => {
+                let archive = upload.join("archive.tar");
+                match fetch(archive.clone()).await {
+                    Ok(()) => {
+                        self.unpack_and_load(&upload, &archive, template, version)
+                            .await
+                    }
+                    Err(done) => done,
+                }
+            }
+        };
         if let Err(e) = std::fs::remove_dir_all(&upload)
             && e.kind() != std::io::ErrorKind::NotFound
         {
@@ -434,50 +579,20 @@ impl Admin {
         done
     }
 
-    async fn push_into(
+    /// The one path from an archive (a pushed body or a pulled OCI layer) to a loaded
+    /// version: unpack `archive` into `upload`/bundle, then [`ModelRegistry::add`].
+    async fn unpack_and_load(
         &self,
         upload: &Path,
+        archive: &Path,
         template: ModelConfig,
         version: &str,
-        req: Request<Incoming>,
     ) -> Done {
-        let internal = |what: &str, e: &dyn std::fmt::Display| {
-            Done::refuse(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal",
-                "the upload could not be staged",
-                format!("{what}: {e}"),
-            )
-        };
-        if let Err(e) = create_private_dir(upload) {
-            return internal("creating the upload directory", &e);
-        }
-        let archive = upload.join("archive.tar");
         let limit = self.config.max_upload_bytes;
-        match spool(req.into_body(), &archive, limit).await {
-            Ok(()) => {}
-            Err(SpoolError::TooLarge) => {
-                return Done::refuse(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    "too_large",
-                    "the archive is larger than admin.max_upload_bytes",
-                    format!("archive larger than {limit} bytes"),
-                );
-            }
-            Err(SpoolError::Body(e)) => {
-                return Done::refuse(
-                    StatusCode::BAD_REQUEST,
-                    "upload_failed",
-                    "the body could not be read",
-                    e,
-                );
-            }
-            Err(SpoolError::Io(e)) => return internal("writing the upload", &e),
-        }
         let bundle = upload.join("bundle");
         let limits = (limit, self.config.max_entries);
         let unpacked = {
-            let (archive, bundle) = (archive.clone(), bundle.clone());
+            let (archive, bundle) = (archive.to_owned(), bundle.clone());
             tokio::task::spawn_blocking(move || unpack(&archive, &bundle, limits.0, limits.1)).await
         };
         match unpacked {
@@ -500,7 +615,7 @@ impl Admin {
             }
             Err(e) => return internal("unpacking", &e),
         }
-        let _ = std::fs::remove_file(&archive);
+        let _ = std::fs::remove_file(archive);
         let directory = bundle.join("model");
         if !directory.is_dir() {
             return Done::refuse(
@@ -778,6 +893,36 @@ fn classify(e: &ModelError) -> (StatusCode, &'static str, &'static str) {
             "load_failed",
             "the version could not be started",
         ),
+    }
+}
+
+/// A refusal for a local failure while staging.
+fn internal(what: &str, e: &dyn std::fmt::Display) -> Done {
+    Done::refuse(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "internal",
+        "the upload could not be staged",
+        format!("{what}: {e}"),
+    )
+}
+
+/// [`spool`] with its refusals.
+async fn spool_archive(body: Incoming, to: &Path, limit: u64) -> Result<(), Done> {
+    match spool(body, to, limit).await {
+        Ok(()) => Ok(()),
+        Err(SpoolError::TooLarge) => Err(Done::refuse(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            "the archive is larger than admin.max_upload_bytes",
+            format!("archive larger than {limit} bytes"),
+        )),
+        Err(SpoolError::Body(e)) => Err(Done::refuse(
+            StatusCode::BAD_REQUEST,
+            "upload_failed",
+            "the body could not be read",
+            e,
+        )),
+        Err(SpoolError::Io(e)) => Err(internal("writing the upload", &e)),
     }
 }
 

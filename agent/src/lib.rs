@@ -12,6 +12,7 @@ pub mod demo;
 pub mod gateway;
 pub mod keyd;
 pub mod models;
+pub mod oci;
 pub mod pki;
 pub mod serve;
 pub mod server;

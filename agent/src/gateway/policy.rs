@@ -67,10 +67,19 @@ impl Decision {
 struct Prepared {
     engine: regorus::Engine,
     pool: std::sync::Mutex<Vec<regorus::Engine>>,
+    /// Decisions by input. A decision is a function of the input and of this policy and data
+    /// only (a reload builds a new `Prepared`, so the cache never outlives them); a policy that
+    /// calls a builtin whose answer can change between calls is not cached at all.
+    cache: Option<std::sync::Mutex<std::collections::HashMap<String, Decision>>>,
 }
 
 /// Idle engines kept per policy version.
 const POOL_MAX: usize = 64;
+/// Distinct inputs whose decisions are kept; when full the cache starts over.
+const CACHE_MAX: usize = 4096;
+/// Builtins whose answer can differ between two evaluations of the same input.
+const NONDETERMINISTIC_BUILTINS: [&str; 5] =
+    ["time.", "rand.", "uuid.", "http.send", "opa.runtime"];
 
 /// The route policy, reloadable.
 pub struct RoutePolicy {
@@ -180,14 +189,38 @@ fn prepare(
             path: path.to_path_buf(),
             message: format!("{DECISION_RULE} does not evaluate: {e}"),
         })?;
+    let cacheable = !NONDETERMINISTIC_BUILTINS.iter().any(|b| text.contains(b));
     let prepared = Prepared {
         engine,
         pool: std::sync::Mutex::new(Vec::new()),
+        cache: cacheable.then(|| std::sync::Mutex::new(std::collections::HashMap::new())),
     };
     Ok(prepared)
 }
 
 fn evaluate(p: &Prepared, input: &PolicyInput<'_>) -> Decision {
+    let Some(cache) = &p.cache else {
+        return evaluate_uncached(p, input);
+    };
+    let Ok(key) = serde_json::to_string(input) else {
+        return Decision::deny("evaluation_error");
+    };
+    if let Some(d) = cache.lock().unwrap_or_else(|e| e.into_inner()).get(&key) {
+        return d.clone();
+    }
+    let decision = evaluate_uncached(p, input);
+    // Evaluation errors (a time limit hit under load, say) are not remembered.
+    if decision.rule != "evaluation_error" {
+        let mut cache = cache.lock().unwrap_or_else(|e| e.into_inner());
+        if cache.len() >= CACHE_MAX {
+            cache.clear();
+        }
+        cache.insert(key, decision.clone());
+    }
+    decision
+}
+
+fn evaluate_uncached(p: &Prepared, input: &PolicyInput<'_>) -> Decision {
     let input = match serde_json::to_value(input) {
         Ok(v) => regorus::Value::from(v),
         Err(_) => return Decision::deny("evaluation_error"),
@@ -373,5 +406,30 @@ mod tests {
         .unwrap();
         p.reload().unwrap();
         assert_eq!(health(&p), Decision::deny("lockdown"));
+    }
+
+    #[test]
+    fn decisions_are_cached_only_for_deterministic_policies() {
+        let dir = tempfile::tempdir().unwrap();
+        let cached =
+            RoutePolicy::load(Some(&repo_policy()), None, Duration::from_millis(50)).unwrap();
+        let first = health(&cached);
+        assert_eq!(health(&cached), first);
+        let current = cached.current.read().unwrap().clone().unwrap();
+        assert_eq!(current.cache.as_ref().unwrap().lock().unwrap().len(), 1);
+
+        let path = dir.path().join("clock.rego");
+        std::fs::write(
+            &path,
+            "package warden.serving.routes\n# office hours come later: time.now_ns()\ndecision := {\"allow\": true, \"grants\": {\"clock\"}, \"denies\": set()}\n",
+        )
+        .unwrap();
+        let clock = RoutePolicy::load(Some(&path), None, Duration::from_millis(50)).unwrap();
+        assert!(health(&clock).allow);
+        let current = clock.current.read().unwrap().clone().unwrap();
+        assert!(
+            current.cache.is_none(),
+            "a policy reading the clock must not be cached"
+        );
     }
 }
