@@ -30,22 +30,17 @@
 use crate::audit::{AuditEvent, AuditLog};
 use crate::config::{AdminConfig, Config, ModelConfig, ServerConfig, valid_name};
 use crate::models::{ModelError, ModelRegistry};
+use crate::server::{ListenerLimits, TlsApp, serve_tls};
 use crate::tls::ClientIdentity;
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
-use tokio_rustls::TlsAcceptor;
 use warden_attest::keystore::{Counter, KeyStore, Role};
 use warden_attest::revocation::{RevocationError, verify_revocation_list};
 
@@ -161,80 +156,20 @@ impl AdminServer {
 
     /// Serves until `shutdown` completes, then drains for up to the server's grace period.
     pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) {
-        let acceptor = TlsAcceptor::from(self.tls);
-        let mut http = auto::Builder::new(TokioExecutor::new());
-        http.http1()
-            .keep_alive(true)
-            .timer(TokioTimer::new())
-            .header_read_timeout(self.server.request_timeout())
-            .max_buf_size(self.server.max_header_bytes.max(8192));
-        http.http2()
-            .timer(TokioTimer::new())
-            .max_concurrent_streams(8)
-            .max_header_list_size(self.server.max_header_bytes as u32);
-        let http = Arc::new(http);
-        let graceful = GracefulShutdown::new();
-        let connections = Arc::new(Semaphore::new(MAX_ADMIN_CONNECTIONS));
-        tokio::pin!(shutdown);
-        loop {
-            let permit = tokio::select! {
-                p = connections.clone().acquire_owned() => match p {
-                    Ok(p) => p,
-                    Err(_) => break,
-                },
-                () = &mut shutdown => break,
-            };
-            let (tcp, addr) = tokio::select! {
-                accepted = self.listener.accept() => match accepted {
-                    Ok(a) => a,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "admin: accept failed");
-                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                        continue;
-                    }
-                },
-                () = &mut shutdown => break,
-            };
-            let _ = tcp.set_nodelay(true);
-            let acceptor = acceptor.clone();
-            let admin = self.admin.clone();
-            let http = http.clone();
-            let handshake_timeout = self.server.handshake_timeout();
-            let watcher = graceful.watcher();
-            tokio::spawn(async move {
-                let _permit = permit;
-                let tls = match tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)).await
-                {
-                    Ok(Ok(tls)) => tls,
-                    Ok(Err(e)) => return admin.refused(addr, &e.to_string()),
-                    Err(_) => return admin.refused(addr, "TLS handshake timed out"),
-                };
-                let identity = Arc::new(
-                    ClientIdentity::from_peer_certificates(tls.get_ref().1.peer_certificates())
-                        .as_audit_string(),
-                );
-                let service = service_fn(move |req| {
-                    let admin = admin.clone();
-                    let identity = identity.clone();
-                    async move {
-                        Ok::<_, std::convert::Infallible>(admin.handle(req, &identity, addr).await)
-                    }
-                });
-                let conn = http
-                    .serve_connection(TokioIo::new(tls), service)
-                    .into_owned();
-                if let Err(e) = watcher.watch(conn).await {
-                    tracing::debug!(peer = %addr, error = %e, "admin connection ended with an error");
-                }
-            });
-        }
-        drop(self.listener);
-        if tokio::time::timeout(self.server.shutdown_grace(), graceful.shutdown())
-            .await
-            .is_err()
-        {
-            tracing::warn!("admin: grace period over; closing the remaining connections");
-        }
+        let limits = ListenerLimits {
+            max_connections: MAX_ADMIN_CONNECTIONS,
+            max_concurrent_streams: 8,
+        };
+        serve_tls(
+            "admin",
+            self.listener,
+            self.tls,
+            self.admin,
+            &self.server,
+            limits,
+            shutdown,
+        )
+        .await;
     }
 }
 
@@ -268,7 +203,15 @@ impl Done {
     }
 }
 
-impl Admin {
+/// The admin listener names a connection by its certificate and its address.
+impl TlsApp for Admin {
+    type Peer = (String, SocketAddr);
+
+    fn peer(&self, tls: &rustls::ServerConnection, addr: SocketAddr) -> (String, SocketAddr) {
+        let identity = ClientIdentity::from_peer_certificates(tls.peer_certificates());
+        (identity.as_audit_string(), addr)
+    }
+
     fn refused(&self, addr: SocketAddr, reason: &str) {
         tracing::info!(peer = %addr, reason, "admin: TLS handshake refused");
         self.audit.record(&AuditEvent {
@@ -290,6 +233,16 @@ impl Admin {
     }
 
     async fn handle(
+        &self,
+        req: Request<Incoming>,
+        (identity, addr): &(String, SocketAddr),
+    ) -> Response<Full<Bytes>> {
+        self.answer(req, identity, *addr).await
+    }
+}
+
+impl Admin {
+    async fn answer(
         &self,
         req: Request<Incoming>,
         identity: &str,
