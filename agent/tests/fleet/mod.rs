@@ -1,0 +1,389 @@
+//! A key-store-mode agent (software key store, admission, real workers) with a fleet-push
+//! admin listener, and an mTLS admin client holding a certificate from the fleet CA: the world
+//! the admin and OCI-pull tests run in.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::path::{Path, PathBuf};
+
+use warden_agent::config::{
+    AdminConfig, AdmissionConfig, Config, InputRange, KeystoreConfig, ModelConfig,
+};
+use warden_agent::{demo, pki::DevCa, serve};
+use warden_attest::bundle::{self, Curve, SignOptions, Signer};
+use warden_attest::keystore::software::SoftwareKeyStore;
+use warden_attest::keystore::{BackendConfig, KeyStore, Role, SoftwareConfig};
+use warden_attest::release::{Release, Stage, sign_attestation, sign_release};
+use warden_attest::revocation::{RevocationList, RevokedVersion, sign_revocation_list};
+
+use crate::support::{Client, Reply, tls_config};
+
+pub const SLSA: &str = "https://slsa.dev/provenance/v1";
+pub const MAX_UPLOAD: u64 = 16 * 1024 * 1024;
+
+pub fn key() -> (Signer, String) {
+    let (private_pem, public_pem) = bundle::generate_private_key_pem(Curve::P256).unwrap();
+    (
+        Signer::from_private_key_pem(&private_pem).unwrap(),
+        public_pem,
+    )
+}
+
+pub fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let target = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &target);
+        } else {
+            std::fs::copy(e.path(), target).unwrap();
+        }
+    }
+}
+
+/// One pushable version: the files a tar is built from.
+pub struct Bundle {
+    pub model: PathBuf,
+    pub sig: Option<PathBuf>,
+    pub release: PathBuf,
+    pub attestation: PathBuf,
+}
+
+pub struct World {
+    pub _dir: tempfile::TempDir,
+    pub files: demo::DemoFiles,
+    pub config: Config,
+    pub model_signer: Signer,
+    pub release_authority: Signer,
+    pub fleet: Signer,
+    pub policy_dir: PathBuf,
+    pub revocations: PathBuf,
+    /// Admin client certificate and key (fleet CA).
+    pub admin_cert: PathBuf,
+    pub admin_key: PathBuf,
+}
+
+impl World {
+    pub fn new() -> World {
+        assert!(
+            std::env::var_os("ORT_DYLIB_PATH").is_some(),
+            "ORT_DYLIB_PATH is not set: run `scripts/setup.sh --test` and `source .cache/env`"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let (files, mut config) = demo::prepare(dir.path(), 0).unwrap();
+        config.runtime.worker_binary =
+            Some(Path::new(env!("CARGO_BIN_EXE_warden")).with_file_name("warden-runtime"));
+        // Clients loop at full speed: the gateway's rate limits are not what is tested here.
+        let limits = &mut config.gateway.limits;
+        limits.identity_rate_per_s = 1e6;
+        limits.identity_burst = 1_000_000;
+        limits.tenant_rate_per_s = 1e6;
+        limits.tenant_burst = 1_000_000;
+        // A value range, which pushed versions inherit.
+        config.models[0].inputs.insert(
+            "input".into(),
+            InputRange {
+                min: Some(-1e6),
+                max: Some(1e6),
+            },
+        );
+        let model_signer = Signer::from_private_key_pem(
+            &std::fs::read_to_string(files.dir.join("trust/model-signer.key")).unwrap(),
+        )
+        .unwrap();
+        let signer_pub = std::fs::read(files.dir.join("trust/model-signer.pub")).unwrap();
+        let (release_authority, release_pub) = key();
+        let (fleet, fleet_pub) = key();
+        let policy_dir = files.dir.join("admission-policies");
+        copy_dir(
+            &Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies"),
+            &policy_dir,
+        );
+        let ks_dir = files.dir.join("keystore");
+        config.keystore = Some(KeystoreConfig::InProcess(BackendConfig::Software(
+            SoftwareConfig {
+                dir: ks_dir.clone(),
+            },
+        )));
+        let store = SoftwareKeyStore::open(&ks_dir).unwrap();
+        store
+            .install_anchors(Role::ModelSigners, &signer_pub)
+            .unwrap();
+        store
+            .install_anchors(Role::ReleaseAuthority, release_pub.as_bytes())
+            .unwrap();
+        store
+            .install_anchors(Role::FleetAuthority, fleet_pub.as_bytes())
+            .unwrap();
+        drop(store);
+        config.trust = Default::default();
+        let revocations = files.dir.join("revocations.json");
+        config.admission = Some(AdmissionConfig {
+            policy_directory: policy_dir.clone(),
+            allowed_stages: vec![Stage::Approved],
+            revocation_list: Some(revocations.clone()),
+            refresh_interval_s: 3600,
+        });
+
+        // The fleet CA and the controller's client certificate.
+        let fleet_ca = DevCa::new("Warden fleet CA (test)").unwrap();
+        let controller = fleet_ca
+            .issue_client(Some("spiffe://warden.fleet/controller"), "controller")
+            .unwrap();
+        let ca_path = files.dir.join("pki/fleet-ca.pem");
+        let admin_cert = files.dir.join("pki/admin.pem");
+        let admin_key = files.dir.join("pki/admin.key");
+        std::fs::write(&ca_path, fleet_ca.cert_pem()).unwrap();
+        std::fs::write(&admin_cert, controller.cert_pem).unwrap();
+        std::fs::write(&admin_key, controller.key_pem).unwrap();
+        config.admin = Some(AdminConfig {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            client_ca: Some(ca_path),
+            max_upload_bytes: MAX_UPLOAD,
+            max_entries: 64,
+        });
+
+        let mut w = World {
+            _dir: dir,
+            files,
+            config,
+            model_signer,
+            release_authority,
+            fleet,
+            policy_dir,
+            revocations,
+            admin_cert,
+            admin_key,
+        };
+        let v1 = w.config.models[0].clone();
+        let release = w.write_release(&v1, &v1.signature_path(), "1");
+        let att = w.write_attestation(&v1, &v1.signature_path(), "1");
+        w.config.models[0].release = Some(release);
+        w.config.models[0].attestations = vec![att];
+        w
+    }
+
+    pub fn root_digest(&self, dir: &Path, sig: &Path) -> String {
+        let sig = std::fs::read(sig).unwrap();
+        let anchors = bundle::Verifier::from_public_key_pem(
+            &std::fs::read_to_string(self.files.dir.join("trust/model-signer.pub")).unwrap(),
+        )
+        .unwrap();
+        bundle::verify_model_bytes(dir, &sig, None, &anchors, &Default::default())
+            .map(|v| v.root_digest)
+            .unwrap_or_else(|_| format!("sha256:{}", "00".repeat(32)))
+    }
+
+    pub fn write_release(&self, m: &ModelConfig, sig: &Path, version: &str) -> PathBuf {
+        let bytes = sign_release(
+            &Release {
+                name: m.name.clone(),
+                version: version.to_owned(),
+                stage: Stage::Approved,
+                policy_set_digest: warden_agent::admission::policy_set_digest(&self.policy_dir)
+                    .unwrap(),
+                required_attestations: vec![SLSA.to_owned()],
+            },
+            &self.root_digest(&m.directory, sig),
+            &self.release_authority,
+        )
+        .unwrap();
+        let path = self
+            .files
+            .dir
+            .join(format!("models/demo-{version}.release.json"));
+        std::fs::write(&path, bytes).unwrap();
+        path
+    }
+
+    pub fn write_attestation(&self, m: &ModelConfig, sig: &Path, version: &str) -> PathBuf {
+        let bytes = sign_attestation(
+            SLSA,
+            &serde_json::json!({"builder": {"id": "ci"}}),
+            &m.name,
+            &self.root_digest(&m.directory, sig),
+            &self.release_authority,
+        )
+        .unwrap();
+        let path = self
+            .files
+            .dir
+            .join(format!("models/demo-{version}.slsa.json"));
+        std::fs::write(&path, bytes).unwrap();
+        path
+    }
+
+    /// A signed copy of the demo model as `version`, with release and attestation.
+    pub fn bundle(&self, version: &str, signer: Option<&Signer>) -> Bundle {
+        let mut m = self.config.models[0].clone();
+        m.directory = self.files.dir.join(format!("models/demo-v{version}"));
+        copy_dir(&self.config.models[0].directory, &m.directory);
+        // The copy may hold the demo's own signature; the pushed one travels as model.sig.
+        let _ = std::fs::remove_file(m.directory.join("model.sig"));
+        let signed = bundle::sign_model(
+            &m.directory,
+            signer.unwrap_or(&self.model_signer),
+            &SignOptions {
+                model_name: Some("demo".into()),
+                ..SignOptions::default()
+            },
+        )
+        .unwrap();
+        let sig = self.files.dir.join(format!("models/demo-v{version}.sig"));
+        signed.write_to(&sig).unwrap();
+        Bundle {
+            release: self.write_release(&m, &sig, version),
+            attestation: self.write_attestation(&m, &sig, version),
+            model: m.directory,
+            sig: Some(sig),
+        }
+    }
+
+    pub fn revocations(&self, serial: u64, revoked: &[&str]) -> Vec<u8> {
+        sign_revocation_list(
+            &RevocationList {
+                serial,
+                revoked_digests: vec![],
+                revoked_versions: revoked
+                    .iter()
+                    .map(|v| RevokedVersion {
+                        name: "demo".into(),
+                        version: (*v).into(),
+                        reason: format!("withdrawn by test (version {v})"),
+                    })
+                    .collect(),
+            },
+            &self.fleet,
+        )
+        .unwrap()
+    }
+}
+
+pub fn tar_of(b: &Bundle) -> Vec<u8> {
+    let mut t = tar::Builder::new(Vec::new());
+    t.append_dir_all("model", &b.model).unwrap();
+    if let Some(sig) = &b.sig {
+        t.append_path_with_name(sig, "model.sig").unwrap();
+    }
+    t.append_path_with_name(&b.release, "release.json").unwrap();
+    t.append_path_with_name(&b.attestation, "attestations/slsa.json")
+        .unwrap();
+    t.into_inner().unwrap()
+}
+
+pub struct Running {
+    pub world: World,
+    pub addr: std::net::SocketAddr,
+    pub admin_addr: std::net::SocketAddr,
+    pub stop: Option<tokio::sync::oneshot::Sender<()>>,
+    pub task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Running {
+    pub async fn start(world: World) -> Running {
+        let prepared = serve::prepare(&world.config).await.unwrap();
+        let addr = prepared.local_addr;
+        let admin_addr = prepared.admin_addr.expect("the admin listener is bound");
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(prepared.run(async move {
+            let _ = rx.await;
+        }));
+        Running {
+            world,
+            addr,
+            admin_addr,
+            stop: Some(tx),
+            task: Some(task),
+        }
+    }
+
+    pub async fn admin(&self) -> Client {
+        let tls = tls_config(
+            &self.world.files.ca,
+            Some((&self.world.admin_cert, &self.world.admin_key)),
+            false,
+        );
+        Client::connect(self.admin_addr, tls, false).await.unwrap()
+    }
+
+    pub async fn client(&self) -> Client {
+        let f = &self.world.files;
+        let tls = tls_config(&f.ca, Some((&f.client_cert, &f.client_key)), false);
+        Client::connect(self.addr, tls, false).await.unwrap()
+    }
+
+    pub async fn push(&self, version: &str, tar: Vec<u8>) -> Reply {
+        let mut c = self.admin().await;
+        let req = c.build(
+            "PUT",
+            &format!("/admin/v1/models/demo/versions/{version}"),
+            tar,
+            Some("application/x-tar"),
+        );
+        c.send(req).await.unwrap()
+    }
+
+    pub async fn post(&self, path: &str, body: &str) -> Reply {
+        self.admin()
+            .await
+            .post_json(path, body.to_owned())
+            .await
+            .unwrap()
+    }
+
+    pub async fn status(&self) -> serde_json::Value {
+        let r = self.admin().await.get("/admin/v1/models").await.unwrap();
+        assert_eq!(r.status, 200);
+        r.json()
+    }
+
+    /// One inference on `path`; the version that answered.
+    pub async fn infer(&self, path: &str) -> (u16, String) {
+        let mut c = self.client().await;
+        let r = c
+            .post_json(path, std::fs::read(&self.world.files.request).unwrap())
+            .await
+            .unwrap();
+        let v = if r.status == 200 {
+            r.json()["model_version"].as_str().unwrap_or("").to_owned()
+        } else {
+            String::new()
+        };
+        (r.status.as_u16(), v)
+    }
+
+    pub fn audit(&self) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(self.world.files.dir.join("audit.jsonl"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
+    pub fn state_dir(&self) -> PathBuf {
+        self.world.config.state.directory.clone()
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.await.unwrap();
+        }
+    }
+}
+
+pub fn active(status: &serde_json::Value) -> String {
+    status["models"][0]["active"]
+        .as_str()
+        .unwrap_or("")
+        .to_owned()
+}
+
+pub fn uploads_empty(state: &Path) -> bool {
+    match std::fs::read_dir(state.join("uploads")) {
+        Ok(mut d) => d.next().is_none(),
+        Err(_) => true,
+    }
+}
