@@ -21,6 +21,8 @@ cargo fmt --all -- --check
 
 step "lint"
 cargo clippy --locked --workspace --all-targets -- -D warnings
+# The chain benchmark needs the benchmark-only feature; lint it too.
+cargo clippy --locked -p warden-agent --all-targets --features insecure-bench-baseline -- -D warnings
 
 step "build"
 # The agent's tests start the worker binary, which lives in another crate: build every binary.

@@ -1,14 +1,22 @@
-//! The gateway chain's added cost per request, in process, in one run:
-//! - off: what every request paid before the gateway — strict decoding and signature validation
-//!   of the demo request;
-//! - on: the same plus authn (certificate SPIFFE ID, and separately a bearer JWT, ES256), authz
-//!   (`routes.rego` through regorus), both rate limits, the value-range check, one audit line
-//!   written to a file, and the metrics.
+//! The gateway chain's added cost per request, in one run:
 //!
-//! Prints p50/p99 of each and of the difference. Goal: added p50 ≤ 50 µs, p99 ≤ 200 µs.
-//! Run with `cargo bench -p warden-agent --bench gateway_chain` (`scripts/bench.sh` runs it).
-//! Environment: `WARDEN_BENCH_REQUESTS` (default 20000).
+//! 1. End to end, on the same server: one `warden` server (mutual TLS, HTTP/1.1 keep-alive, the
+//!    demo model in its sandboxed worker) answers alternating rounds of requests with its whole
+//!    chain on — load shedding, deadline, authn (client certificate, or a bearer JWT ES256),
+//!    authz (`routes.rego` in regorus), both rate limits, signature and range validation, abuse
+//!    signals, circuit breaker, audit line, metrics — and off (the `insecure-bench-baseline`
+//!    switch: routing, body reading, decoding, the worker hop and encoding only). Same
+//!    connection, same worker, rounds interleaved so that drift hits both alike.
+//! 2. In process, per stage, to see where the time goes.
+//!
+//! Prints p50/p99 of each and the differences. Goal: added p50 ≤ 50 µs, p99 ≤ 200 µs.
+//! Run with `scripts/bench.sh` (it builds the worker in release and passes
+//! `--features insecure-bench-baseline`). Environment: `WARDEN_BENCH_REQUESTS` (default 20000;
+//! the end-to-end part uses a quarter of it per variant).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+#[path = "../tests/support/mod.rs"]
+mod support;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -22,7 +30,7 @@ use warden_agent::config::InputRange;
 use warden_agent::gateway::Gateway;
 use warden_agent::gateway::config::{GatewayConfig, JwtConfig};
 use warden_agent::gateway::identity::CertNames;
-use warden_agent::{demo, validate};
+use warden_agent::{demo, serve, validate};
 use warden_runtime::tensor::{DataType, ModelSignature, TensorSpec};
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -98,22 +106,12 @@ fn main() {
         max_token_bytes: 8192,
         tenant_claim: "tenant".into(),
     });
+    end_to_end(n / 4, &cfg, &jwt_token(&key, &rng));
+    println!("in process:");
     let gateway = Gateway::new(&cfg).unwrap();
     let audit = AuditLog::open(Some(&dir.path().join("audit.jsonl"))).unwrap();
 
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
-    let claims = serde_json::json!({"iss": "https://idp.test", "aud": "warden", "sub": "svc",
-        "tenant": "demo", "scope": "warden:infer", "exp": now + 3600});
-    let input = format!(
-        "{}.{}",
-        URL_SAFE_NO_PAD.encode(r#"{"alg":"ES256","kid":"k1","typ":"JWT"}"#),
-        URL_SAFE_NO_PAD.encode(claims.to_string())
-    );
-    let sig = key.sign(&rng, input.as_bytes()).unwrap();
-    let token = format!("{input}.{}", URL_SAFE_NO_PAD.encode(sig.as_ref()));
+    let token = jwt_token(&key, &rng);
     let mut jwt_headers = http::HeaderMap::new();
     jwt_headers.insert(
         http::header::AUTHORIZATION,
@@ -271,4 +269,117 @@ fn main() {
         j50 - o50,
         j99 - o99
     );
+}
+
+/// A bearer token the gateway accepts: ES256, tenant `demo`, valid for an hour.
+fn jwt_token(key: &EcdsaKeyPair, rng: &SystemRandom) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let claims = serde_json::json!({"iss": "https://idp.test", "aud": "warden", "sub": "svc",
+        "tenant": "demo", "scope": "warden:infer", "exp": now + 3600});
+    let input = format!(
+        "{}.{}",
+        URL_SAFE_NO_PAD.encode(r#"{"alg":"ES256","kid":"k1","typ":"JWT"}"#),
+        URL_SAFE_NO_PAD.encode(claims.to_string())
+    );
+    let sig = key.sign(rng, input.as_bytes()).unwrap();
+    format!("{input}.{}", URL_SAFE_NO_PAD.encode(sig.as_ref()))
+}
+
+/// Part 1: the same server with its chain on and off, over HTTPS.
+fn end_to_end(per_variant: usize, gateway: &GatewayConfig, token: &str) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async move {
+        let dir = tempfile::tempdir().unwrap();
+        let (files, mut config) = demo::prepare(dir.path(), 0).unwrap();
+        config.runtime.worker_binary = Some(
+            std::path::Path::new(&std::env::current_exe().unwrap())
+                .parent()
+                .unwrap()
+                .parent()
+                .unwrap()
+                .join("warden-runtime"),
+        );
+        assert!(
+            config.runtime.worker_binary.as_ref().unwrap().is_file(),
+            "build the worker first: cargo build --release -p warden-runtime"
+        );
+        // The demo's gateway (certificate identities, routes.rego, its grants, its value
+        // ranges) plus the bearer-token issuer; limits raised so that nothing is refused.
+        config.gateway.jwt = gateway.jwt.clone();
+        config.gateway.limits = gateway.limits.clone();
+        config.audit.path = Some(dir.path().join("audit.jsonl"));
+        let prepared = serve::prepare(&config).await.unwrap();
+        let addr = prepared.local_addr;
+        let chain_off = prepared.insecure_bench_chain_switch();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(prepared.run(async move {
+            let _ = rx.await;
+        }));
+        let tls = support::tls_config(
+            &files.ca,
+            Some((&files.client_cert, &files.client_key)),
+            false,
+        );
+        let mut c = support::Client::connect(addr, tls, false).await.unwrap();
+        let body = bytes::Bytes::from(demo::DEMO_REQUEST_JSON.as_bytes());
+        let bearer: http::HeaderValue = format!("Bearer {token}").parse().unwrap();
+        let mut one = async |jwt: bool| {
+            let mut req = c.build(
+                "POST",
+                "/v2/models/demo/infer",
+                body.clone(),
+                Some("application/json"),
+            );
+            if jwt {
+                req.headers_mut()
+                    .insert(http::header::AUTHORIZATION, bearer.clone());
+            }
+            let t = Instant::now();
+            let r = c.send(req).await.unwrap();
+            let took = t.elapsed();
+            assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+            took
+        };
+        const ROUND: usize = 100;
+        // (chain off, jwt) per variant.
+        let variants = [(true, false), (false, false), (false, true)];
+        let mut samples: Vec<Vec<Duration>> = vec![Vec::new(); variants.len()];
+        for round in 0..(per_variant / ROUND).max(1) + 2 {
+            for (i, &(off, jwt)) in variants.iter().enumerate() {
+                chain_off.store(off, std::sync::atomic::Ordering::Relaxed);
+                for _ in 0..ROUND {
+                    let took = one(jwt).await;
+                    // The first two rounds warm up.
+                    if round >= 2 {
+                        samples[i].push(took);
+                    }
+                }
+            }
+        }
+        chain_off.store(false, std::sync::atomic::Ordering::Relaxed);
+        println!("end to end, same server and connection, HTTPS mTLS h1, concurrency 1:");
+        let mut it = samples.into_iter();
+        let (off_p50, off_p99) = report("  chain off (baseline)", it.next().unwrap());
+        let (cert_p50, cert_p99) = report("  chain on, certificate identity", it.next().unwrap());
+        let (jwt_p50, jwt_p99) = report("  chain on, bearer JWT ES256", it.next().unwrap());
+        println!(
+            "  added, certificate: p50 {:+.1} µs, p99 {:+.1} µs (goal ≤ 50 / ≤ 200)",
+            cert_p50 - off_p50,
+            cert_p99 - off_p99
+        );
+        println!(
+            "  added, bearer JWT:  p50 {:+.1} µs, p99 {:+.1} µs (goal ≤ 50 / ≤ 200)",
+            jwt_p50 - off_p50,
+            jwt_p99 - off_p99
+        );
+        drop(c);
+        let _ = tx.send(());
+        server.await.unwrap();
+    });
 }

@@ -156,6 +156,71 @@ pub struct RuntimeConfig {
     /// Time a worker gets to load its model and say hello.
     #[serde(default = "default_worker_startup_timeout_ms")]
     pub worker_startup_timeout_ms: u64,
+    /// Restarts of a worker that died, and when a model is quarantined instead.
+    #[serde(default)]
+    pub restart: RestartConfig,
+}
+
+/// `[runtime.restart]`: a dead worker is restarted after a backoff that doubles with each
+/// recent death; `max_crashes` deaths within `window_s` quarantine the model (it is no longer
+/// restarted, requests get 503, `warden status` names it).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RestartConfig {
+    /// Deaths within the window that quarantine the model (1: never restart).
+    #[serde(default = "default_max_crashes")]
+    pub max_crashes: u32,
+    #[serde(default = "default_crash_window_s")]
+    pub window_s: u64,
+    #[serde(default = "default_backoff_initial_ms")]
+    pub backoff_initial_ms: u64,
+    #[serde(default = "default_backoff_max_ms")]
+    pub backoff_max_ms: u64,
+}
+
+impl Default for RestartConfig {
+    fn default() -> Self {
+        RestartConfig {
+            max_crashes: default_max_crashes(),
+            window_s: default_crash_window_s(),
+            backoff_initial_ms: default_backoff_initial_ms(),
+            backoff_max_ms: default_backoff_max_ms(),
+        }
+    }
+}
+
+impl RestartConfig {
+    pub fn policy(&self) -> warden_runtime::worker::RestartPolicy {
+        warden_runtime::worker::RestartPolicy {
+            max_crashes: self.max_crashes,
+            window: Duration::from_secs(self.window_s),
+            backoff_initial: Duration::from_millis(self.backoff_initial_ms),
+            backoff_max: Duration::from_millis(self.backoff_max_ms),
+        }
+    }
+}
+
+/// `[model.batching]`: dynamic batching for a model whose inputs have a dynamic first
+/// dimension (others are served one request at a time, and the load says so in the log).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BatchingConfig {
+    /// Extra time to wait for more requests once a session is free, in microseconds (0: a
+    /// batch holds what queued while the sessions were busy, and adds no latency).
+    #[serde(default)]
+    pub window_us: u64,
+    /// A batch runs as soon as it holds this many rows.
+    #[serde(default = "default_batch_rows")]
+    pub max_rows: usize,
+}
+
+impl BatchingConfig {
+    pub fn policy(&self) -> warden_runtime::worker::BatchPolicy {
+        warden_runtime::worker::BatchPolicy {
+            window: Duration::from_micros(self.window_us),
+            max_rows: self.max_rows,
+        }
+    }
 }
 
 impl Default for RuntimeConfig {
@@ -166,6 +231,7 @@ impl Default for RuntimeConfig {
             intra_op_threads: one(),
             worker_concurrency: default_worker_concurrency(),
             worker_startup_timeout_ms: default_worker_startup_timeout_ms(),
+            restart: RestartConfig::default(),
         }
     }
 }
@@ -303,6 +369,8 @@ pub struct ModelConfig {
     /// must lie within them, or the request is refused before it reaches the worker.
     #[serde(default)]
     pub inputs: std::collections::BTreeMap<String, InputRange>,
+    /// Dynamic batching (`[model.batching]`). Absent: off.
+    pub batching: Option<BatchingConfig>,
 }
 
 /// Inclusive bounds on the elements of one input tensor.
@@ -350,6 +418,21 @@ fn default_worker_concurrency() -> usize {
 }
 fn default_worker_startup_timeout_ms() -> u64 {
     30_000
+}
+fn default_max_crashes() -> u32 {
+    5
+}
+fn default_crash_window_s() -> u64 {
+    60
+}
+fn default_backoff_initial_ms() -> u64 {
+    100
+}
+fn default_backoff_max_ms() -> u64 {
+    10_000
+}
+fn default_batch_rows() -> usize {
+    64
 }
 
 impl ServerConfig {
@@ -526,6 +609,44 @@ impl Config {
                 "runtime.worker_concurrency",
                 "must be between 1 and 1024".into(),
             ));
+        }
+        let rs = &r.restart;
+        if !(1..=1000).contains(&rs.max_crashes) {
+            return Err(invalid(
+                "runtime.restart.max_crashes",
+                "must be between 1 and 1000".into(),
+            ));
+        }
+        if !(1..=86_400).contains(&rs.window_s) {
+            return Err(invalid(
+                "runtime.restart.window_s",
+                "must be between 1 s and one day".into(),
+            ));
+        }
+        if !(1..=3_600_000).contains(&rs.backoff_max_ms)
+            || rs.backoff_initial_ms > rs.backoff_max_ms
+        {
+            return Err(invalid(
+                "runtime.restart.backoff_max_ms",
+                "must be between 1 ms and one hour, and not below backoff_initial_ms".into(),
+            ));
+        }
+        for m in &self.models {
+            if let Some(b) = &m.batching {
+                if b.window_us > 100_000 {
+                    return Err(invalid(
+                        &format!("model.{}.batching.window_us", m.name),
+                        "must be at most 100000 (100 ms): the window is latency every request pays"
+                            .into(),
+                    ));
+                }
+                if !(2..=4096).contains(&b.max_rows) {
+                    return Err(invalid(
+                        &format!("model.{}.batching.max_rows", m.name),
+                        "must be between 2 and 4096".into(),
+                    ));
+                }
+            }
         }
         self.validate_trust(origin)?;
         if let Some(a) = &self.admin {
@@ -978,6 +1099,47 @@ attestations = ["models/demo.slsa.json"]
             "{}",
             err_of(&bad_stage)
         );
+    }
+
+    #[test]
+    fn restart_and_batching_are_read_and_checked() {
+        let c = parse(GOOD).unwrap();
+        assert_eq!(c.runtime.restart, RestartConfig::default());
+        assert!(
+            c.models[0].batching.is_none(),
+            "batching is off unless asked for"
+        );
+        let text = format!(
+            "{GOOD}[model.batching]\nwindow_us = 500\nmax_rows = 32\n[runtime.restart]\nmax_crashes = 2\nbackoff_initial_ms = 2000\n"
+        );
+        let c = parse(&text).unwrap();
+        let b = c.models[0].batching.as_ref().unwrap().policy();
+        assert_eq!((b.window, b.max_rows), (Duration::from_micros(500), 32));
+        let r = c.runtime.restart.policy();
+        assert_eq!(r.max_crashes, 2);
+        assert_eq!(r.backoff_initial, Duration::from_secs(2));
+        for (extra, field) in [
+            (
+                "[model.batching]\nwindow_us = 200000\n",
+                "model.demo.batching.window_us",
+            ),
+            (
+                "[model.batching]\nmax_rows = 1\n",
+                "model.demo.batching.max_rows",
+            ),
+            ("[model.batching]\nwindow_ms = 1\n", "window_ms"),
+            (
+                "[runtime.restart]\nmax_crashes = 0\n",
+                "runtime.restart.max_crashes",
+            ),
+            (
+                "[runtime.restart]\nbackoff_initial_ms = 20000\nbackoff_max_ms = 10000\n",
+                "runtime.restart.backoff_max_ms",
+            ),
+        ] {
+            let err = parse(&format!("{GOOD}{extra}")).unwrap_err().to_string();
+            assert!(err.contains(field), "{extra}: {err}");
+        }
     }
 
     #[test]

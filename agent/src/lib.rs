@@ -16,6 +16,7 @@ pub mod oci;
 pub mod pki;
 pub mod serve;
 pub mod server;
+pub mod status;
 pub mod tls;
 pub mod tls_keystore;
 pub mod trust_cli;

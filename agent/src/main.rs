@@ -87,6 +87,11 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     init_logging(cli.log_format);
+    #[cfg(feature = "insecure-bench-baseline")]
+    tracing::error!(
+        "INSECURE BUILD: compiled with the insecure-bench-baseline feature, whose switch turns the \
+         whole gateway chain off; benchmarks only, never serve with this binary"
+    );
     match cli.command {
         Command::Serve { config } => {
             let config = Config::load(&config)?;
@@ -176,11 +181,61 @@ fn check(path: &std::path::Path) -> anyhow::Result<()> {
             );
         }
     }
+    let gateway_problems = check_gateway(&config)?;
     if failed > 0 {
         anyhow::bail!("{failed} model(s) would not be served");
     }
+    if gateway_problems > 0 {
+        anyhow::bail!("{gateway_problems} gateway problem(s): see the hints above");
+    }
     println!("ok");
     Ok(())
+}
+
+/// The gateway: its policy and JWKS load (as `warden serve` would), and some identity source
+/// is configured — without one, every request is refused with 401.
+fn check_gateway(config: &Config) -> anyhow::Result<usize> {
+    let g = &config.gateway;
+    warden_agent::gateway::Gateway::new(g).context("gateway")?;
+    let mut sources = Vec::new();
+    if !g.identity.trust_domains.is_empty() {
+        sources.push(format!(
+            "SPIFFE IDs of trust domain(s) {}",
+            g.identity.trust_domains.join(", ")
+        ));
+    }
+    if let Some(m) = &g.identity.subject_mapping {
+        sources.push(format!(
+            "certificate subjects (tenant from {}, app from {})",
+            m.tenant, m.app
+        ));
+    }
+    if let Some(j) = &g.jwt {
+        sources.push(format!(
+            "bearer JWTs from {} for audience {} ({})",
+            j.issuer,
+            j.audience,
+            j.algorithms.join(", ")
+        ));
+    }
+    println!(
+        "gateway: authorization by {}",
+        g.authz
+            .policy
+            .as_ref()
+            .map_or("the shipped routes.rego".to_string(), |p| p
+                .display()
+                .to_string())
+    );
+    if sources.is_empty() {
+        println!(
+            "gateway: NO IDENTITY SOURCE: every request would be refused (401)\n  hint: set \
+             gateway.identity.trust_domains, gateway.identity.subject_mapping or [gateway.jwt]"
+        );
+        return Ok(1);
+    }
+    println!("gateway: identities from {}", sources.join("; "));
+    Ok(0)
 }
 
 /// `warden check` with a `[keystore]`: the key store opens, the listener's identity is the
@@ -212,6 +267,9 @@ fn check_with_key_store(config: &Config) -> anyhow::Result<()> {
         trust.admission().policy_digest(),
         config.models.len()
     );
+    if check_gateway(config)? > 0 {
+        anyhow::bail!("gateway problem: see the hint above");
+    }
     println!("ok");
     Ok(())
 }

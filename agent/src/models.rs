@@ -23,7 +23,7 @@ use warden_attest::boot::measure::{AppEventLog, DEFAULT_APP_PCR};
 use warden_attest::bundle::{self, Verifier, VerifyOptions};
 use warden_attest::keystore::{KeyStore, KeyStoreError};
 use warden_runtime::tensor::ModelSignature;
-use warden_runtime::worker::{RestartPolicy, Worker, WorkerOptions};
+use warden_runtime::worker::{Worker, WorkerOptions};
 
 /// Largest single file the loader copies into the state directory.
 const MAX_MODEL_FILE_BYTES: u64 = 64 * 1024 * 1024 * 1024;
@@ -563,6 +563,46 @@ impl ModelRegistry {
         Ok(previous)
     }
 
+    /// Every loaded version's state and what was withdrawn, for `warden status`.
+    pub fn report(
+        &self,
+    ) -> (
+        Vec<crate::status::ModelStatus>,
+        Vec<crate::status::Withdrawn>,
+    ) {
+        let map = self.snapshot();
+        let mut models = Vec::new();
+        for (name, versions) in map.iter() {
+            let active = self.resolve(name, None).map(|m| m.version.clone());
+            for m in versions.iter() {
+                models.push(crate::status::ModelStatus {
+                    name: name.clone(),
+                    version: m.version.clone(),
+                    active: active.as_deref() == Some(m.version.as_str()),
+                    root_digest: m.root_digest.clone(),
+                    ready: m.worker.is_alive(),
+                    quarantined: m.worker.quarantined(),
+                    batching: m.worker.batching(),
+                    forwarded: m.forwarded.load(std::sync::atomic::Ordering::Relaxed),
+                });
+            }
+        }
+        let withdrawn = self
+            .withdrawn
+            .read()
+            .map(|w| {
+                w.iter()
+                    .map(|((n, v), why)| crate::status::Withdrawn {
+                        name: n.clone(),
+                        version: v.clone(),
+                        reason: why.clone(),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        (models, withdrawn)
+    }
+
     /// What is loaded, which version is the default, and what was withdrawn (admin API).
     pub fn status(&self) -> serde_json::Value {
         let map = self.snapshot();
@@ -665,8 +705,8 @@ impl Loader {
             // The worker's watchdog: no answer within the request deadline means a hung
             // worker, which is killed and restarted.
             request_timeout: Some(Duration::from_millis(config.server.request_timeout_ms)),
-            restart: RestartPolicy::default(),
-            batching: None,
+            restart: config.runtime.restart.policy(),
+            batching: m.batching.as_ref().map(|b| b.policy()),
         })
         .await
         .map_err(|e| ModelError::Worker {
@@ -674,6 +714,13 @@ impl Loader {
             version: m.version.clone(),
             message: e.to_string(),
         })?;
+        if m.batching.is_some() && !worker.batching() {
+            tracing::warn!(
+                model = %m.name,
+                version = %m.version,
+                "batching is configured but the model has no dynamic first dimension: serving one request at a time"
+            );
+        }
         // A value range must name an input of the model (else it would never apply).
         if let Some(input) = m
             .inputs

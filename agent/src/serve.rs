@@ -66,6 +66,18 @@ pub struct Prepared {
     pub admin_addr: Option<SocketAddr>,
     admin: Option<crate::admin::AdminServer>,
     server: Server,
+    /// Where `status.json` is kept for `warden status`.
+    state_dir: std::path::PathBuf,
+}
+
+#[cfg(feature = "insecure-bench-baseline")]
+impl Prepared {
+    /// Benchmarks only (feature `insecure-bench-baseline`): a switch that makes this server
+    /// skip its whole gateway chain, so a benchmark can measure the chain's cost against the
+    /// same server, worker and connections.
+    pub fn insecure_bench_chain_switch(&self) -> Arc<std::sync::atomic::AtomicBool> {
+        self.server.api.insecure_bench_chain_switch()
+    }
 }
 
 /// Everything that can fail before the first request: TLS material, the audit file, the state
@@ -168,6 +180,7 @@ pub async fn prepare_with(
         metrics_listener,
         admin_addr: admin.as_ref().map(|a| a.local_addr),
         admin,
+        state_dir: config.state.directory.clone(),
         server: Server {
             listener,
             tls,
@@ -230,6 +243,12 @@ impl Prepared {
                 }
             })
         });
+        let listen = self.local_addr.to_string();
+        let status_writer = tokio::spawn(crate::status::keep_written(
+            self.state_dir.clone(),
+            models.clone(),
+            listen.clone(),
+        ));
         let (stop_metrics, stopped) = tokio::sync::oneshot::channel::<()>();
         let metrics_task = self.metrics_listener.map(|l| {
             tokio::spawn(crate::gateway::metrics::serve(
@@ -253,6 +272,14 @@ impl Prepared {
         }
         if let Some(r) = refresher {
             r.abort();
+        }
+        status_writer.abort();
+        let _ = status_writer.await;
+        if let Err(e) = crate::status::write(
+            &self.state_dir,
+            &crate::status::snapshot(&models, &listen, false),
+        ) {
+            tracing::warn!(error = %e, "cannot write the final status file");
         }
         let _ = stop_metrics.send(());
         if let Some(t) = metrics_task {

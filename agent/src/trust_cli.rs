@@ -114,6 +114,10 @@ pub struct ProvisionArgs {
 /// Options of `warden status`.
 #[derive(Debug, clap::Args)]
 pub struct StatusArgs {
+    /// The agent's config: report the running agent's models (ready, restarting, quarantined,
+    /// withdrawn) from its state directory, and the machine's accelerators.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
     /// Ask the running key service on this socket.
     #[arg(long, conflicts_with = "keyd_config")]
     pub keyd_socket: Option<PathBuf>,
@@ -470,16 +474,28 @@ fn yes(b: bool) -> &'static str {
 
 /// Runs `warden status`; fails when something is wrong.
 pub fn status(args: &StatusArgs) -> anyhow::Result<()> {
-    let store: Arc<dyn KeyStore> = match (&args.keyd_socket, &args.keyd_config) {
-        (Some(socket), _) => Arc::new(KeydClient::connect(socket)?),
+    let mut lines = Vec::new();
+    if let Some(config) = &args.config {
+        let config = crate::config::Config::load(config)?;
+        lines.extend(crate::status::report_lines(&config.state.directory));
+    }
+    let store: Option<Arc<dyn KeyStore>> = match (&args.keyd_socket, &args.keyd_config) {
+        (Some(socket), _) => Some(Arc::new(KeydClient::connect(socket)?)),
         (None, Some(config)) => {
             let config = KeydConfig::load(config)?;
-            keystore::open(&config.keystore).context("opening the key store (`keystore`)")?
+            Some(keystore::open(&config.keystore).context("opening the key store (`keystore`)")?)
         }
-        (None, None) => bail!("name the key service: --keyd-socket PATH or --keyd-config FILE"),
+        (None, None) if args.config.is_some() => None,
+        (None, None) => bail!(
+            "name the agent (--config FILE) and/or the key service (--keyd-socket PATH or \
+             --keyd-config FILE)"
+        ),
     };
+    if let Some(store) = store {
+        lines.extend(status_lines(store.as_ref(), &args.policies));
+    }
     let mut problems = 0;
-    for line in status_lines(store.as_ref(), &args.policies) {
+    for line in lines {
         match line {
             Ok(l) => println!("{l}"),
             Err(l) => {

@@ -280,3 +280,44 @@ fn sigterm_drains_in_flight_requests() {
     };
     assert!(status.success(), "exit status {status}");
 }
+
+/// `warden check` on the demo's configuration names where identities come from, and refuses a
+/// configuration in which no identity source is set (every request would be a 401).
+#[test]
+fn check_names_the_identity_sources_and_refuses_none() {
+    let dir = tempfile::tempdir().unwrap();
+    let (files, _) = warden_agent::demo::prepare(dir.path(), 0).unwrap();
+    let check = |config: &Path| {
+        let out = Command::new(env!("CARGO_BIN_EXE_warden"))
+            .args(["check", "--config"])
+            .arg(config)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        )
+    };
+    let (ok, out) = check(&files.config);
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("gateway: identities from SPIFFE IDs of trust domain(s) warden.demo"),
+        "{out}"
+    );
+    let text = std::fs::read_to_string(&files.config).unwrap();
+    let line = "trust_domains = [\"warden.demo\"]\n";
+    assert!(text.contains(line), "the demo config changed: {text}");
+    let none = files.config.with_file_name("no-identity.toml");
+    std::fs::write(&none, text.replace(line, "")).unwrap();
+    let (ok, out) = check(&none);
+    assert!(!ok, "{out}");
+    assert!(out.contains("NO IDENTITY SOURCE"), "{out}");
+    assert!(
+        out.contains("hint: set gateway.identity.trust_domains"),
+        "{out}"
+    );
+}

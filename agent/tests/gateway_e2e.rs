@@ -771,6 +771,47 @@ async fn rate_limits_policy_reload_and_metrics() {
     server.stop().await;
 }
 
+/// A tenant's quota over a long window covers all its identities; past it, 429 with a
+/// `Retry-After` until the window ends, and nothing reaches the worker.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_quota_covers_all_its_identities() {
+    let server = Running::start(|c, _| {
+        c.gateway.limits.quotas.insert(
+            "demo".into(),
+            warden_agent::gateway::config::QuotaConfig {
+                requests: 3,
+                window_s: 3600,
+            },
+        );
+    })
+    .await;
+    let body = server.request_body();
+    let infer = "/v2/models/demo/infer";
+    let mut a = server.client("uri-demo").await.unwrap();
+    let mut b = server.client("subject-demo").await.unwrap();
+    for first in [true, false, true] {
+        let c = if first { &mut a } else { &mut b };
+        assert_eq!(call(c, "POST", infer, &body, None).await.status, 200);
+    }
+    for c in [&mut a, &mut b] {
+        let r = call(c, "POST", infer, &body, None).await;
+        assert_eq!(r.status, 429);
+        let retry: u64 = r.headers["retry-after"].to_str().unwrap().parse().unwrap();
+        assert!((3500..=3600).contains(&retry), "{retry}");
+    }
+    assert_eq!(
+        server.forwarded_total(),
+        3,
+        "a request over quota reached the worker"
+    );
+    let text = scrape(server.metrics_addr.expect("metrics listener")).await;
+    assert!(
+        text.contains("warden_rate_limited_total{limit=\"tenant_quota\"} 2"),
+        "{text}"
+    );
+    server.stop().await;
+}
+
 async fn scrape(addr: std::net::SocketAddr) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();

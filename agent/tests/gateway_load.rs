@@ -1,6 +1,8 @@
 //! A bounded load test on loopback: tenant `demo` floods past its quota and gets 429s, while
 //! tenant `other`, calling within its quota, keeps its latency (p99 within 2× its unloaded p99)
 //! and every one of its requests is answered correctly. Bounded in count and time.
+//! A second test drives sustained mixed traffic and shows the agent's and the worker's memory
+//! stop growing.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod support;
@@ -17,8 +19,13 @@ use warden_agent::{demo, serve};
 const PACE: Duration = Duration::from_millis(25);
 const SAMPLES: usize = 100;
 
+/// The tests measure this process's memory: under `cargo test` (one process for the file)
+/// they must not overlap; nextest runs each in its own process anyway.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tenant_over_quota_does_not_hurt_another() {
+    let _serial = ONE_AT_A_TIME.lock().await;
     assert!(
         std::env::var_os("ORT_DYLIB_PATH").is_some(),
         "ORT_DYLIB_PATH is not set: run `scripts/setup.sh --test` and `source .cache/env`"
@@ -167,6 +174,119 @@ async fn a_tenant_over_quota_does_not_hurt_another() {
         p99(&unloaded),
         p99(&loaded)
     );
+    let _ = tx.send(());
+    server.await.unwrap();
+}
+
+/// Resident set size of a process, from `/proc/<pid>/status`, in KiB.
+fn rss_kib(pid: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+/// Sustained traffic of every kind — served, rate limited, invalid, unknown model, forbidden —
+/// in rounds of equal size: after a warm-up round, further rounds must not grow the agent's
+/// memory (this process: server and clients) or the sandboxed worker's, beyond allocator noise.
+/// A leak of 1 KiB per request would show as 3 MiB per round.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_stays_bounded_under_sustained_load() {
+    let _serial = ONE_AT_A_TIME.lock().await;
+    const ROUND: usize = 3000;
+    let worker = Path::new(env!("CARGO_BIN_EXE_warden")).with_file_name("warden-runtime");
+    let dir = tempfile::tempdir().unwrap();
+    let (files, mut config) = demo::prepare(dir.path(), 0).unwrap();
+    config.runtime.worker_binary = Some(worker);
+    config.audit.path = Some(dir.path().join("audit.jsonl"));
+    // One identity's limit is hit in every round; the tenant's never is.
+    config.gateway.limits.identity_rate_per_s = 200.0;
+    config.gateway.limits.identity_burst = 50;
+    config.gateway.limits.tenant_rate_per_s = 1e6;
+    config.gateway.limits.tenant_burst = 1_000_000;
+    let prepared = serve::prepare(&config).await.unwrap();
+    let addr = prepared.local_addr;
+    let model = prepared.models.resolve("demo", None).unwrap();
+    let outer = model.worker.pid().unwrap();
+    let inner = std::fs::read_to_string(format!("/proc/{outer}/task/{outer}/children"))
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string();
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(prepared.run(async move {
+        let _ = rx.await;
+    }));
+    let tls = tls_config(
+        &files.ca,
+        Some((&files.client_cert, &files.client_key)),
+        false,
+    );
+    let good = bytes::Bytes::from(std::fs::read(&files.request).unwrap());
+    let mut c = Client::connect(addr, tls, false).await.unwrap();
+    let mut round = async |n: usize| {
+        let mut seen = std::collections::BTreeMap::<u16, usize>::new();
+        for i in 0..n {
+            let req = match i % 5 {
+                0 | 1 => c.build(
+                    "POST",
+                    "/v2/models/demo/infer",
+                    good.clone(),
+                    Some("application/json"),
+                ),
+                2 => c.build(
+                    "POST",
+                    "/v2/models/demo/infer",
+                    format!("{{\"inputs\": [{{\"name\": \"input\", \"shape\": [1, {i}]"),
+                    Some("application/json"),
+                ),
+                3 => c.build(
+                    "GET",
+                    &format!("/v2/models/m{i}"),
+                    bytes::Bytes::new(),
+                    None,
+                ),
+                _ => c.build("DELETE", "/v2/models/demo/infer", bytes::Bytes::new(), None),
+            };
+            let r = c.send(req).await.unwrap();
+            assert!(
+                r.status.as_u16() < 500,
+                "{}: {}",
+                r.status,
+                String::from_utf8_lossy(&r.body)
+            );
+            *seen.entry(r.status.as_u16()).or_default() += 1;
+        }
+        seen
+    };
+    let warm = round(ROUND).await;
+    assert!(
+        warm.contains_key(&200) && warm.contains_key(&429),
+        "{warm:?}"
+    );
+    let me = std::process::id().to_string();
+    let (agent0, worker0) = (rss_kib(&me), rss_kib(&inner));
+    let mut last = (agent0, worker0);
+    for _ in 0..2 {
+        round(ROUND).await;
+        last = (rss_kib(&me), rss_kib(&inner));
+    }
+    println!(
+        "memory after warm-up: agent {agent0} KiB, worker {worker0} KiB; after {} more requests: agent {} KiB, worker {} KiB ({warm:?} per round)",
+        2 * ROUND,
+        last.0,
+        last.1
+    );
+    for (what, before, after) in [("agent", agent0, last.0), ("worker", worker0, last.1)] {
+        assert!(
+            after <= before + 3 * 1024,
+            "the {what}'s memory grew from {before} KiB to {after} KiB over {} requests",
+            2 * ROUND
+        );
+    }
     let _ = tx.send(());
     server.await.unwrap();
 }

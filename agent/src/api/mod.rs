@@ -70,6 +70,9 @@ pub struct Api {
     audit: Arc<AuditLog>,
     limits: Limits,
     gateway: Arc<Gateway>,
+    /// Benchmarks only: while set, requests skip the gateway chain (see [`Api::baseline`]).
+    #[cfg(feature = "insecure-bench-baseline")]
+    chain_off: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// What a route names.
@@ -160,7 +163,15 @@ impl Api {
             audit,
             limits,
             gateway,
+            #[cfg(feature = "insecure-bench-baseline")]
+            chain_off: Arc::default(),
         }
+    }
+
+    /// Benchmarks only: the switch that turns the gateway chain off for later requests.
+    #[cfg(feature = "insecure-bench-baseline")]
+    pub fn insecure_bench_chain_switch(&self) -> Arc<std::sync::atomic::AtomicBool> {
+        self.chain_off.clone()
     }
 
     /// Serves one request. Never fails: every error becomes a response.
@@ -173,6 +184,10 @@ impl Api {
         B: hyper::body::Body<Data = Bytes>,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
+        #[cfg(feature = "insecure-bench-baseline")]
+        if self.chain_off.load(std::sync::atomic::Ordering::Relaxed) {
+            return Ok(self.baseline(req).await);
+        }
         let started = Instant::now();
         let request_id = uuid::Uuid::new_v4().simple().to_string();
         let method = req.method().clone();
@@ -208,7 +223,10 @@ impl Api {
                     // cause.
                     ErrorClass::Unauthenticated
                     | ErrorClass::Forbidden
-                    | ErrorClass::TooManyRequests => e.detail.clone(),
+                    | ErrorClass::TooManyRequests
+                    | ErrorClass::Unavailable => {
+                        e.detail.clone().or_else(|| Some(e.public.clone()))
+                    }
                     _ => Some(e.public.clone()),
                 };
                 (resp, e.class.outcome(), reason, e.headers)
@@ -421,61 +439,7 @@ impl Api {
         B: hyper::body::Body<Data = Bytes>,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
-        let headers = req.headers();
-        if let Some(ct) = headers.get(CONTENT_TYPE) {
-            let ct = ct
-                .to_str()
-                .unwrap_or("")
-                .split(';')
-                .next()
-                .unwrap_or("")
-                .trim();
-            if !ct.eq_ignore_ascii_case("application/json")
-                && !ct.eq_ignore_ascii_case("application/octet-stream")
-            {
-                return Err(ApiError::new(
-                    ErrorClass::UnsupportedMediaType,
-                    "send application/json, or application/octet-stream with Inference-Header-Content-Length",
-                ));
-            }
-        }
-        if let Some(len) = headers.get(CONTENT_LENGTH) {
-            let len: u64 = len
-                .to_str()
-                .ok()
-                .and_then(|s| s.parse().ok())
-                .ok_or_else(|| ApiError::new(ErrorClass::Invalid, "bad Content-Length"))?;
-            if len > self.limits.max_body_bytes as u64 {
-                return Err(too_large(self.limits.max_body_bytes));
-            }
-        }
-        let json_len = match headers.get(INFERENCE_HEADER_CONTENT_LENGTH) {
-            None => None,
-            Some(v) => Some(
-                v.to_str()
-                    .ok()
-                    .and_then(|s| s.parse::<usize>().ok())
-                    .ok_or_else(|| {
-                        ApiError::new(ErrorClass::Invalid, "bad Inference-Header-Content-Length")
-                    })?,
-            ),
-        };
-        let body = Limited::new(req.into_body(), self.limits.max_body_bytes)
-            .collect()
-            .await
-            .map_err(|e| {
-                if e.downcast_ref::<http_body_util::LengthLimitError>()
-                    .is_some()
-                {
-                    too_large(self.limits.max_body_bytes)
-                } else {
-                    ApiError::new(ErrorClass::Invalid, "the request body could not be read")
-                }
-            })?
-            .to_bytes();
-
-        let request = codec::decode_request(&body, json_len)
-            .map_err(|e| ApiError::new(ErrorClass::Invalid, e.0))?;
+        let request = self.read_request(req).await?;
         validate::inputs(&model.signature, &request.inputs)
             .map_err(|e| ApiError::new(ErrorClass::Invalid, e.to_string()))?;
         validate::requested_outputs(&model.signature, &request.outputs)
@@ -554,52 +518,160 @@ impl Api {
         let worker_failed =
             matches!(&result, Err(e) if !matches!(e, WorkerError::InvalidInput { .. }));
         circuits.record(&model.name, &model.version, worker_failed, Instant::now());
-        let outputs = result.map_err(|e| match e {
-            WorkerError::InvalidInput { .. } => {
-                ApiError::new(ErrorClass::Invalid, "the model refused the input")
-            }
-            WorkerError::Unavailable { .. } => ApiError::unavailable(e.to_string()),
-            other => ApiError::internal(other.to_string()),
-        })?;
-
-        let response_outputs: Vec<codec::ResponseOutput<'_>> = outputs
-            .iter()
-            .map(|tensor| {
-                let asked = request.outputs.iter().find(|o| o.name == tensor.name);
-                codec::ResponseOutput {
-                    tensor,
-                    binary: asked
-                        .and_then(|o| o.binary)
-                        .unwrap_or(request.binary_output_default),
-                }
-            })
-            .collect();
-        let encoded = codec::encode_response(
-            &model.name,
-            &model.version,
+        respond(
+            model,
+            &request.outputs,
             request.id.as_deref(),
-            &response_outputs,
+            request.binary_output_default,
+            result,
         )
-        .map_err(|e| ApiError::internal(format!("encoding the response: {e}")))?;
-        let mut resp = Response::new(Full::new(Bytes::from(encoded.body)));
-        let h = resp.headers_mut();
-        match encoded.json_len {
-            Some(n) => {
-                h.insert(
-                    CONTENT_TYPE,
-                    HeaderValue::from_static("application/octet-stream"),
-                );
-                h.insert(
-                    HeaderName::from_static(INFERENCE_HEADER_CONTENT_LENGTH),
-                    HeaderValue::from(n),
-                );
-            }
-            None => {
-                h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    }
+
+    /// Stage 7's first half, which every server must do: content type, size, the body, strict
+    /// decoding.
+    async fn read_request<B>(&self, req: Request<B>) -> Result<codec::InferRequest, ApiError>
+    where
+        B: hyper::body::Body<Data = Bytes>,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let headers = req.headers();
+        if let Some(ct) = headers.get(CONTENT_TYPE) {
+            let ct = ct
+                .to_str()
+                .unwrap_or("")
+                .split(';')
+                .next()
+                .unwrap_or("")
+                .trim();
+            if !ct.eq_ignore_ascii_case("application/json")
+                && !ct.eq_ignore_ascii_case("application/octet-stream")
+            {
+                return Err(ApiError::new(
+                    ErrorClass::UnsupportedMediaType,
+                    "send application/json, or application/octet-stream with Inference-Header-Content-Length",
+                ));
             }
         }
-        Ok(resp)
+        if let Some(len) = headers.get(CONTENT_LENGTH) {
+            let len: u64 = len
+                .to_str()
+                .ok()
+                .and_then(|s| s.parse().ok())
+                .ok_or_else(|| ApiError::new(ErrorClass::Invalid, "bad Content-Length"))?;
+            if len > self.limits.max_body_bytes as u64 {
+                return Err(too_large(self.limits.max_body_bytes));
+            }
+        }
+        let json_len = match headers.get(INFERENCE_HEADER_CONTENT_LENGTH) {
+            None => None,
+            Some(v) => Some(
+                v.to_str()
+                    .ok()
+                    .and_then(|s| s.parse::<usize>().ok())
+                    .ok_or_else(|| {
+                        ApiError::new(ErrorClass::Invalid, "bad Inference-Header-Content-Length")
+                    })?,
+            ),
+        };
+        let body = Limited::new(req.into_body(), self.limits.max_body_bytes)
+            .collect()
+            .await
+            .map_err(|e| {
+                if e.downcast_ref::<http_body_util::LengthLimitError>()
+                    .is_some()
+                {
+                    too_large(self.limits.max_body_bytes)
+                } else {
+                    ApiError::new(ErrorClass::Invalid, "the request body could not be read")
+                }
+            })?
+            .to_bytes();
+
+        codec::decode_request(&body, json_len).map_err(|e| ApiError::new(ErrorClass::Invalid, e.0))
     }
+
+    /// The benchmark baseline: the same listener, connection handling, routing, body reading,
+    /// decoding, worker hop and encoding, with the whole gateway chain left out (no load
+    /// shedding, deadline, authn, authz, rate limits, signature and range validation, abuse
+    /// signals, circuit breaker, audit or metrics). Only built with the
+    /// `insecure-bench-baseline` feature, which nothing that serves enables.
+    #[cfg(feature = "insecure-bench-baseline")]
+    async fn baseline<B>(&self, req: Request<B>) -> Response<Full<Bytes>>
+    where
+        B: hyper::body::Body<Data = Bytes>,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let path = req.uri().path().to_string();
+        let result = async {
+            let Some(Route::Infer(name, version)) = route(&path) else {
+                return Err(ApiError::new(ErrorClass::NotFound, "no such route"));
+            };
+            let model = self
+                .models
+                .resolve(name, version)
+                .ok_or_else(|| ApiError::new(ErrorClass::NotFound, "no such model"))?;
+            let request = self.read_request(req).await?;
+            let names = request.outputs.iter().map(|o| o.name.clone()).collect();
+            let result = model.worker.infer(request.inputs, names).await;
+            respond(
+                &model,
+                &request.outputs,
+                request.id.as_deref(),
+                request.binary_output_default,
+                result,
+            )
+        }
+        .await;
+        result.unwrap_or_else(|e| json_response(e.class.status(), e.body("-")))
+    }
+}
+
+/// The worker's answer as an HTTP response.
+fn respond(
+    model: &LoadedModel,
+    asked: &[codec::RequestedOutput],
+    id: Option<&str>,
+    binary_default: bool,
+    result: Result<Vec<warden_runtime::tensor::Tensor>, WorkerError>,
+) -> Result<Response<Full<Bytes>>, ApiError> {
+    let outputs = result.map_err(|e| match e {
+        WorkerError::InvalidInput { .. } => {
+            ApiError::new(ErrorClass::Invalid, "the model refused the input")
+        }
+        WorkerError::Unavailable { .. } => ApiError::unavailable(e.to_string()),
+        other => ApiError::internal(other.to_string()),
+    })?;
+
+    let response_outputs: Vec<codec::ResponseOutput<'_>> = outputs
+        .iter()
+        .map(|tensor| {
+            let asked = asked.iter().find(|o| o.name == tensor.name);
+            codec::ResponseOutput {
+                tensor,
+                binary: asked.and_then(|o| o.binary).unwrap_or(binary_default),
+            }
+        })
+        .collect();
+    let encoded = codec::encode_response(&model.name, &model.version, id, &response_outputs)
+        .map_err(|e| ApiError::internal(format!("encoding the response: {e}")))?;
+    let mut resp = Response::new(Full::new(Bytes::from(encoded.body)));
+    let h = resp.headers_mut();
+    match encoded.json_len {
+        Some(n) => {
+            h.insert(
+                CONTENT_TYPE,
+                HeaderValue::from_static("application/octet-stream"),
+            );
+            h.insert(
+                HeaderName::from_static(INFERENCE_HEADER_CONTENT_LENGTH),
+                HeaderValue::from(n),
+            );
+        }
+        None => {
+            h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        }
+    }
+    Ok(resp)
 }
 
 fn too_large(limit: usize) -> ApiError {

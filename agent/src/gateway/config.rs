@@ -113,6 +113,18 @@ pub struct LimitsConfig {
     pub tenant_rate_per_s: f64,
     #[serde(default = "default_tenant_burst")]
     pub tenant_burst: u32,
+    /// Quotas per tenant over a longer window (`[gateway.limits.quotas.<tenant>]`): at most
+    /// `requests` admitted per fixed window of `window_s`. Tenants without one have none.
+    #[serde(default)]
+    pub quotas: std::collections::BTreeMap<String, QuotaConfig>,
+}
+
+/// One tenant's quota.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QuotaConfig {
+    pub requests: u64,
+    pub window_s: u64,
 }
 
 impl Default for LimitsConfig {
@@ -123,6 +135,7 @@ impl Default for LimitsConfig {
             identity_burst: default_identity_burst(),
             tenant_rate_per_s: default_tenant_rate(),
             tenant_burst: default_tenant_burst(),
+            quotas: std::collections::BTreeMap::new(),
         }
     }
 }
@@ -303,6 +316,20 @@ impl GatewayConfig {
                 "gateway.limits.max_in_flight",
                 "must be between 1 and 1000000",
             );
+        }
+        for (tenant, q) in &l.quotas {
+            if q.requests == 0 {
+                return bad(
+                    &format!("gateway.limits.quotas.{tenant}.requests"),
+                    "must be at least 1 (deny a tenant in the route policy instead)",
+                );
+            }
+            if !(1..=31 * 86_400).contains(&q.window_s) {
+                return bad(
+                    &format!("gateway.limits.quotas.{tenant}.window_s"),
+                    "must be between 1 s and 31 days",
+                );
+            }
         }
         for (f, r) in [
             ("gateway.limits.identity_rate_per_s", l.identity_rate_per_s),

@@ -1,8 +1,9 @@
 //! Limits: the global in-flight cap (load shedding), per-identity and per-tenant rate limits
-//! (GCRA, one theoretical arrival time per key) and the circuit breaker toward failing workers.
-//! All are in-memory and bounded; none queues a request.
+//! (GCRA, one theoretical arrival time per key), per-tenant quotas over longer fixed windows,
+//! and the circuit breaker toward failing workers. All are in-memory and bounded (quota
+//! windows start again when the agent restarts); none queues a request.
 
-use super::config::{CircuitConfig, LimitsConfig};
+use super::config::{CircuitConfig, LimitsConfig, QuotaConfig};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -83,6 +84,7 @@ pub struct RateVerdict {
 pub struct RateLimiter {
     identity: Gcra,
     tenant: Gcra,
+    quotas: HashMap<String, QuotaConfig>,
     state: Mutex<Tables>,
 }
 
@@ -90,6 +92,8 @@ pub struct RateLimiter {
 struct Tables {
     identity: HashMap<String, Instant>,
     tenant: HashMap<String, Instant>,
+    /// Per configured tenant: the current window's start and what it has used.
+    quota: HashMap<String, (Instant, u64)>,
 }
 
 impl RateLimiter {
@@ -97,16 +101,56 @@ impl RateLimiter {
         RateLimiter {
             identity: Gcra::new(cfg.identity_rate_per_s, cfg.identity_burst),
             tenant: Gcra::new(cfg.tenant_rate_per_s, cfg.tenant_burst),
+            quotas: cfg
+                .quotas
+                .iter()
+                .map(|(t, q)| (t.clone(), q.clone()))
+                .collect(),
             state: Mutex::new(Tables::default()),
         }
     }
 
-    /// Admits one request of `identity` in `tenant`; both limits must admit it, and neither is
-    /// charged when either refuses.
+    /// The tenant's quota window after this request: `Ok((start, used))` to store if admitted,
+    /// `Err(wait)` until the window ends. `None`: the tenant has no quota.
+    fn quota(
+        &self,
+        t: &Tables,
+        tenant: &str,
+        now: Instant,
+    ) -> Option<Result<(Instant, u64), Duration>> {
+        let q = self.quotas.get(tenant)?;
+        let window = Duration::from_secs(q.window_s);
+        let (start, used) = match t.quota.get(tenant) {
+            Some(&(start, used)) if now < start + window => (start, used),
+            _ => (now, 0),
+        };
+        Some(if used < q.requests {
+            Ok((start, used + 1))
+        } else {
+            Err((start + window).saturating_duration_since(now))
+        })
+    }
+
+    /// Admits one request of `identity` in `tenant`; both rate limits and the tenant's quota
+    /// must admit it, and none is charged when one refuses.
     pub fn check(&self, identity: &str, tenant: &str, now: Instant) -> RateVerdict {
         let mut t = self.state.lock().unwrap_or_else(|p| p.into_inner());
         let id_res = self.identity.check(t.identity.get(identity).copied(), now);
         let tn_res = self.tenant.check(t.tenant.get(tenant).copied(), now);
+        let quota = self.quota(&t, tenant, now);
+        if let Some(Err(wait)) = quota {
+            return RateVerdict {
+                allowed: false,
+                limited_by: Some("tenant_quota"),
+                limit: self
+                    .quotas
+                    .get(tenant)
+                    .map_or(0, |q| u32::try_from(q.requests).unwrap_or(u32::MAX)),
+                remaining: 0,
+                reset_s: ceil_s(wait),
+                retry_after_s: ceil_s(wait).max(1),
+            };
+        }
         let limit = self.identity.burst.min(self.tenant.burst);
         match (id_res, tn_res) {
             (Ok(id_tat), Ok(tn_tat)) => {
@@ -114,6 +158,9 @@ impl RateLimiter {
                 sweep(&mut t.tenant, now);
                 t.identity.insert(identity.to_string(), id_tat);
                 t.tenant.insert(tenant.to_string(), tn_tat);
+                if let Some(Ok(window)) = quota {
+                    t.quota.insert(tenant.to_string(), window);
+                }
                 let remaining = self
                     .identity
                     .remaining(id_tat, now)
@@ -170,7 +217,10 @@ pub struct Circuits {
 struct Circuit {
     failures: u32,
     open_until: Option<Instant>,
-    trial: bool,
+    /// When the trial request in flight was let through. A trial whose request never comes
+    /// back to `record` (cancelled by its deadline, or its connection dropped) must not hold
+    /// the circuit open for ever: after another `open_ms` a new trial is allowed.
+    trial_since: Option<Instant>,
 }
 
 impl Circuits {
@@ -187,12 +237,13 @@ impl Circuits {
         let Some(c) = s.get_mut(&(model.to_string(), version.to_string())) else {
             return true;
         };
+        let open_for = Duration::from_millis(self.cfg.open_ms);
         match c.open_until {
             None => true,
             Some(until) if now < until => false,
-            Some(_) if c.trial => false,
+            Some(_) if c.trial_since.is_some_and(|t| now < t + open_for) => false,
             Some(_) => {
-                c.trial = true;
+                c.trial_since = Some(now);
                 true
             }
         }
@@ -205,8 +256,9 @@ impl Circuits {
             .or_default();
         if worker_failed {
             c.failures = c.failures.saturating_add(1);
-            if c.trial || c.failures >= self.cfg.failures {
-                if c.open_until.is_none() || c.trial {
+            let trial = c.trial_since.is_some();
+            if trial || c.failures >= self.cfg.failures {
+                if c.open_until.is_none() || trial {
                     tracing::warn!(model, version, "circuit open: the worker keeps failing");
                 }
                 c.open_until = Some(now + Duration::from_millis(self.cfg.open_ms));
@@ -214,7 +266,7 @@ impl Circuits {
         } else {
             *c = Circuit::default();
         }
-        c.trial = false;
+        c.trial_since = None;
     }
 }
 
@@ -229,6 +281,7 @@ mod tests {
             identity_burst: burst,
             tenant_rate_per_s: trate,
             tenant_burst: tburst,
+            quotas: Default::default(),
         }
     }
 
@@ -263,6 +316,44 @@ mod tests {
     }
 
     #[test]
+    fn a_tenant_quota_refuses_until_its_window_ends_and_charges_nothing_on_refusal() {
+        let mut c = cfg(1000.0, 1000, 1000.0, 1000);
+        c.quotas.insert(
+            "t".into(),
+            QuotaConfig {
+                requests: 3,
+                window_s: 3600,
+            },
+        );
+        let l = RateLimiter::new(&c);
+        let t0 = Instant::now();
+        for i in 0..3 {
+            assert!(l.check(&format!("a{i}"), "t", t0).allowed, "request {i}");
+        }
+        let v = l.check("a9", "t", t0 + Duration::from_secs(1));
+        assert!(!v.allowed);
+        assert_eq!(v.limited_by, Some("tenant_quota"));
+        assert_eq!(v.retry_after_s, 3599);
+        assert_eq!(v.limit, 3);
+        assert!(
+            l.check("a0", "u", t0).allowed,
+            "other tenants have no quota"
+        );
+        // A refusal by the identity's rate limit does not use up quota.
+        let mut tight = cfg(1.0, 1, 1000.0, 1000);
+        tight.quotas = c.quotas.clone();
+        let l = RateLimiter::new(&tight);
+        assert!(l.check("a", "t", t0).allowed);
+        assert!(!l.check("a", "t", t0).allowed);
+        assert!(!l.check("a", "t", t0).allowed);
+        assert!(l.check("b", "t", t0).allowed);
+        assert!(l.check("c", "t", t0).allowed);
+        assert_eq!(l.check("d", "t", t0).limited_by, Some("tenant_quota"));
+        // The next window admits again.
+        assert!(l.check("d", "t", t0 + Duration::from_secs(3600)).allowed);
+    }
+
+    #[test]
     fn in_flight_sheds_beyond_the_cap() {
         let f = InFlight::new(2);
         let a = f.try_acquire().unwrap();
@@ -294,5 +385,25 @@ mod tests {
         assert!(c.admit("m", "1", much_later));
         c.record("m", "1", false, much_later);
         assert!(c.admit("m", "1", much_later) && c.admit("m", "1", much_later));
+    }
+
+    #[test]
+    fn a_trial_that_never_reports_back_does_not_hold_the_circuit_open() {
+        let c = Circuits::new(&CircuitConfig {
+            failures: 1,
+            open_ms: 100,
+        });
+        let t0 = Instant::now();
+        c.record("m", "1", true, t0);
+        let t1 = t0 + Duration::from_millis(150);
+        assert!(c.admit("m", "1", t1), "the trial");
+        // Its request is cancelled: `record` never runs.
+        assert!(!c.admit("m", "1", t1 + Duration::from_millis(50)));
+        assert!(
+            c.admit("m", "1", t1 + Duration::from_millis(150)),
+            "a new trial once the lost one is older than open_ms"
+        );
+        c.record("m", "1", false, t1 + Duration::from_millis(160));
+        assert!(c.admit("m", "1", t1 + Duration::from_millis(160)));
     }
 }

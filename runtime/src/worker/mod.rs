@@ -423,6 +423,12 @@ impl Worker {
         state.quarantined.is_none() && state.current.as_ref().is_some_and(|p| p.is_alive())
     }
 
+    /// Whether dynamic batching is on: asked for, and the model has a dynamic first
+    /// dimension on every input and output.
+    pub fn batching(&self) -> bool {
+        self.inner.batcher.is_some()
+    }
+
     /// How many requests were answered as part of a batch of more than one (dynamic
     /// batching; 0 when it is off or the model cannot batch).
     pub fn batched_requests(&self) -> u64 {

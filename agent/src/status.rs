@@ -1,0 +1,281 @@
+//! What the running agent reports to `warden status`: every model version's state (ready,
+//! restarting, quarantined, batching), what was withdrawn, and the machine's accelerators.
+//!
+//! `warden serve` rewrites `<state dir>/status.json` (mode 0600, replaced atomically) every
+//! [`WRITE_EVERY`]; `warden status --config` reads it beside a live accelerator discovery. A
+//! file older than [`STALE_AFTER`] means the agent is not running. The file is a report, never
+//! an input: nothing the agent does depends on it.
+
+use crate::models::ModelRegistry;
+use serde::{Deserialize, Serialize};
+use std::io::Write as _;
+use std::os::unix::fs::OpenOptionsExt as _;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// The file's name inside the state directory.
+pub const STATUS_FILE: &str = "status.json";
+/// How often the agent rewrites it.
+pub const WRITE_EVERY: Duration = Duration::from_secs(2);
+/// Older than this, the agent is taken to be stopped.
+pub const STALE_AFTER: Duration = Duration::from_secs(10);
+
+#[derive(Debug, thiserror::Error)]
+pub enum StatusError {
+    #[error("writing {path}: {source}")]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("encoding the status: {0}")]
+    Encode(#[from] serde_json::Error),
+}
+
+/// One snapshot of the running agent.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentStatus {
+    pub pid: u32,
+    pub written_at_unix: u64,
+    /// The inference listener's address.
+    pub listen: String,
+    /// Still serving (false in the last file written on the way down).
+    pub running: bool,
+    pub models: Vec<ModelStatus>,
+    pub withdrawn: Vec<Withdrawn>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelStatus {
+    pub name: String,
+    pub version: String,
+    /// The version requests without a version get.
+    pub active: bool,
+    pub root_digest: String,
+    /// A worker is up and its connection usable.
+    pub ready: bool,
+    /// Why the model is no longer restarted, when it is not.
+    pub quarantined: Option<String>,
+    /// Dynamic batching is on (configured, and the model can batch).
+    pub batching: bool,
+    /// Requests handed to the worker since the load.
+    pub forwarded: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Withdrawn {
+    pub name: String,
+    pub version: String,
+    pub reason: String,
+}
+
+fn now_unix() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// The current snapshot.
+pub fn snapshot(models: &ModelRegistry, listen: &str, running: bool) -> AgentStatus {
+    let (models, withdrawn) = models.report();
+    AgentStatus {
+        pid: std::process::id(),
+        written_at_unix: now_unix(),
+        listen: listen.to_owned(),
+        running,
+        models,
+        withdrawn,
+    }
+}
+
+/// Writes `status` into `state_dir` atomically (a temporary file, then a rename).
+pub fn write(state_dir: &Path, status: &AgentStatus) -> Result<(), StatusError> {
+    let path = state_dir.join(STATUS_FILE);
+    let tmp = state_dir.join(format!(".{STATUS_FILE}.tmp"));
+    let err = |source| StatusError::Write {
+        path: path.clone(),
+        source,
+    };
+    let body = serde_json::to_vec_pretty(status)?;
+    let _ = std::fs::remove_file(&tmp);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(err)?;
+    f.write_all(&body).map_err(err)?;
+    drop(f);
+    std::fs::rename(&tmp, &path).map_err(err)
+}
+
+/// Rewrites the file every [`WRITE_EVERY`] until aborted.
+pub async fn keep_written(state_dir: PathBuf, models: Arc<ModelRegistry>, listen: String) {
+    let mut tick = tokio::time::interval(WRITE_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut failing = false;
+    loop {
+        tick.tick().await;
+        match write(&state_dir, &snapshot(&models, &listen, true)) {
+            Ok(()) => failing = false,
+            // Once per failure streak, not every tick.
+            Err(e) if !failing => {
+                failing = true;
+                tracing::warn!(error = %e, "cannot write the status file for `warden status`");
+            }
+            Err(_) => {}
+        }
+    }
+}
+
+/// `warden status --config`: lines about the running agent and the accelerators; `Err` lines
+/// are problems (with a hint).
+pub fn report_lines(state_dir: &Path) -> Vec<Result<String, String>> {
+    let mut out = Vec::new();
+    let path = state_dir.join(STATUS_FILE);
+    match std::fs::read(&path) {
+        Err(e) => out.push(Err(format!(
+            "agent: no status at {} ({e})\n  hint: is `warden serve` running with this config, \
+             and are you its user or root?",
+            path.display()
+        ))),
+        Ok(bytes) => match serde_json::from_slice::<AgentStatus>(&bytes) {
+            Err(e) => out.push(Err(format!(
+                "agent: unreadable status file {}: {e}",
+                path.display()
+            ))),
+            Ok(s) => agent_lines(&s, &mut out),
+        },
+    }
+    let inv = warden_runtime::accel::discover();
+    match (&inv.none_because, inv.gpus.is_empty()) {
+        (Some(why), true) => out.push(Ok(format!("accelerators: none ({why}); models run on CPU"))),
+        _ => {
+            out.push(Ok(format!(
+                "accelerators: CUDA driver {}",
+                inv.driver_version.as_deref().unwrap_or("unknown")
+            )));
+            for g in &inv.gpus {
+                out.push(Ok(format!(
+                    "  gpu {}: {} (compute {}), {} MiB total, {} MiB free",
+                    g.ordinal,
+                    g.name,
+                    g.compute_capability,
+                    g.total_memory_bytes >> 20,
+                    g.free_memory_bytes >> 20
+                )));
+            }
+        }
+    }
+    out
+}
+
+fn agent_lines(s: &AgentStatus, out: &mut Vec<Result<String, String>>) {
+    let age = now_unix().saturating_sub(s.written_at_unix);
+    if !s.running {
+        out.push(Err(format!(
+            "agent: stopped (pid {} wrote its last status {age} s ago)",
+            s.pid
+        )));
+    } else if age > STALE_AFTER.as_secs() {
+        out.push(Err(format!(
+            "agent: status is {age} s old: the agent (pid {}) is not running or is stuck\n  \
+             hint: `systemctl status warden`",
+            s.pid
+        )));
+    } else {
+        out.push(Ok(format!(
+            "agent: pid {}, serving on {}, status {age} s old",
+            s.pid, s.listen
+        )));
+    }
+    for m in &s.models {
+        let what = format!(
+            "model {} version {}{}",
+            m.name,
+            m.version,
+            if m.active { " (active)" } else { "" }
+        );
+        match &m.quarantined {
+            Some(why) => out.push(Err(format!(
+                "{what}: QUARANTINED: {why}\n  hint: its worker kept dying (audit events of kind \
+                 worker say how); fix the model or its [sandbox] and [runtime.restart] limits, \
+                 then push a new version or restart the agent"
+            ))),
+            None => out.push(Ok(format!(
+                "{what}: {}; batching {}; {} request(s) served; root digest {}",
+                if m.ready { "ready" } else { "restarting" },
+                if m.batching { "on" } else { "off" },
+                m.forwarded,
+                m.root_digest
+            ))),
+        }
+    }
+    for w in &s.withdrawn {
+        out.push(Ok(format!(
+            "model {} version {}: WITHDRAWN (no longer admitted): {}",
+            w.name, w.version, w.reason
+        )));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(quarantined: Option<&str>, age: u64, running: bool) -> AgentStatus {
+        AgentStatus {
+            pid: 7,
+            written_at_unix: now_unix() - age,
+            listen: "127.0.0.1:8443".into(),
+            running,
+            models: vec![ModelStatus {
+                name: "demo".into(),
+                version: "1".into(),
+                active: true,
+                root_digest: "sha256:00".into(),
+                ready: quarantined.is_none(),
+                quarantined: quarantined.map(str::to_owned),
+                batching: true,
+                forwarded: 3,
+            }],
+            withdrawn: Vec::new(),
+        }
+    }
+
+    fn problems(s: &AgentStatus) -> Vec<String> {
+        let mut out = Vec::new();
+        agent_lines(s, &mut out);
+        out.into_iter().filter_map(Result::err).collect()
+    }
+
+    #[test]
+    fn quarantine_stale_and_stopped_agents_are_problems() {
+        assert!(problems(&status(None, 0, true)).is_empty());
+        let p = problems(&status(Some("5 deaths within 60 s"), 0, true));
+        assert_eq!(p.len(), 1);
+        assert!(p[0].contains("QUARANTINED: 5 deaths"), "{p:?}");
+        assert!(problems(&status(None, 60, true))[0].contains("not running"));
+        assert!(problems(&status(None, 0, false))[0].contains("stopped"));
+    }
+
+    #[test]
+    fn the_file_is_written_atomically_and_privately() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = status(None, 0, true);
+        write(dir.path(), &s).unwrap();
+        write(dir.path(), &s).unwrap();
+        let path = dir.path().join(STATUS_FILE);
+        let mode = std::fs::metadata(&path).unwrap().permissions();
+        assert_eq!(
+            std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777,
+            0o600
+        );
+        let back: AgentStatus = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        assert_eq!(back.models[0].forwarded, 3);
+        assert!(!dir.path().join(format!(".{STATUS_FILE}.tmp")).exists());
+    }
+}
