@@ -713,3 +713,175 @@ fn out_text(out: &std::process::Output) -> String {
         String::from_utf8_lossy(&out.stderr)
     )
 }
+
+// ---- the binary as its own unprivileged user ---------------------------------------------------
+
+/// Users of the privilege test: none of them exists in /etc/passwd, which the kernel does not
+/// need (and keyd resolves numeric groups without NSS).
+const KEYD_UID: u32 = 64_801;
+const SOCKET_GID: u32 = 64_802;
+const AGENT_UID: u32 = 64_803;
+const OTHER_UID: u32 = 64_804;
+const OUTSIDER_UID: u32 = 64_805;
+
+/// `cmd` run as `uid` (gid the same) with `groups` as its supplementary groups, through
+/// util-linux's `setpriv`: a real uid change, as systemd's `User=` does.
+fn as_user(uid: u32, groups: &[u32], program: &Path) -> std::process::Command {
+    let mut c = std::process::Command::new("setpriv");
+    c.arg(format!("--reuid={uid}"))
+        .arg(format!("--regid={uid}"));
+    if groups.is_empty() {
+        c.arg("--clear-groups");
+    } else {
+        let list: Vec<String> = groups.iter().map(u32::to_string).collect();
+        c.arg(format!("--groups={}", list.join(",")));
+    }
+    c.arg("--").arg(program);
+    c
+}
+
+/// A `/proc/<pid>/status` field, e.g. `Uid` or `CapEff`.
+fn proc_status(pid: u32, field: &str) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix(&format!("{field}:"))
+                .map(|v| v.trim().to_owned())
+        })
+        .unwrap()
+}
+
+/// The real `warden keyd` started as a non-root user (its own uid, member of the socket's
+/// group only), holding a swtpm: the socket is 0660 with the configured group; a principal's
+/// uid in that group quotes through it; a uid in the group that is no principal is refused by
+/// keyd; a uid outside the group cannot even connect.
+#[test]
+fn the_keyd_binary_as_an_unprivileged_user_authorizes_by_uid() {
+    use std::os::unix::fs::MetadataExt as _;
+    support_devices::require("setpriv", "util-linux");
+    assert_eq!(
+        current_uid(),
+        0,
+        "this test switches to other uids with setpriv: run the tests as root (CI does)"
+    );
+    let tpm = Swtpm::start();
+    // Provisioning, directly and before keyd starts (swtpm serves one connection at a time).
+    let ak = {
+        let store = TpmKeyStore::open(&TpmConfig {
+            tcti: tpm.tcti.clone(),
+            seal_pcrs: vec![0, 2, 4, 7],
+        })
+        .unwrap();
+        quote::ensure_attestation_key(store.tpm()).unwrap()
+    };
+
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    // keyd's runtime directory, as systemd's RuntimeDirectory= makes it: owned by its user.
+    let run = dir.path().join("run");
+    std::fs::create_dir(&run).unwrap();
+    std::os::unix::fs::chown(&run, Some(KEYD_UID), Some(KEYD_UID)).unwrap();
+    std::fs::set_permissions(&run, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let socket = run.join("keyd.sock");
+    let config = dir.path().join("keyd.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "schema_version = 1\nsocket = \"{}\"\nsocket_group = \"{SOCKET_GID}\"\n\n\
+             [keystore]\nbackend = \"tpm\"\ntcti = \"{}\"\n\n\
+             [[principal]]\nname = \"agent\"\nuid = {AGENT_UID}\noperations = [\"describe\", \"quote\"]\n",
+            socket.display(),
+            tpm.tcti
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o644)).unwrap();
+
+    let warden = Path::new(env!("CARGO_BIN_EXE_warden"));
+    let mut keyd = as_user(KEYD_UID, &[SOCKET_GID], warden)
+        .args(["keyd", "--config"])
+        .arg(&config)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !socket.exists() {
+        if let Some(status) = keyd.try_wait().unwrap() {
+            let mut err = String::new();
+            keyd.stderr
+                .take()
+                .unwrap()
+                .read_to_string(&mut err)
+                .unwrap();
+            panic!("keyd exited early ({status}): {err}");
+        }
+        assert!(Instant::now() < deadline, "keyd did not create its socket");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // setpriv exec'd keyd: the child is keyd itself, running unprivileged.
+    let uids = proc_status(keyd.id(), "Uid");
+    assert!(
+        uids.split_whitespace().all(|u| u == KEYD_UID.to_string()),
+        "keyd runs as {uids}"
+    );
+    assert_eq!(proc_status(keyd.id(), "CapEff"), "0000000000000000");
+
+    let meta = std::fs::symlink_metadata(&socket).unwrap();
+    assert_eq!(meta.mode() & 0o777, 0o660, "the socket's mode");
+    assert_eq!(meta.uid(), KEYD_UID, "the socket's owner");
+    assert_eq!(meta.gid(), SOCKET_GID, "the socket's group");
+
+    let nonce = "a1b2c3d4e5f60718293a4b5c6d7e8f90";
+    let attest_quote = |uid: u32, groups: &[u32]| {
+        as_user(uid, groups, warden)
+            .args(["attest", "quote", "--keyd-socket"])
+            .arg(&socket)
+            .args(["--nonce", nonce, "--pcrs", "0,23"])
+            .output()
+            .unwrap()
+    };
+    // The principal, in the socket's group: quotes, and the quote verifies.
+    let ok = attest_quote(AGENT_UID, &[SOCKET_GID]);
+    assert!(ok.status.success(), "{}", out_text(&ok));
+    let q: quote::Quote = serde_json::from_slice(&ok.stdout).unwrap();
+    verify_quote(
+        &q,
+        &ak,
+        &hex::decode(nonce).unwrap(),
+        &std::collections::BTreeMap::from([(DEFAULT_APP_PCR, [0u8; 32])]),
+    )
+    .unwrap();
+    // In the group but no principal: keyd refuses the uid.
+    let other = attest_quote(OTHER_UID, &[SOCKET_GID]);
+    assert!(!other.status.success());
+    let t = out_text(&other);
+    assert!(
+        t.contains(&format!("uid {OTHER_UID} is not a principal")),
+        "{t}"
+    );
+    // Outside the group: the kernel refuses the connection (mode 0660).
+    let outsider = attest_quote(OUTSIDER_UID, &[]);
+    assert!(!outsider.status.success());
+    let t = out_text(&outsider);
+    assert!(t.contains("Permission denied"), "{t}");
+    assert!(!t.contains("not a principal"), "{t}");
+
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(keyd.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let status = keyd.wait().unwrap();
+    let mut stderr = String::new();
+    keyd.stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    assert!(status.success(), "{stderr}");
+    // keyd's log names the refused uid, never a key or a nonce.
+    assert!(stderr.contains(&OTHER_UID.to_string()), "{stderr}");
+    assert!(!stderr.contains(nonce), "{stderr}");
+    assert!(!socket.exists(), "the socket is removed on shutdown");
+}
