@@ -6,7 +6,9 @@
 //! (an idle connection is closed after [`IDLE_TIMEOUT`]; an oversized frame gets
 //! `frame_too_large` and the connection closes); parse it (`malformed_request` and the
 //! connection stays usable, the framing being intact); check the operation against the
-//! principal's allow-list (`forbidden`); run the key store call on the blocking pool.
+//! principal's allow-list (`forbidden`); check the request's bounds (`invalid_input`: PCR
+//! indices, the extendable PCRs, digest and nonce sizes, the quote's selection; see
+//! [`super::protocol`]); run the key store call on the blocking pool.
 //! At most [`MAX_CONNECTIONS`] connections are served at once; further ones wait in the
 //! kernel's backlog. Logs name the principal, the UID and the operation, never data.
 
