@@ -7,8 +7,10 @@
 #   - with `--test`, a Python virtual environment with the reference tools the tests run
 #     against (`model_signing`, `tritonclient[http]`, `onnxruntime`, numpy), and the devices
 #     the key-store and measured-boot tests start themselves: swtpm (`swtpm`, `swtpm-tools`),
-#     `tpm2-tools`, SoftHSM2 (`softhsm2`) and OpenSC (`opensc`, for pkcs11-tool), and the OCI
-#     registry the pull tests start on loopback (`docker-registry`).
+#     `tpm2-tools`, SoftHSM2 (`softhsm2`) and OpenSC (`opensc`, for pkcs11-tool), the OCI
+#     registry the pull tests start on loopback (`docker-registry`), `systemd` for its offline
+#     tools (systemd-analyze verify/security, systemd-sysusers, systemd-tmpfiles) that check
+#     the unit files, and util-linux's `setpriv` for the key service's privilege test.
 # Idempotent: a second run only checks (apt-get runs only when a program or library is
 # missing). Everything else lands under .cache/ and .venv/ (ignored).
 set -euo pipefail
@@ -39,6 +41,8 @@ if [ "$want_test" = 1 ]; then
     need_pkg softhsm2 command -v softhsm2-util
     need_pkg opensc command -v pkcs11-tool
     need_pkg docker-registry test -x /usr/bin/docker-registry
+    need_pkg systemd command -v systemd-analyze
+    need_pkg util-linux command -v setpriv
 fi
 if [ "${#apt_missing[@]}" -gt 0 ]; then
     say "installing ${apt_missing[*]} (apt)"

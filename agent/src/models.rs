@@ -885,9 +885,13 @@ impl Loader {
 /// the PCR and the log go on together. A log that no longer matches is reported, not hidden:
 /// quotes will not verify until the next boot.
 fn start_app_log(store: &dyn KeyStore, log: &AppEventLog) -> Result<(), TrustError> {
+    if !store.capabilities().pcrs {
+        // No PCRs: nothing to ask (keyd may rightly not grant read_pcr for such a backend).
+        return Ok(());
+    }
     let pcr = match store.read_pcr(DEFAULT_APP_PCR) {
         Ok(v) => v,
-        // No PCRs (software, PKCS#11, the key service): the log is a plain record.
+        // No PCRs (software, PKCS#11, or keyd on one of those): the log is a plain record.
         Err(KeyStoreError::NotSupported { .. }) => return Ok(()),
         Err(e) => return Err(TrustError::KeyStore(e)),
     };
@@ -906,14 +910,20 @@ fn start_app_log(store: &dyn KeyStore, log: &AppEventLog) -> Result<(), TrustErr
     Ok(())
 }
 
-/// Appends the load to the application event log, then extends the application PCR. A key
-/// store without PCRs (software, PKCS#11, the key service) records the log only, and says so.
+/// Appends the load to the application event log, then extends the application PCR (in
+/// process, or through keyd's `extend_pcr`). A key store without PCRs (software, PKCS#11)
+/// records the log only, and says so.
 fn measure(
     trust: &TrustContext,
     event: &warden_attest::boot::measure::ModelLoadEvent,
 ) -> Result<(), String> {
     trust.app_log.append(event).map_err(|e| e.to_string())?;
-    match trust.store.extend_pcr(DEFAULT_APP_PCR, event.digest()) {
+    let extended = if trust.store.capabilities().pcrs {
+        trust.store.extend_pcr(DEFAULT_APP_PCR, event.digest())
+    } else {
+        Err(trust.store.not_supported("extend_pcr"))
+    };
+    match extended {
         Ok(()) => {
             tracing::info!(model = %event.model, version = %event.version, pcr = DEFAULT_APP_PCR, "load measured into the application PCR");
             Ok(())

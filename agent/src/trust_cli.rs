@@ -22,11 +22,20 @@ use crate::keyd::{KeydClient, KeydConfig};
 #[derive(Debug, clap::Subcommand)]
 pub enum AttestCommand {
     /// Quote the SHA-256 PCRs over a verifier's nonce with the TPM's attestation key; prints
-    /// the quote as JSON.
+    /// the quote as JSON. Through the running key service (`--keyd-socket`, or `--config`
+    /// naming an agent config whose `[keystore]` has `keyd_socket`), or straight from the TPM
+    /// (`--tcti`, the default; for provisioning, while keyd is stopped).
     Quote {
-        /// The TPM (TCTI): `device:/dev/tpmrm0`, `swtpm:host=127.0.0.1,port=2321`.
-        #[arg(long, default_value = "device:/dev/tpmrm0")]
-        tcti: String,
+        /// The TPM (TCTI): `device:/dev/tpmrm0` (the default when nothing else is named),
+        /// `swtpm:host=127.0.0.1,port=2321`.
+        #[arg(long, conflicts_with_all = ["keyd_socket", "config"])]
+        tcti: Option<String>,
+        /// Ask the running key service on this socket (needs the `quote` operation).
+        #[arg(long, conflicts_with = "config")]
+        keyd_socket: Option<PathBuf>,
+        /// The agent's config: its `[keystore]` names keyd's socket or an in-process TPM.
+        #[arg(long)]
+        config: Option<PathBuf>,
         /// The verifier's nonce, hex (1 to 64 bytes).
         #[arg(long)]
         nonce: String,
@@ -278,18 +287,67 @@ pub fn read_golden(path: &Path) -> anyhow::Result<BTreeMap<u32, [u8; 32]>> {
         .collect()
 }
 
+/// Who answers `warden attest quote`.
+#[derive(Debug, PartialEq, Eq)]
+enum QuoteSource {
+    /// The TPM itself (TCTI).
+    Tpm(String),
+    /// The key service's socket.
+    Keyd(PathBuf),
+}
+
+fn quote_source(
+    tcti: Option<String>,
+    keyd_socket: Option<PathBuf>,
+    config: Option<&Path>,
+) -> anyhow::Result<QuoteSource> {
+    if let Some(socket) = keyd_socket {
+        return Ok(QuoteSource::Keyd(socket));
+    }
+    if let Some(tcti) = tcti {
+        return Ok(QuoteSource::Tpm(tcti));
+    }
+    let Some(path) = config else {
+        return Ok(QuoteSource::Tpm("device:/dev/tpmrm0".to_owned()));
+    };
+    let config = crate::config::Config::load(path)?;
+    match config.keystore {
+        Some(crate::config::KeystoreConfig::Keyd { socket }) => Ok(QuoteSource::Keyd(socket)),
+        Some(crate::config::KeystoreConfig::InProcess(keystore::BackendConfig::Tpm(t))) => {
+            Ok(QuoteSource::Tpm(t.tcti))
+        }
+        Some(_) => bail!(
+            "{}: the key store is not a TPM; only a TPM quotes (keystore.backend = \"tpm\" or keystore.keyd_socket)",
+            path.display()
+        ),
+        None => bail!(
+            "{}: no [keystore]; name keystore.keyd_socket or pass --keyd-socket / --tcti",
+            path.display()
+        ),
+    }
+}
+
 /// Runs `warden attest …`.
 pub fn attest(cmd: AttestCommand) -> anyhow::Result<()> {
     match cmd {
         AttestCommand::Quote {
             tcti,
+            keyd_socket,
+            config,
             nonce,
             pcrs,
             output,
         } => {
             let nonce = parse_nonce(&nonce)?;
-            let tpm = warden_attest::tpm::Tpm::open(&tcti)?;
-            let q = quote::quote(&tpm, &nonce, &pcrs)?;
+            let q = match quote_source(tcti, keyd_socket, config.as_deref())? {
+                QuoteSource::Keyd(socket) => KeydClient::connect(&socket)?
+                    .quote(&nonce, &pcrs)
+                    .with_context(|| format!("quoting through keyd at {}", socket.display()))?,
+                QuoteSource::Tpm(tcti) => {
+                    let tpm = warden_attest::tpm::Tpm::open(&tcti)?;
+                    quote::quote(&tpm, &nonce, &pcrs)?
+                }
+            };
             let json = serde_json::to_string_pretty(&q)?;
             match output {
                 Some(p) => std::fs::write(&p, json + "\n")
@@ -358,6 +416,7 @@ pub fn keyd(config_path: &Path) -> anyhow::Result<()> {
             config_path.display()
         )
     })?;
+    let socket_gid = config.socket_gid(config_path)?;
     let info = store.describe();
     if info.development_only {
         tracing::warn!(backend = %info, "keyd: DEVELOPMENT-ONLY key store: nothing is hardware-protected");
@@ -367,13 +426,14 @@ pub fn keyd(config_path: &Path) -> anyhow::Result<()> {
         .build()
         .context("starting the async runtime")?;
     rt.block_on(async move {
-        let listener = crate::keyd::bind(&config.socket).with_context(|| {
-            format!(
-                "{}: binding `socket` {}",
-                config_path.display(),
-                config.socket.display()
-            )
-        })?;
+        let listener =
+            crate::keyd::bind_with_group(&config.socket, socket_gid).with_context(|| {
+                format!(
+                    "{}: binding `socket` {}",
+                    config_path.display(),
+                    config.socket.display()
+                )
+            })?;
         tracing::info!(
             socket = %config.socket.display(),
             backend = info.kind,
@@ -409,7 +469,7 @@ pub fn status_lines(store: &dyn KeyStore, policies: &Path) -> Vec<Result<String,
     }
     let c = store.capabilities();
     out.push(Ok(format!(
-        "capabilities: anchors {}{}, device key {}{}, seal {}{}, counters {}{}",
+        "capabilities: anchors {}{}, device key {}{}, seal {}{}, counters {}{}, PCRs and quotes {}",
         yes(c.anchors),
         if c.anchors_hardware_locked {
             " (hardware-locked)"
@@ -434,6 +494,7 @@ pub fn status_lines(store: &dyn KeyStore, policies: &Path) -> Vec<Result<String,
         } else {
             ""
         },
+        yes(c.pcrs),
     )));
     match store.device_public_key() {
         Ok(_) => out.push(Ok("device key: present".to_owned())),

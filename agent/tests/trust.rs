@@ -345,6 +345,7 @@ fn tls_signed_through_keyd() {
     let config = KeydConfig {
         schema_version: 1,
         socket: socket.clone(),
+        socket_group: None,
         keystore: BackendConfig::Software(SoftwareConfig {
             dir: dir.path().join("store"),
         }),
@@ -661,6 +662,7 @@ fn status_through_a_running_keyd() {
     let config = KeydConfig {
         schema_version: 1,
         socket: socket.clone(),
+        socket_group: None,
         keystore: BackendConfig::Software(SoftwareConfig {
             dir: dir.path().join("store"),
         }),

@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use warden_agent::config::{AdmissionConfig, Config, KeystoreConfig, ModelConfig};
+use warden_agent::keyd::{self, KeydConfig, Operation, Principal};
 use warden_agent::models::{ModelError, ModelRegistry};
 use warden_agent::{demo, serve};
 use warden_attest::bundle::{self, Curve, SignOptions, Signer};
@@ -675,6 +676,120 @@ async fn on_a_tpm_the_load_is_measured_and_tls_is_signed_by_the_tpm_key() {
         predict(&[expected]),
         "the application PCR is not the prediction"
     );
+}
+
+/// A keyd serving `store` on `socket` on its own thread and runtime (so that the agent's
+/// blocking calls on the socket never wait on their own runtime), until dropped.
+struct KeydThread {
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl KeydThread {
+    fn start(store: Arc<dyn KeyStore>, socket: &Path, operations: Vec<Operation>) -> KeydThread {
+        let config = KeydConfig {
+            schema_version: 1,
+            socket: socket.to_path_buf(),
+            socket_group: None,
+            keystore: BackendConfig::Software(SoftwareConfig {
+                dir: socket.with_file_name("unused"),
+            }),
+            principals: vec![Principal {
+                name: "agent".into(),
+                uid: support_devices::current_uid(),
+                operations,
+            }],
+        };
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let (ready_tx, ready) = std::sync::mpsc::channel();
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let listener = keyd::bind(&config.socket).unwrap();
+                ready_tx.send(()).unwrap();
+                keyd::serve(listener, Arc::new(config), store, async {
+                    let _ = stopped.await;
+                })
+                .await;
+            });
+        });
+        ready.recv().unwrap();
+        KeydThread {
+            stop: Some(stop),
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for KeydThread {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// The agent with `keystore.keyd_socket`: keyd (the only holder of the swtpm) serves the
+/// anchors, the counter and the PCRs; the model load is measured into PCR 23 through keyd and
+/// the PCR ends at the value the application log predicts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn through_keyd_the_load_is_measured_into_the_tpm() {
+    use warden_attest::boot::measure::{DEFAULT_APP_PCR, ModelLoadEvent, predict};
+    let tpm = support_devices::Swtpm::start();
+    let mut w = World::new(Backend::Tpm(tpm.tcti.clone()), 60);
+    let c = match w.config.keystore.clone().unwrap() {
+        KeystoreConfig::InProcess(c) => c,
+        KeystoreConfig::Keyd { .. } => unreachable!(),
+    };
+    let store = warden_attest::keystore::open(&c).unwrap();
+    let socket = w.files.dir.join("keyd.sock");
+    let keyd = KeydThread::start(
+        Arc::clone(&store),
+        &socket,
+        vec![
+            Operation::Describe,
+            Operation::Anchors,
+            Operation::Counter,
+            Operation::AdvanceCounter,
+            Operation::ReadPcr,
+            Operation::ExtendPcr,
+        ],
+    );
+    w.config.keystore = Some(KeystoreConfig::Keyd {
+        socket: socket.clone(),
+    });
+    let r = w.start().await;
+    r.assert_serves("1").await;
+    let v1 = r.models.resolve("demo", Some("1")).unwrap();
+    let expected = ModelLoadEvent {
+        model: "demo".into(),
+        version: "1".into(),
+        root_digest: v1.root_digest.clone(),
+        policy_digest: r.world.policy_digest(),
+    };
+    drop(v1);
+    let app_log = warden_attest::boot::measure::AppEventLog::new(
+        &r.world
+            .config
+            .state
+            .directory
+            .join(warden_agent::models::APP_EVENT_LOG),
+    );
+    assert_eq!(app_log.read().unwrap(), vec![expected.clone()]);
+    r.stop().await;
+    // Read on the TPM itself, behind keyd's back.
+    assert_eq!(
+        store.read_pcr(DEFAULT_APP_PCR).unwrap(),
+        predict(&[expected]),
+        "the load was not measured into the TPM through keyd"
+    );
+    drop(keyd);
 }
 
 /// Kills the child on drop.

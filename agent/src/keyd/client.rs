@@ -3,8 +3,11 @@
 //! unchanged over the socket.
 //!
 //! Calls are blocking (the trait is), one at a time over one connection, reconnecting once
-//! when the connection broke (every operation on the socket is idempotent: signing twice,
-//! reading, or advancing a counter to the same value). Each call has [`CALL_TIMEOUT`].
+//! when the connection broke (signing twice, reading, quoting, or advancing a counter to the
+//! same value are idempotent). `extend_pcr` is not: extending twice moves the PCR away from
+//! the event log for good. It is sent once, on a fresh connection (never one that keyd may
+//! have closed while idle), and a broken connection is reported, not retried. Each call has
+//! [`CALL_TIMEOUT`].
 
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -12,12 +15,13 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use p256::pkcs8::DecodePublicKey as _;
+use warden_attest::boot::quote::Quote;
 use warden_attest::keystore::{BackendInfo, Capabilities, Counter, KeyStore, KeyStoreError, Role};
 use zeroize::{Zeroize as _, Zeroizing};
 
 use super::protocol::{
-    ErrorKind, MAX_RESPONSE_BYTES, Request, Response, b64, read_frame_blocking, unb64,
-    write_frame_blocking,
+    ErrorKind, FrameError, MAX_RESPONSE_BYTES, Request, Response, b64, quote_from_wire,
+    read_frame_blocking, unb64, write_frame_blocking,
 };
 
 /// The longest one call may take (a hardware TPM is slow, but not this slow).
@@ -98,7 +102,21 @@ impl KeydClient {
     }
 
     fn round_trip(stream: &mut UnixStream, body: &[u8]) -> Result<Vec<u8>, String> {
-        write_frame_blocking(stream, body).map_err(|e| e.to_string())?;
+        match write_frame_blocking(stream, body) {
+            Ok(()) => {}
+            // keyd refuses a caller that is no principal with one frame and closes the
+            // connection without reading: the write may fail after that frame arrived. Read
+            // it (the peer is gone, so this does not wait); without it, report the write.
+            Err(FrameError::Io(e))
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset
+                ) =>
+            {
+                return read_frame_blocking(stream, MAX_RESPONSE_BYTES).map_err(|_| e.to_string());
+            }
+            Err(e) => return Err(e.to_string()),
+        }
         read_frame_blocking(stream, MAX_RESPONSE_BYTES).map_err(|e| e.to_string())
     }
 
@@ -106,9 +124,13 @@ impl KeydClient {
     fn call(&self, request: &Request) -> Result<Response, KeyStoreError> {
         let body = serde_json::to_vec(request).map_err(|e| remote(&self.socket, e))?;
         let mut guard = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        let once = matches!(request, Request::ExtendPcr { .. });
+        if once {
+            *guard = None;
+        }
         let mut reply = None;
         let mut last = String::new();
-        for _attempt in 0..2 {
+        for _attempt in 0..(if once { 1 } else { 2 }) {
             let mut stream = match guard.take() {
                 Some(s) => s,
                 None => self.open()?,
@@ -157,10 +179,10 @@ impl KeydClient {
                 operation: request.operation().name(),
             },
             (ErrorKind::NotProvisioned, ..) => KeyStoreError::NotProvisioned {
-                what: if matches!(request, Request::Unseal { .. }) {
-                    "the seal key"
-                } else {
-                    "device key"
+                what: match request {
+                    Request::Unseal { .. } => "the seal key",
+                    Request::Quote { .. } => "the attestation key",
+                    _ => "device key",
                 },
             },
             (ErrorKind::CounterRollback, Some(counter), Some(current), Some(requested)) => {
@@ -271,6 +293,42 @@ impl KeyStore for KeydClient {
             to,
         })? {
             Response::Counter { value } => Ok(value),
+            other => Err(self.unexpected(&other)),
+        }
+    }
+
+    fn extend_pcr(&self, pcr: u32, digest: [u8; 32]) -> Result<(), KeyStoreError> {
+        match self.call(&Request::ExtendPcr {
+            pcr,
+            digest: b64(&digest),
+        })? {
+            Response::Extended {} => Ok(()),
+            other => Err(self.unexpected(&other)),
+        }
+    }
+
+    fn read_pcr(&self, pcr: u32) -> Result<[u8; 32], KeyStoreError> {
+        match self.call(&Request::ReadPcr { pcr })? {
+            Response::Pcr { value } => {
+                let bytes = unb64("value", &value).map_err(|e| remote(&self.socket, e))?;
+                <[u8; 32]>::try_from(bytes.as_slice()).map_err(|_| KeyStoreError::InvalidInput {
+                    detail: format!("keyd sent a PCR value of {} bytes, not 32", bytes.len()),
+                })
+            }
+            other => Err(self.unexpected(&other)),
+        }
+    }
+
+    fn quote(&self, nonce: &[u8], pcrs: &[u32]) -> Result<Quote, KeyStoreError> {
+        match self.call(&Request::Quote {
+            nonce: b64(nonce),
+            pcrs: pcrs.to_vec(),
+        })? {
+            Response::Quote {
+                attest,
+                signature,
+                pcrs,
+            } => quote_from_wire(attest, signature, pcrs).map_err(|e| remote(&self.socket, e)),
             other => Err(self.unexpected(&other)),
         }
     }

@@ -3,6 +3,8 @@
 //! ```toml
 //! schema_version = 1
 //! socket = "/run/warden/keyd.sock"     # created mode 0660; the agent's group may connect
+//! socket_group = "warden"              # the socket's group (a name or a numeric gid); keyd's
+//!                                      # user must be a member of it
 //!
 //! [keystore]
 //! backend = "tpm"                      # or "pkcs11", or "software-development-only"
@@ -12,8 +14,15 @@
 //! name = "agent"
 //! uid = 991                            # the agent's user
 //! operations = ["describe", "device_public_key", "sign", "anchors", "unseal", "counter",
-//!               "advance_counter"]
+//!               "advance_counter", "read_pcr", "extend_pcr"]
+//!
+//! [[principal]]
+//! name = "attestation"
+//! uid = 0                              # the operator answering a verifier
+//! operations = ["describe", "read_pcr", "quote"]
 //! ```
+//!
+//! Without `socket_group` the socket keeps keyd's primary group.
 
 use std::path::{Path, PathBuf};
 
@@ -74,6 +83,13 @@ pub enum Operation {
     Counter,
     /// Advance a counter.
     AdvanceCounter,
+    /// Extend an application PCR (16 to 23 only, see
+    /// [`super::protocol::EXTENDABLE_PCRS`]).
+    ExtendPcr,
+    /// Read a PCR.
+    ReadPcr,
+    /// Quote PCRs over a verifier's nonce with the attestation key.
+    Quote,
 }
 
 impl Operation {
@@ -87,6 +103,9 @@ impl Operation {
             Operation::Unseal => "unseal",
             Operation::Counter => "counter",
             Operation::AdvanceCounter => "advance_counter",
+            Operation::ExtendPcr => "extend_pcr",
+            Operation::ReadPcr => "read_pcr",
+            Operation::Quote => "quote",
         }
     }
 }
@@ -111,6 +130,10 @@ pub struct KeydConfig {
     pub schema_version: u32,
     /// The Unix socket path (absolute).
     pub socket: PathBuf,
+    /// The socket's group: a group name, or a numeric gid. Callers in this group may connect
+    /// (mode 0660); keyd still authorizes each one by its UID. `None`: keyd's primary group.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub socket_group: Option<String>,
     /// The key store backend.
     pub keystore: BackendConfig,
     /// Who may call what. No principal: nobody may call.
@@ -180,6 +203,28 @@ impl KeydConfig {
         Ok(())
     }
 
+    /// The gid of `socket_group`: a group name is looked up (NSS, so sysusers.d groups
+    /// count), a number is taken as a gid.
+    pub fn socket_gid(&self, path: &Path) -> Result<Option<u32>, ConfigError> {
+        let Some(group) = &self.socket_group else {
+            return Ok(None);
+        };
+        let invalid = |message: String| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            field: "socket_group".to_owned(),
+            message,
+        };
+        match nix::unistd::Group::from_name(group) {
+            Ok(Some(g)) => Ok(Some(g.gid.as_raw())),
+            Ok(None) => group.parse::<u32>().map(Some).map_err(|_| {
+                invalid(format!(
+                    "no group {group:?} (create it, e.g. with sysusers.d, or give a numeric gid)"
+                ))
+            }),
+            Err(e) => Err(invalid(format!("looking up group {group:?}: {e}"))),
+        }
+    }
+
     /// The principal with this peer UID.
     pub fn principal(&self, uid: u32) -> Option<&Principal> {
         self.principals.iter().find(|p| p.uid == uid)
@@ -207,6 +252,41 @@ operations = ["describe", "sign"]
         let c = KeydConfig::parse(Path::new("k.toml"), GOOD).unwrap();
         assert_eq!(c.principal(991).unwrap().operations.len(), 2);
         assert!(c.principal(0).is_none());
+        assert_eq!(c.socket_gid(Path::new("k.toml")).unwrap(), None);
+        let c = KeydConfig::parse(
+            Path::new("k.toml"),
+            &GOOD.replace("[keystore]", "socket_group = \"4242\"\n[keystore]"),
+        )
+        .unwrap();
+        assert_eq!(c.socket_gid(Path::new("k.toml")).unwrap(), Some(4242));
+        let c = KeydConfig::parse(
+            Path::new("k.toml"),
+            &GOOD.replace("[keystore]", "socket_group = \"root\"\n[keystore]"),
+        )
+        .unwrap();
+        assert_eq!(c.socket_gid(Path::new("k.toml")).unwrap(), Some(0));
+        let c = KeydConfig::parse(
+            Path::new("k.toml"),
+            &GOOD.replace(
+                "[keystore]",
+                "socket_group = \"no-such-group-here\"\n[keystore]",
+            ),
+        )
+        .unwrap();
+        let e = c.socket_gid(Path::new("k.toml")).unwrap_err().to_string();
+        assert!(e.contains("`socket_group`"), "{e}");
+        let all = KeydConfig::parse(
+            Path::new("k.toml"),
+            &GOOD.replace(
+                "[\"describe\", \"sign\"]",
+                "[\"extend_pcr\", \"read_pcr\", \"quote\"]",
+            ),
+        )
+        .unwrap();
+        assert_eq!(
+            all.principal(991).unwrap().operations,
+            vec![Operation::ExtendPcr, Operation::ReadPcr, Operation::Quote]
+        );
     }
 
     #[test]

@@ -11,9 +11,12 @@
 //!   to keyd, so the agent uses keyd or an in-process store behind the same trait.
 //!
 //! The API: describe (backend and capabilities), the device public key, sign with the device
-//! key, read the anchors of a role, unseal a data key, read and advance a counter. Installing
-//! anchors, creating keys and sealing are provisioning steps (`warden provision`), run by an
-//! operator as the key service's user while keyd is stopped; they are not on the socket.
+//! key, read the anchors of a role, unseal a data key, read and advance a counter; on a TPM,
+//! extend an application PCR (16 to 23, never a boot PCR), read a PCR, and quote PCRs over a
+//! verifier's nonce with the attestation key. Installing
+//! anchors, creating keys (the attestation key included) and sealing are provisioning steps
+//! (`warden provision`), run by an operator as the key service's user while keyd is stopped;
+//! they are not on the socket.
 
 pub mod client;
 pub mod config;
@@ -22,4 +25,4 @@ pub mod server;
 
 pub use client::KeydClient;
 pub use config::{KeydConfig, Operation, Principal};
-pub use server::{bind, serve};
+pub use server::{bind, bind_with_group, serve};

@@ -15,7 +15,15 @@
 //! {"op": "unseal", "blob": "<base64>"}
 //! {"op": "counter", "counter": "revocation-serial" | "policy-set-serial"}
 //! {"op": "advance_counter", "counter": "...", "to": 7}
+//! {"op": "extend_pcr", "pcr": 23, "digest": "<base64, exactly 32 bytes: a SHA-256 digest>"}
+//! {"op": "read_pcr", "pcr": 23}
+//! {"op": "quote", "nonce": "<base64, 1 to 64 bytes>", "pcrs": [0, 2, 4, 7, 23]}
 //! ```
+//!
+//! Bounds checked by keyd before the key store sees a request: a PCR index is 0 to 23; only
+//! the PCRs of [`EXTENDABLE_PCRS`] (16 to 23) may be extended, so no caller can extend the
+//! boot PCRs 0 to 15 (firmware, boot loader, kernel, OS) and forge a boot state; a quote names
+//! 1 to 24 distinct PCRs and a nonce of 1 to [`quote::MAX_NONCE`] bytes.
 //!
 //! Responses (`type`):
 //!
@@ -26,6 +34,9 @@
 //! {"type": "anchors", "pem": "<base64>" | null}
 //! {"type": "unsealed", "secret": "<base64>"}
 //! {"type": "counter", "value": 7}
+//! {"type": "extended"}
+//! {"type": "pcr", "value": "<base64, 32 bytes>"}
+//! {"type": "quote", "attest": "<base64>", "signature": "<base64>", "pcrs": {"23": "<hex>"}}
 //! {"type": "error", "kind": "unauthorized" | "forbidden" | "malformed_request" | "frame_too_large" | ..., "message": "..."}
 //! ```
 
@@ -33,6 +44,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use warden_attest::boot::quote;
 use warden_attest::keystore::{Capabilities, Counter, KeyStoreError, Role};
 
 use super::config::Operation;
@@ -43,6 +55,15 @@ pub const MAX_REQUEST_BYTES: u32 = 64 * 1024;
 pub const MAX_RESPONSE_BYTES: u32 = 1024 * 1024;
 /// The largest message `sign` accepts (a TLS handshake signs about 130 bytes).
 pub const MAX_SIGN_MESSAGE: usize = 16 * 1024;
+/// The PCRs a caller may extend: 16 (debug), 17 to 22 (the dynamic root of trust's, which a
+/// TPM refuses to extend at locality 0 anyway) and 23 (application support, Warden's
+/// [`warden_attest::boot::measure::DEFAULT_APP_PCR`]). PCRs 0 to 15 record the static boot
+/// chain (firmware, option ROMs, boot loader, Secure Boot state, kernel and OS): extending
+/// one from user space would let a caller make a tampered boot look measured, or a good one
+/// unverifiable, so keyd refuses it whatever the principal's operations.
+pub const EXTENDABLE_PCRS: std::ops::RangeInclusive<u32> = 16..=23;
+/// The highest PCR index of a TPM 2.0 PC client (24 PCRs).
+pub const MAX_PCR: u32 = 23;
 
 /// A request.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -79,6 +100,25 @@ pub enum Request {
         /// To what.
         to: u64,
     },
+    /// Extend an application PCR.
+    ExtendPcr {
+        /// Which, in [`EXTENDABLE_PCRS`].
+        pcr: u32,
+        /// Base64 of a 32-byte SHA-256 digest.
+        digest: String,
+    },
+    /// Read a PCR (SHA-256 bank).
+    ReadPcr {
+        /// Which, 0 to [`MAX_PCR`].
+        pcr: u32,
+    },
+    /// Quote PCRs over a verifier's nonce.
+    Quote {
+        /// Base64, 1 to [`quote::MAX_NONCE`] bytes.
+        nonce: String,
+        /// The PCRs, each 0 to [`MAX_PCR`], at most 24, no duplicates.
+        pcrs: Vec<u32>,
+    },
 }
 
 impl Request {
@@ -92,8 +132,58 @@ impl Request {
             Request::Unseal { .. } => Operation::Unseal,
             Request::Counter { .. } => Operation::Counter,
             Request::AdvanceCounter { .. } => Operation::AdvanceCounter,
+            Request::ExtendPcr { .. } => Operation::ExtendPcr,
+            Request::ReadPcr { .. } => Operation::ReadPcr,
+            Request::Quote { .. } => Operation::Quote,
         }
     }
+}
+
+/// Checks a PCR index.
+pub fn check_pcr(pcr: u32) -> Result<(), String> {
+    if pcr > MAX_PCR {
+        return Err(format!("PCR {pcr} does not exist (0 to {MAX_PCR})"));
+    }
+    Ok(())
+}
+
+/// Checks a PCR that a caller asks to extend.
+pub fn check_extendable_pcr(pcr: u32) -> Result<(), String> {
+    check_pcr(pcr)?;
+    if !EXTENDABLE_PCRS.contains(&pcr) {
+        return Err(format!(
+            "PCR {pcr} records the boot chain; keyd extends only PCRs {} to {}",
+            EXTENDABLE_PCRS.start(),
+            EXTENDABLE_PCRS.end()
+        ));
+    }
+    Ok(())
+}
+
+/// Checks a quote's nonce and PCR selection.
+pub fn check_quote_request(nonce: &[u8], pcrs: &[u32]) -> Result<(), String> {
+    if nonce.is_empty() || nonce.len() > quote::MAX_NONCE {
+        return Err(format!(
+            "a nonce holds 1 to {} bytes, not {}",
+            quote::MAX_NONCE,
+            nonce.len()
+        ));
+    }
+    if pcrs.is_empty() || pcrs.len() > (MAX_PCR as usize + 1) {
+        return Err(format!(
+            "a quote selects 1 to {} PCRs, not {}",
+            MAX_PCR + 1,
+            pcrs.len()
+        ));
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    for &pcr in pcrs {
+        check_pcr(pcr)?;
+        if !seen.insert(pcr) {
+            return Err(format!("PCR {pcr} is selected twice"));
+        }
+    }
+    Ok(())
 }
 
 /// A role on the wire.
@@ -172,6 +262,8 @@ pub struct WireCapabilities {
     pub seal_bound_to_pcrs: bool,
     pub counters: bool,
     pub counters_hardware_monotonic: bool,
+    #[serde(default)]
+    pub pcrs: bool,
 }
 
 impl From<Capabilities> for WireCapabilities {
@@ -185,6 +277,7 @@ impl From<Capabilities> for WireCapabilities {
             seal_bound_to_pcrs: c.seal_bound_to_pcrs,
             counters: c.counters,
             counters_hardware_monotonic: c.counters_hardware_monotonic,
+            pcrs: c.pcrs,
         }
     }
 }
@@ -200,6 +293,7 @@ impl From<WireCapabilities> for Capabilities {
             seal_bound_to_pcrs: c.seal_bound_to_pcrs,
             counters: c.counters,
             counters_hardware_monotonic: c.counters_hardware_monotonic,
+            pcrs: c.pcrs,
         }
     }
 }
@@ -272,6 +366,23 @@ pub enum Response {
         /// The value.
         value: u64,
     },
+    /// A PCR was extended.
+    Extended {},
+    /// A PCR's SHA-256 value.
+    Pcr {
+        /// Base64, 32 bytes.
+        value: String,
+    },
+    /// A quote: the fields of [`quote::Quote`] (what `warden attest verify` checks). The PCR
+    /// numbers are the JSON object's keys, strings on the wire ([`quote_to_wire`]).
+    Quote {
+        /// The signed `TPMS_ATTEST`, base64.
+        attest: String,
+        /// The attestation key's DER signature, base64.
+        signature: String,
+        /// PCR number (decimal) to its SHA-256 value (hex).
+        pcrs: std::collections::BTreeMap<String, String>,
+    },
     /// A refusal.
     Error {
         /// Its class.
@@ -297,6 +408,9 @@ impl std::fmt::Debug for Response {
             Response::Signature { .. } => f.write_str("Signature { .. }"),
             Response::Anchors { pem } => write!(f, "Anchors {{ present: {} }}", pem.is_some()),
             Response::Counter { value } => write!(f, "Counter {{ value: {value} }}"),
+            Response::Extended {} => f.write_str("Extended"),
+            Response::Pcr { .. } => f.write_str("Pcr { .. }"),
+            Response::Quote { .. } => f.write_str("Quote { .. }"),
             Response::Error { kind, message, .. } => {
                 write!(f, "Error {{ kind: {kind:?}, message: {message:?} }}")
             }
@@ -343,6 +457,41 @@ impl Response {
             requested,
         }
     }
+}
+
+/// A quote's fields for [`Response::Quote`]. (An internally tagged enum cannot carry a map
+/// with integer keys through serde, so the PCR numbers travel as strings.)
+pub fn quote_to_wire(q: quote::Quote) -> Response {
+    Response::Quote {
+        attest: q.attest,
+        signature: q.signature,
+        pcrs: q
+            .pcrs
+            .into_iter()
+            .map(|(pcr, value)| (pcr.to_string(), value))
+            .collect(),
+    }
+}
+
+/// The quote in a [`Response::Quote`]'s fields.
+pub fn quote_from_wire(
+    attest: String,
+    signature: String,
+    pcrs: std::collections::BTreeMap<String, String>,
+) -> Result<quote::Quote, String> {
+    let pcrs = pcrs
+        .into_iter()
+        .map(|(pcr, value)| {
+            pcr.parse::<u32>()
+                .map(|p| (p, value))
+                .map_err(|_| format!("{pcr:?} is not a PCR number"))
+        })
+        .collect::<Result<_, _>>()?;
+    Ok(quote::Quote {
+        attest,
+        signature,
+        pcrs,
+    })
 }
 
 /// Base64-encodes.
@@ -456,6 +605,30 @@ mod tests {
         assert!(serde_json::from_str::<Request>(r#"{"op":"describe","x":1}"#).is_err());
         assert!(serde_json::from_str::<Request>(r#"{"op":"export_private_key"}"#).is_err());
         assert!(serde_json::from_str::<Request>(r#"{"op":"anchors","role":"everyone"}"#).is_err());
+        let q: Request =
+            serde_json::from_str(r#"{"op":"quote","nonce":"AAE=","pcrs":[0,23]}"#).unwrap();
+        assert_eq!(q.operation(), Operation::Quote);
+        assert!(serde_json::from_str::<Request>(r#"{"op":"read_pcr","pcr":-1}"#).is_err());
+    }
+
+    #[test]
+    fn pcr_bounds() {
+        for pcr in 0..16 {
+            assert!(check_extendable_pcr(pcr).is_err(), "boot PCR {pcr}");
+        }
+        for pcr in 16..=23 {
+            check_extendable_pcr(pcr).unwrap();
+        }
+        assert!(check_extendable_pcr(24).is_err());
+        assert!(check_pcr(24).is_err());
+        check_pcr(0).unwrap();
+        check_quote_request(&[1; 64], &[0, 7, 23]).unwrap();
+        assert!(check_quote_request(&[], &[23]).is_err());
+        assert!(check_quote_request(&[1; 65], &[23]).is_err());
+        assert!(check_quote_request(&[1], &[]).is_err());
+        assert!(check_quote_request(&[1], &[23, 23]).is_err());
+        assert!(check_quote_request(&[1], &[24]).is_err());
+        assert!(check_quote_request(&[1], &[0; 25]).is_err());
     }
 
     #[tokio::test]

@@ -6,7 +6,9 @@
 //! (an idle connection is closed after [`IDLE_TIMEOUT`]; an oversized frame gets
 //! `frame_too_large` and the connection closes); parse it (`malformed_request` and the
 //! connection stays usable, the framing being intact); check the operation against the
-//! principal's allow-list (`forbidden`); run the key store call on the blocking pool.
+//! principal's allow-list (`forbidden`); check the request's bounds (`invalid_input`: PCR
+//! indices, the extendable PCRs, digest and nonce sizes, the quote's selection; see
+//! [`super::protocol`]); run the key store call on the blocking pool.
 //! At most [`MAX_CONNECTIONS`] connections are served at once; further ones wait in the
 //! kernel's backlog. Logs name the principal, the UID and the operation, never data.
 
@@ -22,8 +24,9 @@ use zeroize::Zeroizing;
 
 use super::config::{KeydConfig, Principal};
 use super::protocol::{
-    ErrorKind, FrameError, MAX_REQUEST_BYTES, MAX_SIGN_MESSAGE, Request, Response, b64, read_frame,
-    unb64, write_frame,
+    ErrorKind, FrameError, MAX_REQUEST_BYTES, MAX_SIGN_MESSAGE, Request, Response, b64,
+    check_extendable_pcr, check_pcr, check_quote_request, quote_to_wire, read_frame, unb64,
+    write_frame,
 };
 
 /// Connections served at once.
@@ -36,6 +39,12 @@ pub const SOCKET_MODE: u32 = 0o660;
 /// Binds the socket (replacing a stale socket file, never another kind of file) with mode
 /// [`SOCKET_MODE`].
 pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
+    bind_with_group(path, None)
+}
+
+/// [`bind`], then gives the socket to `group` (keyd's user must be a member), so that the
+/// group's members may connect. Nothing is accepted before this returns.
+pub fn bind_with_group(path: &Path, group: Option<u32>) -> std::io::Result<UnixListener> {
     match std::fs::symlink_metadata(path) {
         Ok(m) if m.file_type().is_socket() => std::fs::remove_file(path)?,
         Ok(_) => {
@@ -49,6 +58,17 @@ pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
     }
     let listener = UnixListener::bind(path)?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(SOCKET_MODE))?;
+    if let Some(gid) = group {
+        std::os::unix::fs::chown(path, None, Some(gid)).map_err(|e| {
+            std::io::Error::new(
+                e.kind(),
+                format!(
+                    "giving {} to group {gid} (keyd's user must be a member): {e}",
+                    path.display()
+                ),
+            )
+        })?;
+    }
     Ok(listener)
 }
 
@@ -170,7 +190,18 @@ async fn handle(
             format!("principal {:?} may not call {}", principal.name, op.name()),
         );
     }
-    tracing::debug!(principal = %principal.name, uid, operation = op.name(), "keyd: request");
+    match &request {
+        // The ones that change or attest the device's measured state are worth an info line.
+        Request::ExtendPcr { pcr, .. } => {
+            tracing::info!(principal = %principal.name, uid, pcr, "keyd: extend_pcr");
+        }
+        Request::Quote { pcrs, .. } => {
+            tracing::info!(principal = %principal.name, uid, ?pcrs, "keyd: quote");
+        }
+        _ => {
+            tracing::debug!(principal = %principal.name, uid, operation = op.name(), "keyd: request");
+        }
+    }
     let store = Arc::clone(store);
     match tokio::task::spawn_blocking(move || execute(request, store.as_ref())).await {
         Ok(r) => r,
@@ -248,6 +279,50 @@ fn execute(request: Request, store: &dyn KeyStore) -> Response {
         Request::AdvanceCounter { counter, to } => {
             match store.advance_counter(counter.into(), to) {
                 Ok(value) => Response::Counter { value },
+                Err(e) => ks(e),
+            }
+        }
+        Request::ExtendPcr { pcr, digest } => {
+            if let Err(e) = check_extendable_pcr(pcr) {
+                return Response::error(ErrorKind::InvalidInput, e);
+            }
+            let digest = match unb64("digest", &digest) {
+                Ok(d) => d,
+                Err(e) => return Response::error(ErrorKind::MalformedRequest, e),
+            };
+            let Ok(digest) = <[u8; 32]>::try_from(digest.as_slice()) else {
+                return Response::error(
+                    ErrorKind::InvalidInput,
+                    format!(
+                        "a PCR is extended with a 32-byte SHA-256 digest, not {} bytes",
+                        digest.len()
+                    ),
+                );
+            };
+            match store.extend_pcr(pcr, digest) {
+                Ok(()) => Response::Extended {},
+                Err(e) => ks(e),
+            }
+        }
+        Request::ReadPcr { pcr } => {
+            if let Err(e) = check_pcr(pcr) {
+                return Response::error(ErrorKind::InvalidInput, e);
+            }
+            match store.read_pcr(pcr) {
+                Ok(value) => Response::Pcr { value: b64(&value) },
+                Err(e) => ks(e),
+            }
+        }
+        Request::Quote { nonce, pcrs } => {
+            let nonce = match unb64("nonce", &nonce) {
+                Ok(n) => n,
+                Err(e) => return Response::error(ErrorKind::MalformedRequest, e),
+            };
+            if let Err(e) = check_quote_request(&nonce, &pcrs) {
+                return Response::error(ErrorKind::InvalidInput, e);
+            }
+            match store.quote(&nonce, &pcrs) {
+                Ok(quote) => quote_to_wire(quote),
                 Err(e) => ks(e),
             }
         }

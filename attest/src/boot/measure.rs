@@ -9,8 +9,8 @@
 //! [`DEFAULT_APP_PCR`] is 23, the application PCR that TPM2_Startup(CLEAR) resets at every
 //! boot, so the log starts empty at boot ([`AppEventLog::truncate`]). PCR 23 can also be reset
 //! by any process with TPM access at locality 0: the device's TPM must be reachable only by the
-//! key service. A deployment that wants a PCR no process can reset picks one of 8-15 and keeps
-//! the log for the whole boot.
+//! key service, which extends only PCRs 16 to 23 for its callers (never the boot PCRs 0 to
+//! 15) and resets none.
 
 use std::io::Write as _;
 use std::os::unix::fs::OpenOptionsExt as _;

@@ -72,6 +72,11 @@ pub fn quote(tpm: &Tpm, nonce: &[u8], pcrs: &[u32]) -> Result<Quote, BootError> 
             detail: format!("a nonce holds 1 to {MAX_NONCE} bytes, not {}", nonce.len()),
         });
     }
+    if pcrs.is_empty() {
+        return Err(BootError::QuoteRefused {
+            detail: "a quote selects at least one PCR".to_owned(),
+        });
+    }
     let mut pcrs = pcrs.to_vec();
     pcrs.sort_unstable();
     pcrs.dedup();

@@ -15,7 +15,10 @@
 //!   [`tls::KeyStoreSigningKey`] and audit checkpoints;
 //! - **sealing** of a data key (TPM: bound to a PCR policy; HSM: AES-GCM under a token key;
 //!   development: AES-GCM under a key file);
-//! - **monotonic counters** for anti-rollback (a TPM NV counter; a token object; a file).
+//! - **monotonic counters** for anti-rollback (a TPM NV counter; a token object; a file);
+//! - on a TPM, the **PCRs**: extending and reading them for Warden's own measurements
+//!   ([`crate::boot::measure`]) and **quotes** over a verifier's nonce with the attestation key
+//!   ([`crate::boot::quote`]), so that a key service holding the TPM can serve them too.
 //!
 //! As in Parsec's providers, every operation defaults to [`KeyStoreError::NotSupported`] and each
 //! backend reports its [`Capabilities`].
@@ -31,6 +34,8 @@ use std::sync::Arc;
 
 pub use error::KeyStoreError;
 use zeroize::Zeroizing;
+
+use crate::boot::quote::Quote;
 
 /// A role whose public trust anchors the key store holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -161,6 +166,8 @@ pub struct Capabilities {
     pub counters: bool,
     /// The counter cannot be decreased, even by someone holding the credentials.
     pub counters_hardware_monotonic: bool,
+    /// PCRs that can be extended and read, and quotes signed by an attestation key.
+    pub pcrs: bool,
 }
 
 /// Key custody behind one interface. Implementations are thread-safe; each operation is
@@ -244,6 +251,15 @@ pub trait KeyStore: Send + Sync + std::fmt::Debug {
     fn read_pcr(&self, pcr: u32) -> Result<[u8; 32], KeyStoreError> {
         let _ = pcr;
         Err(self.not_supported("read_pcr"))
+    }
+
+    /// Quotes the SHA-256 `pcrs` over a verifier's `nonce` (1 to
+    /// [`crate::boot::quote::MAX_NONCE`] bytes) with the attestation key that provisioning
+    /// created ([`crate::boot::quote::ensure_attestation_key`]). The result is what
+    /// [`crate::boot::quote::verify_quote`] checks. Only a TPM backend quotes.
+    fn quote(&self, nonce: &[u8], pcrs: &[u32]) -> Result<Quote, KeyStoreError> {
+        let _ = (nonce, pcrs);
+        Err(self.not_supported("quote"))
     }
 
     /// The error of an operation this backend does not support.
@@ -445,6 +461,7 @@ mod tests {
             b.advance_counter(Counter::RevocationSerial, 1).err(),
             b.extend_pcr(23, [0u8; 32]).err(),
             b.read_pcr(23).err(),
+            b.quote(b"nonce", &[23]).err(),
         ];
         for r in results {
             assert!(

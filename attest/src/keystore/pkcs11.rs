@@ -257,6 +257,7 @@ impl KeyStore for Pkcs11KeyStore {
             seal_bound_to_pcrs: false,
             counters: true,
             counters_hardware_monotonic: false,
+            pcrs: false,
         }
     }
 

@@ -43,6 +43,8 @@ use super::{
     BackendInfo, Capabilities, Counter, KeyStore, KeyStoreError, Role, check_seal_size,
     counter_step, p256_from_xy, p256_sig_from_rs, seal_body, seal_header,
 };
+use crate::boot::BootError;
+use crate::boot::quote::{self, Quote};
 use crate::tpm::{Tpm, TpmError, flush, pcr_selection};
 
 /// Persistent handle of the device key.
@@ -85,6 +87,9 @@ pub struct TpmKeyStore {
 fn tpm_err(e: TpmError) -> KeyStoreError {
     match e {
         TpmError::Command { operation, detail } => KeyStoreError::Tpm { operation, detail },
+        TpmError::BadPcr(pcr) => KeyStoreError::InvalidInput {
+            detail: format!("PCR {pcr} does not exist (0 to 23)"),
+        },
         other => KeyStoreError::Tpm {
             operation: "connection",
             detail: other.to_string(),
@@ -734,6 +739,15 @@ impl KeyStore for TpmKeyStore {
             })
     }
 
+    fn quote(&self, nonce: &[u8], pcrs: &[u32]) -> Result<Quote, KeyStoreError> {
+        quote::quote(&self.tpm, nonce, pcrs).map_err(|e| match e {
+            BootError::QuoteRefused { detail } => KeyStoreError::InvalidInput { detail },
+            BootError::Tpm(e) => tpm_err(e),
+            BootError::KeyStore(e) => e,
+            other => KeyStoreError::tpm("Quote", other),
+        })
+    }
+
     fn describe(&self) -> BackendInfo {
         BackendInfo {
             kind: "tpm",
@@ -752,6 +766,7 @@ impl KeyStore for TpmKeyStore {
             seal_bound_to_pcrs: true,
             counters: true,
             counters_hardware_monotonic: true,
+            pcrs: true,
         }
     }
 
