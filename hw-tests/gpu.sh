@@ -4,6 +4,8 @@
 #   hw-tests/gpu.sh                      # builds and runs through cargo
 #   WARDEN_ACCEL_TEST_BIN=path gpu.sh    # runs a prebuilt `runtime/tests/accel.rs` binary
 #                                        # (for a GPU machine without a toolchain)
+#   WARDEN_BIN=path/to/warden gpu.sh     # also serves the demo (its sandboxed worker beside
+#                                        # `warden`) and checks that `warden status` lists the GPUs
 set -euo pipefail
 if [ ! -e /dev/nvidiactl ] && ! command -v nvidia-smi >/dev/null 2>&1; then
     echo "SKIP gpu suite: no NVIDIA GPU here (no /dev/nvidiactl, no nvidia-smi)"
@@ -17,4 +19,15 @@ if [ -n "${WARDEN_ACCEL_TEST_BIN:-}" ]; then
 else
     cd "$(dirname "$0")/.."
     cargo test -p warden-runtime --test accel -- --nocapture --test-threads 1
+fi
+if [ -n "${WARDEN_BIN:-}" ]; then
+    demo=$(mktemp -d)
+    "$WARDEN_BIN" demo --dir "$demo" --port 0 >"$demo/demo.log" 2>&1 &
+    pid=$!
+    trap 'kill -TERM $pid 2>/dev/null; wait $pid 2>/dev/null; rm -rf "$demo"' EXIT
+    for _ in $(seq 1 120); do [ -f "$demo/state/status.json" ] && break; sleep 0.5; done
+    out=$("$WARDEN_BIN" status --config "$demo/warden.toml" 2>&1) || { echo "$out"; echo "FAIL: warden status"; exit 1; }
+    echo "$out"
+    echo "$out" | grep -q '^  gpu 0: ' || { echo "FAIL: warden status lists no GPU"; exit 1; }
+    echo "ok: warden status lists the GPUs beside the served demo model"
 fi
