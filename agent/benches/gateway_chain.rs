@@ -297,30 +297,16 @@ fn end_to_end(per_variant: usize, gateway: &GatewayConfig, token: &str) {
     rt.block_on(async move {
         let dir = tempfile::tempdir().unwrap();
         let (files, mut config) = demo::prepare(dir.path(), 0).unwrap();
-        config.runtime.worker_binary = Some(
-            std::path::Path::new(&std::env::current_exe().unwrap())
-                .parent()
-                .unwrap()
-                .parent()
-                .unwrap()
-                .join("warden-runtime"),
-        );
-        assert!(
-            config.runtime.worker_binary.as_ref().unwrap().is_file(),
-            "build the worker first: cargo build --release -p warden-runtime"
-        );
+        config.runtime.worker_binary = Some(support::serving::worker_binary());
         // The demo's gateway (certificate identities, routes.rego, its grants, its value
         // ranges) plus the bearer-token issuer; limits raised so that nothing is refused.
         config.gateway.jwt = gateway.jwt.clone();
         config.gateway.limits = gateway.limits.clone();
         config.audit.path = Some(dir.path().join("audit.jsonl"));
         let prepared = serve::prepare(&config).await.unwrap();
-        let addr = prepared.local_addr;
         let chain_off = prepared.insecure_bench_chain_switch();
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let server = tokio::spawn(prepared.run(async move {
-            let _ = rx.await;
-        }));
+        let server = support::serving::Background::start(prepared);
+        let addr = server.addr;
         let tls = support::tls_config(
             &files.ca,
             Some((&files.client_cert, &files.client_key)),
@@ -379,7 +365,6 @@ fn end_to_end(per_variant: usize, gateway: &GatewayConfig, token: &str) {
             jwt_p99 - off_p99
         );
         drop(c);
-        let _ = tx.send(());
-        server.await.unwrap();
+        server.stop().await;
     });
 }

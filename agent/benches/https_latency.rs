@@ -82,14 +82,7 @@ fn main() {
     rt.block_on(async move {
         let dir = tempfile::tempdir().unwrap();
         let (files, mut config) = demo::prepare(dir.path(), 0).unwrap();
-        config.runtime.worker_binary = Some(
-            Path::new(&std::env::current_exe().unwrap())
-                .parent()
-                .unwrap()
-                .parent()
-                .unwrap()
-                .join("warden-runtime"),
-        );
+        config.runtime.worker_binary = Some(support::serving::worker_binary());
         config.runtime.worker_concurrency = 2;
         // The whole gateway chain runs (authn, authz, limiter bookkeeping, validation, audit);
         // the limits are raised so that the load generator measures latency, not refusals.
@@ -98,11 +91,8 @@ fn main() {
         config.gateway.limits.tenant_rate_per_s = 1_000_000.0;
         config.gateway.limits.tenant_burst = 1_000_000;
         let prepared = serve::prepare(&config).await.unwrap();
-        let addr = prepared.local_addr;
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let server = tokio::spawn(prepared.run(async move {
-            let _ = rx.await;
-        }));
+        let server = support::serving::Background::start(prepared);
+        let addr = server.addr;
         let tls = support::tls_config(&files.ca, Some((&files.client_cert, &files.client_key)), false);
         let body = Arc::new(serde_json::to_vec(&body).unwrap());
         let mut c1_p50 = None;
@@ -152,7 +142,6 @@ fn main() {
                 us(p50) - us(raw_p50)
             );
         }
-        let _ = tx.send(());
-        server.await.unwrap();
+        server.stop().await;
     });
 }

@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+mod support;
+
 struct Demo {
     child: Child,
     banner: String,
@@ -287,21 +289,7 @@ fn sigterm_drains_in_flight_requests() {
 fn check_names_the_identity_sources_and_refuses_none() {
     let dir = tempfile::tempdir().unwrap();
     let (files, _) = warden_agent::demo::prepare(dir.path(), 0).unwrap();
-    let check = |config: &Path| {
-        let out = Command::new(env!("CARGO_BIN_EXE_warden"))
-            .args(["check", "--config"])
-            .arg(config)
-            .output()
-            .unwrap();
-        (
-            out.status.success(),
-            format!(
-                "{}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            ),
-        )
-    };
+    let check = |config: &Path| support::serving::warden(&["check", "--config"], config);
     let (ok, out) = check(&files.config);
     assert!(ok, "{out}");
     assert!(

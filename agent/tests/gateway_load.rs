@@ -11,7 +11,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
-use support::{Client, tls_config};
+use support::{Client, serving, tls_config};
 use warden_agent::pki::DevCa;
 use warden_agent::{demo, serve};
 
@@ -19,8 +19,9 @@ use warden_agent::{demo, serve};
 const PACE: Duration = Duration::from_millis(25);
 const SAMPLES: usize = 100;
 
-/// The tests measure this process's memory: under `cargo test` (one process for the file)
-/// they must not overlap; nextest runs each in its own process anyway.
+/// The two tests load the machine and measure latency and memory: they must not overlap.
+/// Under `cargo test` (one process for the file) this lock serializes them; under nextest (a
+/// process per test) the `load-tests` group in `.config/nextest.toml` does.
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -196,10 +197,9 @@ fn rss_kib(pid: &str) -> u64 {
 async fn memory_stays_bounded_under_sustained_load() {
     let _serial = ONE_AT_A_TIME.lock().await;
     const ROUND: usize = 3000;
-    let worker = Path::new(env!("CARGO_BIN_EXE_warden")).with_file_name("warden-runtime");
     let dir = tempfile::tempdir().unwrap();
     let (files, mut config) = demo::prepare(dir.path(), 0).unwrap();
-    config.runtime.worker_binary = Some(worker);
+    config.runtime.worker_binary = Some(serving::worker_binary());
     config.audit.path = Some(dir.path().join("audit.jsonl"));
     // One identity's limit is hit in every round; the tenant's never is.
     config.gateway.limits.identity_rate_per_s = 200.0;
@@ -207,19 +207,10 @@ async fn memory_stays_bounded_under_sustained_load() {
     config.gateway.limits.tenant_rate_per_s = 1e6;
     config.gateway.limits.tenant_burst = 1_000_000;
     let prepared = serve::prepare(&config).await.unwrap();
-    let addr = prepared.local_addr;
     let model = prepared.models.resolve("demo", None).unwrap();
-    let outer = model.worker.pid().unwrap();
-    let inner = std::fs::read_to_string(format!("/proc/{outer}/task/{outer}/children"))
-        .unwrap()
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .to_string();
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(prepared.run(async move {
-        let _ = rx.await;
-    }));
+    let inner = serving::sandboxed_pid(&model.worker).to_string();
+    let server = serving::Background::start(prepared);
+    let addr = server.addr;
     let tls = tls_config(
         &files.ca,
         Some((&files.client_cert, &files.client_key)),
@@ -287,6 +278,5 @@ async fn memory_stays_bounded_under_sustained_load() {
             2 * ROUND
         );
     }
-    let _ = tx.send(());
-    server.await.unwrap();
+    server.stop().await;
 }

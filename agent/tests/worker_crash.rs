@@ -1,50 +1,50 @@
 //! A model worker that dies is restarted, and its death and restart are in the audit trail;
-//! the model serves again afterwards.
+//! the model serves again afterwards. A worker that keeps failing opens its circuit; one that
+//! keeps dying is quarantined and `warden status` says so.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod support;
 
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use warden_agent::{demo, serve};
+use support::serving::{
+    Background, kill9, require_onnxruntime, sandboxed_pid, warden, worker_binary,
+};
+use warden_agent::config::Config;
+use warden_agent::demo::{self, DemoFiles};
+use warden_agent::serve;
 use warden_runtime::tensor::{DataType, Tensor};
 
-fn kill9(pid: u32) {
-    let status = std::process::Command::new("kill")
-        .arg("-9")
-        .arg(pid.to_string())
-        .status()
-        .unwrap();
-    assert!(status.success());
+/// The demo's files and config, with this build's worker and an audit file.
+fn demo_world(dir: &std::path::Path) -> (DemoFiles, Config) {
+    require_onnxruntime();
+    let (files, mut config) = demo::prepare(dir, 0).unwrap();
+    config.runtime.worker_binary = Some(worker_binary());
+    config.audit.path = Some(dir.join("audit.jsonl"));
+    (files, config)
+}
+
+async fn client(files: &DemoFiles, server: &Background) -> support::Client {
+    let tls = support::tls_config(
+        &files.ca,
+        Some((&files.client_cert, &files.client_key)),
+        false,
+    );
+    support::Client::connect(server.addr, tls, false)
+        .await
+        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crashed_worker_is_audited_and_restarted() {
-    assert!(
-        std::env::var_os("ORT_DYLIB_PATH").is_some(),
-        "ORT_DYLIB_PATH is not set: run `scripts/setup.sh --test` and `source .cache/env`"
-    );
     let dir = tempfile::tempdir().unwrap();
-    let (_files, mut config) = demo::prepare(dir.path(), 0).unwrap();
-    config.runtime.worker_binary =
-        Some(Path::new(env!("CARGO_BIN_EXE_warden")).with_file_name("warden-runtime"));
-    let audit = dir.path().join("audit.jsonl");
-    config.audit.path = Some(audit.clone());
+    let (_files, config) = demo_world(dir.path());
+    let audit = config.audit.path.clone().unwrap();
     let prepared = serve::prepare(&config).await.unwrap();
     let model = prepared.models.resolve("demo", None).unwrap();
 
-    // The sandboxed process (child of the one the agent started) crashes.
-    let outer = model.worker.pid().unwrap();
-    let inner: u32 = std::fs::read_to_string(format!("/proc/{outer}/task/{outer}/children"))
-        .unwrap()
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap();
-    kill9(inner);
+    kill9(sandboxed_pid(&model.worker));
 
     let deadline = Instant::now() + Duration::from_secs(20);
     let lines = loop {
@@ -85,47 +85,23 @@ async fn a_crashed_worker_is_audited_and_restarted() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_worker_opens_the_circuit_and_a_trial_closes_it() {
     use std::sync::atomic::Ordering;
-    assert!(
-        std::env::var_os("ORT_DYLIB_PATH").is_some(),
-        "ORT_DYLIB_PATH is not set: run `scripts/setup.sh --test` and `source .cache/env`"
-    );
     let dir = tempfile::tempdir().unwrap();
-    let (files, mut config) = demo::prepare(dir.path(), 0).unwrap();
-    config.runtime.worker_binary =
-        Some(Path::new(env!("CARGO_BIN_EXE_warden")).with_file_name("warden-runtime"));
-    let audit = dir.path().join("audit.jsonl");
-    config.audit.path = Some(audit.clone());
+    let (files, mut config) = demo_world(dir.path());
+    let audit = config.audit.path.clone().unwrap();
     // The dead worker stays down for 2 s, long enough to see the circuit open.
     config.runtime.restart.backoff_initial_ms = 2000;
     config.runtime.restart.backoff_max_ms = 2000;
     config.gateway.circuit.failures = 2;
     config.gateway.circuit.open_ms = 300;
     let prepared = serve::prepare(&config).await.unwrap();
-    let addr = prepared.local_addr;
     let model = prepared.models.resolve("demo", None).unwrap();
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(prepared.run(async move {
-        let _ = rx.await;
-    }));
-    let tls = support::tls_config(
-        &files.ca,
-        Some((&files.client_cert, &files.client_key)),
-        false,
-    );
-    let mut c = support::Client::connect(addr, tls, false).await.unwrap();
+    let server = Background::start(prepared);
+    let mut c = client(&files, &server).await;
     let body = Bytes::from(std::fs::read(&files.request).unwrap());
     let infer = "/v2/models/demo/infer";
     assert_eq!(c.post_json(infer, body.clone()).await.unwrap().status, 200);
 
-    let outer = model.worker.pid().unwrap();
-    let inner: u32 = std::fs::read_to_string(format!("/proc/{outer}/task/{outer}/children"))
-        .unwrap()
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap();
-    kill9(inner);
+    kill9(sandboxed_pid(&model.worker));
     let deadline = Instant::now() + Duration::from_secs(10);
     while model.worker.is_alive() {
         assert!(
@@ -177,47 +153,22 @@ async fn a_failing_worker_opens_the_circuit_and_a_trial_closes_it() {
     for _ in 0..3 {
         assert_eq!(c.post_json(infer, body.clone()).await.unwrap().status, 200);
     }
-    let _ = tx.send(());
-    server.await.unwrap();
+    server.stop().await;
 }
 
 /// A model whose worker keeps dying is quarantined, and `warden status` says so (and fails),
 /// beside the accelerators it found; before that it reports the model ready.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_quarantined_model_is_reported_by_warden_status() {
-    assert!(
-        std::env::var_os("ORT_DYLIB_PATH").is_some(),
-        "ORT_DYLIB_PATH is not set: run `scripts/setup.sh --test` and `source .cache/env`"
-    );
     let dir = tempfile::tempdir().unwrap();
-    let (files, mut config) = demo::prepare(dir.path(), 0).unwrap();
-    config.runtime.worker_binary =
-        Some(Path::new(env!("CARGO_BIN_EXE_warden")).with_file_name("warden-runtime"));
+    let (files, mut config) = demo_world(dir.path());
     // The first death quarantines.
     config.runtime.restart.max_crashes = 1;
     let prepared = serve::prepare(&config).await.unwrap();
-    let addr = prepared.local_addr;
     let model = prepared.models.resolve("demo", None).unwrap();
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(prepared.run(async move {
-        let _ = rx.await;
-    }));
+    let server = Background::start(prepared);
     let status_file = config.state.directory.join("status.json");
-    let status = || {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_warden"))
-            .args(["status", "--config"])
-            .arg(&files.config)
-            .output()
-            .unwrap();
-        (
-            out.status.success(),
-            format!(
-                "{}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            ),
-        )
-    };
+    let status = || warden(&["status", "--config"], &files.config);
     let wait_for = |needle: &'static str| {
         let path = status_file.clone();
         async move {
@@ -244,15 +195,7 @@ async fn a_quarantined_model_is_reported_by_warden_status() {
     );
     assert!(out.contains("accelerators:"), "{out}");
 
-    let outer = model.worker.pid().unwrap();
-    let inner: u32 = std::fs::read_to_string(format!("/proc/{outer}/task/{outer}/children"))
-        .unwrap()
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap();
-    kill9(inner);
+    kill9(sandboxed_pid(&model.worker));
     wait_for("\"quarantined\": \"").await;
     let (ok, out) = status();
     assert!(!ok, "a quarantined model is a problem: {out}");
@@ -261,12 +204,7 @@ async fn a_quarantined_model_is_reported_by_warden_status() {
         "{out}"
     );
 
-    let tls = support::tls_config(
-        &files.ca,
-        Some((&files.client_cert, &files.client_key)),
-        false,
-    );
-    let mut c = support::Client::connect(addr, tls, false).await.unwrap();
+    let mut c = client(&files, &server).await;
     let r = c
         .post_json(
             "/v2/models/demo/infer",
@@ -275,8 +213,7 @@ async fn a_quarantined_model_is_reported_by_warden_status() {
         .await
         .unwrap();
     assert_eq!(r.status, 503);
-    let _ = tx.send(());
-    server.await.unwrap();
+    server.stop().await;
     // The last status written on the way down says the agent stopped.
     let (ok, out) = status();
     assert!(!ok && out.contains("agent: stopped"), "{out}");

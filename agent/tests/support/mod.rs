@@ -2,6 +2,8 @@
 //! certificate, HTTP/1.1 or HTTP/2 over one kept-alive connection.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
+pub mod serving;
+
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::{TokioExecutor, TokioIo};
