@@ -588,37 +588,39 @@ impl Admin {
                 "no model.sig in the archive".into(),
             );
         }
-        let release = bundle.join("release.json");
-        let mut attestations: Vec<PathBuf> = std::fs::read_dir(bundle.join("attestations"))
-            .map(|d| {
-                d.filter_map(Result::ok)
-                    .map(|e| e.path())
-                    .filter(|p| p.extension().is_some_and(|x| x == "json"))
-                    .collect()
-            })
-            .unwrap_or_default();
-        attestations.sort();
-        let m = ModelConfig {
-            version: version.to_owned(),
-            directory,
-            signature: Some(signature),
-            release: release.is_file().then_some(release),
-            attestations,
-            ..template
-        };
+        let m = crate::fleet::bundle_config(&bundle, template, version);
         // The current default stays the default until `activate`.
         self.models.pin_default(&m.name);
         match self.models.add(&m).await {
-            Ok(()) => Done::ok(serde_json::json!({
-                "name": m.name,
-                "version": m.version,
-                "loaded": true,
-                "active": self.models.resolve(&m.name, None).map(|l| l.version.clone()),
-            })),
+            Ok(()) => {
+                // Kept for restarts: the bundle (re-verified and re-admitted at each start)
+                // and the defaults.
+                let state_dir = self.models.state_dir();
+                let kept = crate::fleet::keep(state_dir, &m.name, &m.version, &bundle)
+                    .and_then(|_| crate::fleet::save_active(state_dir, &self.models));
+                if let Err(e) = &kept {
+                    tracing::error!(model = %m.name, version = %m.version, error = %e, "admin: the version serves but is not kept across restarts");
+                }
+                Done::ok(serde_json::json!({
+                    "name": m.name,
+                    "version": m.version,
+                    "loaded": true,
+                    "kept_across_restarts": kept.is_ok(),
+                    "active": self.models.resolve(&m.name, None).map(|l| l.version.clone()),
+                }))
+            }
             Err(e) => {
                 let (status, class, public) = classify(&e);
                 Done::refuse(status, class, public, e.to_string())
             }
+        }
+    }
+
+    /// Records the chosen defaults after `activate` or `rollback`; a failure is logged (the
+    /// change holds until the next restart).
+    fn save_defaults(&self) {
+        if let Err(e) = crate::fleet::save_active(self.models.state_dir(), &self.models) {
+            tracing::error!(error = %e, "admin: the chosen default is not kept across restarts");
         }
     }
 
@@ -661,7 +663,10 @@ impl Admin {
         };
         match self.models.activate(name, &a.version) {
             Ok(previous) => (
-                Some(a.version.clone()),
+                {
+                    self.save_defaults();
+                    Some(a.version.clone())
+                },
                 Done::ok(serde_json::json!({
                     "name": name, "active": a.version, "previous": previous,
                 })),
@@ -681,7 +686,10 @@ impl Admin {
     fn rollback(&self, name: &str) -> (Option<String>, Done) {
         match self.models.rollback(name) {
             Ok(v) => (
-                Some(v.clone()),
+                {
+                    self.save_defaults();
+                    Some(v.clone())
+                },
                 Done::ok(serde_json::json!({"name": name, "active": v})),
             ),
             Err(e) => (

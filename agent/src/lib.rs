@@ -9,6 +9,7 @@ pub mod api;
 pub mod audit;
 pub mod config;
 pub mod demo;
+pub mod fleet;
 pub mod gateway;
 pub mod keyd;
 pub mod models;

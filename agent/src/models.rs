@@ -537,6 +537,22 @@ impl ModelRegistry {
         });
     }
 
+    /// The defaults chosen through the admin API: name → (active, the one before).
+    pub fn pinned_defaults(&self) -> BTreeMap<String, (String, Option<String>)> {
+        self.with_active(|a| a.clone())
+    }
+
+    /// At start, a default chosen before the restart; false when that version is not loaded.
+    pub fn restore_default(&self, name: &str, version: &str, previous: Option<String>) -> bool {
+        if self.resolve(name, Some(version)).is_none() {
+            return false;
+        }
+        self.with_active(|a| {
+            a.insert(name.to_owned(), (version.to_owned(), previous));
+        });
+        true
+    }
+
     /// Makes a loaded version the default; returns the previous default.
     pub fn activate(&self, name: &str, version: &str) -> Result<Option<String>, ActivateError> {
         if self.resolve(name, Some(version)).is_none() {

@@ -119,6 +119,14 @@ pub async fn prepare_with(
     let gateway = Arc::new(Gateway::new(&config.gateway)?);
     let audit = Arc::new(AuditLog::open(config.audit.path.as_deref())?);
     let models = Arc::new(ModelRegistry::load(config, &config.state.directory, trust).await?);
+    // Versions pushed before a restart, each re-verified and re-admitted; the chosen defaults.
+    let refused = crate::fleet::restore(&models).await;
+    if !refused.is_empty() {
+        tracing::error!(
+            refused = refused.len(),
+            "pushed versions kept from before the restart were refused: see above"
+        );
+    }
     let listener = tokio::net::TcpListener::bind(config.server.listen)
         .await
         .map_err(|source| ServeError::Bind {

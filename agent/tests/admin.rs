@@ -363,3 +363,76 @@ async fn a_pushed_revocation_list_unloads_what_it_revokes_and_an_older_one_is_re
         && e["outcome"] == "revocation_list_replayed"));
     r.stop().await;
 }
+
+/// Pushed versions and the chosen default survive a restart, and each kept bundle is verified
+/// and admitted again at start: one tampered on disk while the agent was down is refused,
+/// removed and audited, and the agent serves what remains.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn pushed_versions_and_the_default_survive_a_restart_and_are_verified_again() {
+    let w = World::new();
+    let v2 = w.bundle("2", None);
+    let r = Running::start(w).await;
+    let pushed = r.push("2", tar_of(&v2)).await;
+    assert_eq!(
+        pushed.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&pushed.body)
+    );
+    assert_eq!(pushed.json()["kept_across_restarts"], true);
+    let a = r
+        .post("/admin/v1/models/demo/activate", r#"{"version": "2"}"#)
+        .await;
+    assert_eq!(a.status, 200);
+
+    // Reboot: v2 is loaded again and still the default.
+    let r = r.restart().await;
+    assert_eq!(active(&r.status().await), "2");
+    assert_eq!(r.infer("/v2/models/demo/infer").await, (200, "2".into()));
+    assert_eq!(
+        r.infer("/v2/models/demo/versions/1/infer").await,
+        (200, "1".into())
+    );
+
+    // A rollback is kept too.
+    let b = r.post("/admin/v1/models/demo/rollback", "").await;
+    assert_eq!(b.status, 200, "{}", String::from_utf8_lossy(&b.body));
+    let r = r.restart().await;
+    let s = r.status().await;
+    assert_eq!(active(&s), "1");
+    assert_eq!(s["models"][0]["versions"].as_array().unwrap().len(), 2);
+
+    // v2's kept bundle is tampered with while the agent is down.
+    let kept = r.state_dir().join("pushed/demo/2/model");
+    let file = std::fs::read_dir(&kept)
+        .unwrap()
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .find(|p| p.is_file())
+        .unwrap();
+    let mut bytes = std::fs::read(&file).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 1;
+    std::fs::write(&file, bytes).unwrap();
+    let r = r.restart().await;
+    let s = r.status().await;
+    assert_eq!(
+        s["models"][0]["versions"].as_array().unwrap().len(),
+        1,
+        "the tampered version is not loaded: {s}"
+    );
+    assert_eq!(active(&s), "1");
+    assert_eq!(r.infer("/v2/models/demo/versions/2/infer").await.0, 404);
+    assert_eq!(r.infer("/v2/models/demo/infer").await, (200, "1".into()));
+    assert!(
+        !r.state_dir().join("pushed/demo/2").exists(),
+        "a refused kept version is removed"
+    );
+    assert!(
+        r.audit()
+            .iter()
+            .any(|e| e["kind"] == "admission" && e["version"] == "2" && e["outcome"] != "admitted"),
+        "the refusal at start is audited"
+    );
+    r.stop().await;
+}

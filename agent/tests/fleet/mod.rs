@@ -364,6 +364,21 @@ impl Running {
         self.world.config.state.directory.clone()
     }
 
+    /// Stops the agent (draining, workers stopped) and starts it again on the same config and
+    /// state directory, as a reboot would.
+    pub async fn restart(self) -> Running {
+        let Running {
+            world, stop, task, ..
+        } = self;
+        if let Some(tx) = stop {
+            let _ = tx.send(());
+        }
+        if let Some(task) = task {
+            task.await.unwrap();
+        }
+        Running::start(world).await
+    }
+
     pub async fn stop(mut self) {
         if let Some(tx) = self.stop.take() {
             let _ = tx.send(());
