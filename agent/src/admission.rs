@@ -499,6 +499,10 @@ pub struct SignatureFacts {
     /// loads is one of them). Not part of the policy's input.
     #[serde(skip)]
     pub files: Vec<String>,
+    /// The verified model, when valid (kept with a loaded version for later refreshes). Not
+    /// part of the policy's input.
+    #[serde(skip)]
+    pub verified: Option<bundle::VerifiedModel>,
 }
 
 /// Whether a signed document was found valid.
@@ -587,6 +591,9 @@ pub struct Evidence<'a> {
     pub attestations: &'a [Vec<u8>],
     /// The newest revocation list the agent holds.
     pub revocation_list: Option<&'a [u8]>,
+    /// For a version already loaded: what its signature verified at load. The signature is
+    /// then checked again without re-reading the model (see `bundle::reverify_model_bytes`).
+    pub loaded: Option<&'a bundle::VerifiedModel>,
 }
 
 /// The verifiers built from the key store's anchors.
@@ -702,7 +709,8 @@ fn classify(e: &BundleError) -> (u8, SignatureStatus) {
         | BundleError::FileAdded { .. }
         | BundleError::FileRemoved { .. }
         | BundleError::FileRenamed { .. }
-        | BundleError::InconsistentRootDigest { .. } => (3, SignatureStatus::Tampered),
+        | BundleError::InconsistentRootDigest { .. }
+        | BundleError::NotAsLoaded { .. } => (3, SignatureStatus::Tampered),
         BundleError::BadSignature { .. } => (2, SignatureStatus::Invalid),
         BundleError::WrongKey { .. }
         | BundleError::UntrustedChain { .. }
@@ -723,6 +731,7 @@ fn check_signature(
                 signer: None,
                 detail: "the model has no signature".to_owned(),
                 files: Vec::new(),
+                verified: None,
             },
             None,
         );
@@ -734,26 +743,32 @@ fn check_signature(
                 signer: None,
                 detail: "no model-signer anchors are installed".to_owned(),
                 files: Vec::new(),
+                verified: None,
             },
             None,
         );
     }
     let mut worst: Option<(u8, SignatureStatus, String)> = None;
     for v in signers {
-        match bundle::verify_model_bytes(
-            evidence.model_dir,
-            sig,
-            None,
-            v,
-            &VerifyOptions::default(),
-        ) {
+        let verified = match evidence.loaded {
+            Some(loaded) => bundle::reverify_model_bytes(sig, v, loaded),
+            None => bundle::verify_model_bytes(
+                evidence.model_dir,
+                sig,
+                None,
+                v,
+                &VerifyOptions::default(),
+            ),
+        };
+        match verified {
             Ok(m) => {
                 return (
                     SignatureFacts {
                         status: SignatureStatus::Valid,
-                        signer: Some(m.signer),
+                        signer: Some(m.signer.clone()),
                         detail: String::new(),
                         files: m.files.iter().map(|f| f.name.clone()).collect(),
+                        verified: Some(m.clone()),
                     },
                     Some(m.root_digest),
                 );
@@ -774,6 +789,7 @@ fn check_signature(
             signer: None,
             detail,
             files: Vec::new(),
+            verified: None,
         },
         None,
     )

@@ -237,6 +237,9 @@ pub struct HeldEvidence {
     signature: Option<Vec<u8>>,
     release: Option<Vec<u8>>,
     attestations: Vec<Vec<u8>>,
+    /// What the signature verified when the version was loaded: refreshes re-check the
+    /// signature against it instead of re-hashing the model.
+    verified: Option<warden_attest::bundle::VerifiedModel>,
 }
 
 /// One verified, running model version.
@@ -825,10 +828,11 @@ impl Loader {
                 .iter()
                 .map(|p| read_document(p).map_err(|e| stage_err(p, e)))
                 .collect::<Result<Vec<_>, _>>()?;
-            let evidence = HeldEvidence {
+            let mut evidence = HeldEvidence {
                 signature,
                 release,
                 attestations,
+                verified: None,
             };
             let (facts, decision) = decide_blocking(
                 trust.clone(),
@@ -877,6 +881,7 @@ impl Loader {
                 });
             }
             let load_event = facts.load_event();
+            evidence.verified = facts.signature.verified.clone();
             Ok((
                 Staged {
                     directory: model_copy.clone(),
@@ -973,6 +978,7 @@ async fn decide_blocking(
                 release: evidence.release.as_deref(),
                 attestations: &evidence.attestations,
                 revocation_list: list.as_deref().map(|l| l.as_slice()),
+                loaded: evidence.verified.as_ref(),
             },
             trust.store.as_ref(),
         )

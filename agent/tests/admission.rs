@@ -142,6 +142,7 @@ impl World {
                 release,
                 attestations,
                 revocation_list,
+                loaded: None,
             },
             &anchors,
             self.store.as_ref(),
@@ -187,6 +188,7 @@ fn everything_valid_is_admitted() {
             release: Some(&release),
             attestations: &att,
             revocation_list: None,
+            loaded: None,
         },
         w.store.as_ref(),
     )
@@ -224,6 +226,7 @@ fn wrong_stage_is_refused() {
             release: Some(&release),
             attestations: &att,
             revocation_list: None,
+            loaded: None,
         },
         &anchors,
         w.store.as_ref(),

@@ -514,6 +514,33 @@ async fn revoked_version_is_refused_and_a_serving_one_is_unloaded_on_refresh() {
     r.stop().await;
 }
 
+/// A refresh re-checks the signature against what was verified at load rather than re-hashing
+/// the model: with the staged files gone it still keeps v1 (whose worker holds the model it
+/// verified), and a revocation still unloads it.
+#[tokio::test]
+async fn a_refresh_does_not_re_read_the_model_and_still_enforces_revocation() {
+    let r = World::new(Backend::Software, 60).start().await;
+    let staged = r.world.config.state.directory.join("models/demo/1");
+    let model_dir = std::fs::read_dir(&staged)
+        .unwrap()
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .find(|p| p.is_dir())
+        .unwrap();
+    std::fs::remove_dir_all(&model_dir).unwrap();
+    assert!(r.models.refresh().await.is_empty(), "v1 was re-read");
+    r.assert_serves("1").await;
+    assert!(
+        r.audit()
+            .iter()
+            .any(|e| e["kind"] == "admission" && e["version"] == "1" && e["outcome"] == "kept")
+    );
+    r.world.write_revocations(1, &["1"]);
+    let unloaded = r.models.refresh().await;
+    assert_eq!(unloaded.len(), 1, "{unloaded:?}");
+    r.stop().await;
+}
+
 #[tokio::test]
 async fn revocation_is_enforced_within_the_refresh_interval() {
     let r = World::new(Backend::Software, 1).start().await;

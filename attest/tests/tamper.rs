@@ -560,3 +560,38 @@ fn certificate_must_match_private_key() {
         .unwrap_err();
     assert!(matches!(err, BundleError::CertificateKeyMismatch));
 }
+
+/// A re-check of a loaded model verifies the envelope again without reading the model: it
+/// holds with the files gone, and refuses another key or a statement other than the one loaded.
+#[test]
+fn reverify_checks_the_signature_against_what_was_loaded_without_the_files() {
+    use warden_attest::bundle::reverify_model_bytes;
+    let f = signed(SignOptions::default());
+    let loaded = f.verify().unwrap();
+    let raw = std::fs::read(&f.sig).unwrap();
+    std::fs::remove_dir_all(&f.model).unwrap();
+    assert_eq!(
+        reverify_model_bytes(&raw, &f.verifier, &loaded).unwrap(),
+        loaded
+    );
+
+    let (_, other) = generate_private_key_pem(Curve::P256).unwrap();
+    let other = Verifier::from_public_key_pem(&other).unwrap();
+    assert!(matches!(
+        reverify_model_bytes(&raw, &other, &loaded),
+        Err(BundleError::WrongKey { .. })
+    ));
+
+    let mut changed = loaded.clone();
+    changed.files[0].digest_hex = "00".repeat(32);
+    assert!(matches!(
+        reverify_model_bytes(&raw, &f.verifier, &changed),
+        Err(BundleError::NotAsLoaded { .. })
+    ));
+    let mut changed = loaded.clone();
+    changed.root_digest = format!("sha256:{}", "11".repeat(32));
+    assert!(matches!(
+        reverify_model_bytes(&raw, &f.verifier, &changed),
+        Err(BundleError::NotAsLoaded { .. })
+    ));
+}

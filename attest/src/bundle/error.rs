@@ -181,6 +181,13 @@ pub enum BundleError {
         signer: String,
     },
     /// The subject digest does not equal SHA-256 over the listed resource digests.
+    /// A re-check without the files found a statement other than the one verified at load.
+    #[error("the signed statement no longer lists the files verified at load: {reason}")]
+    NotAsLoaded {
+        /// What differs.
+        reason: String,
+    },
+
     #[error(
         "inconsistent root digest: statement says sha256:{expected}, resources hash to sha256:{actual}"
     )]

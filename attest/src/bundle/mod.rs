@@ -345,7 +345,7 @@ pub struct ResourceDigest {
 }
 
 /// The outcome of a successful [`verify_model`].
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VerifiedModel {
     /// The subject name of the statement (informative only: renaming a model directory does
     /// not invalidate its signature).
@@ -535,6 +535,61 @@ pub fn verify_model_bytes(
             Serialization::Shards { .. } => "shards".to_owned(),
         },
         ignored_paths: ignore.recorded(),
+    })
+}
+
+/// Re-checks a bundle against a model verified earlier from the same bundle, without reading
+/// the model again: the envelope's signature is verified over the exact bytes against
+/// `verifier` (anchors may have changed since), and the signed statement must still list
+/// exactly the resources and root digest of `loaded`. For periodic re-admission of a model
+/// already loaded: what is served is what was hashed at load (a worker restart re-checks its
+/// file's digest), so re-hashing gigabytes on every refresh proves nothing more.
+pub fn reverify_model_bytes(
+    bundle_json: &[u8],
+    verifier: &Verifier,
+    loaded: &VerifiedModel,
+) -> Result<VerifiedModel, BundleError> {
+    if bundle_json.len() as u64 > MAX_SIGNATURE_BYTES {
+        return Err(BundleError::TooLarge {
+            what: "signature".to_owned(),
+            size: bundle_json.len() as u64,
+            limit: MAX_SIGNATURE_BYTES,
+        });
+    }
+    let bundle = dsse::parse(bundle_json)?;
+    let signer = verifier.verify_envelope(&bundle)?;
+    let signed = statement::parse(&bundle.payload)?;
+    let algorithm = signed.serialization.resource_algorithm();
+    let files: Vec<ResourceDigest> = signed
+        .resources
+        .iter()
+        .map(|r| ResourceDigest {
+            name: r.name(),
+            algorithm: algorithm.clone(),
+            digest_hex: hex::encode(&r.digest),
+        })
+        .collect();
+    let root_digest = format!("sha256:{}", signed.root_digest);
+    if root_digest != loaded.root_digest {
+        return Err(BundleError::NotAsLoaded {
+            reason: format!("root digest {root_digest}, loaded {}", loaded.root_digest),
+        });
+    }
+    let (mut signed_sorted, mut expected) = (files.clone(), loaded.files.clone());
+    signed_sorted.sort_by(|a, b| a.name.cmp(&b.name));
+    expected.sort_by(|a, b| a.name.cmp(&b.name));
+    if signed_sorted != expected {
+        return Err(BundleError::NotAsLoaded {
+            reason: "the resource list differs".to_owned(),
+        });
+    }
+    Ok(VerifiedModel {
+        model_name: signed.model_name,
+        root_digest,
+        files,
+        signer,
+        serialization: loaded.serialization.clone(),
+        ignored_paths: loaded.ignored_paths.clone(),
     })
 }
 
