@@ -1,14 +1,16 @@
 //! The worker side of the agent ↔ worker socket.
 //!
-//! Threads: the calling thread reads frames and hands `InferRequest`s to `concurrency` executor
-//! threads through a bounded queue (so a flood of requests back-pressures the socket rather
-//! than growing memory); each executor runs the engine and writes its response under one
-//! writer mutex, so frames never interleave. `Shutdown` or end of stream stops the reader;
-//! queued requests are still answered (when the peer is still there) before [`serve`] returns.
+//! Threads: `concurrency` threads take turns as the reader (leader/follower): the thread
+//! holding the reader lock reads one frame, lets go of the lock and runs that request itself,
+//! while the next free thread reads the next frame. A request is never handed from a reader
+//! thread to an executor thread (a wake-up and a context switch per request), and no more than
+//! `concurrency` requests are read before one is answered, so a flood back-pressures the
+//! socket rather than growing memory. Responses are written under one writer mutex, so frames
+//! never interleave. `Shutdown` or end of stream stops the reading; requests already read are
+//! still answered (when the peer is still there) before [`serve`] returns.
 
 use std::io::Write;
 use std::os::unix::net::UnixStream;
-use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::sync::{Arc, Mutex};
 
 use crate::engine::{EngineError, OrtEngine};
@@ -60,7 +62,7 @@ pub fn serve(
     concurrency: usize,
     max_frame_bytes: usize,
 ) -> Result<StopReason, ServeError> {
-    let mut reader = stream.try_clone()?;
+    let reader = stream.try_clone()?;
     let writer = Arc::new(Mutex::new(stream));
     send(
         &writer,
@@ -70,45 +72,79 @@ pub fn serve(
         },
         max_frame_bytes,
     )?;
-
+    let reader = Arc::new(Mutex::new(Reader {
+        stream: reader,
+        stopped: None,
+    }));
     let concurrency = concurrency.max(1);
-    let (queue, jobs): (SyncSender<Job>, Receiver<Job>) = sync_channel(concurrency * 4);
-    let jobs = Arc::new(Mutex::new(jobs));
-    let mut executors = Vec::with_capacity(concurrency);
+    let mut threads = Vec::with_capacity(concurrency);
     for n in 0..concurrency {
-        let jobs = Arc::clone(&jobs);
-        let engine = Arc::clone(&engine);
-        let writer = Arc::clone(&writer);
+        let (reader, writer, engine) = (
+            Arc::clone(&reader),
+            Arc::clone(&writer),
+            Arc::clone(&engine),
+        );
         let handle = std::thread::Builder::new()
             .name(format!("executor-{n}"))
-            .spawn(move || execute(&jobs, &engine, &writer, max_frame_bytes))?;
-        executors.push(handle);
+            .spawn(move || take_turns(&reader, &engine, &writer, max_frame_bytes))?;
+        threads.push(handle);
     }
-
-    let outcome = read_loop(&mut reader, &queue, &writer, max_frame_bytes);
-    drop(queue);
-    for handle in executors {
+    for handle in threads {
         if handle.join().is_err() {
             tracing::error!("an executor thread panicked");
         }
     }
-    outcome
+    let mut r = reader.lock().unwrap_or_else(|p| p.into_inner());
+    r.stopped.take().unwrap_or(Ok(StopReason::EndOfStream))
 }
 
-fn read_loop(
-    reader: &mut UnixStream,
-    queue: &SyncSender<Job>,
+/// The socket's read side and, once reading has stopped, why (every thread then finishes).
+struct Reader {
+    stream: UnixStream,
+    stopped: Option<Result<StopReason, ServeError>>,
+}
+
+/// One thread's life: read a request while holding the reader lock, run it without the lock.
+fn take_turns(
+    reader: &Mutex<Reader>,
+    engine: &OrtEngine,
     writer: &Mutex<UnixStream>,
     max_frame_bytes: usize,
-) -> Result<StopReason, ServeError> {
+) {
+    loop {
+        let job = {
+            let mut r = reader.lock().unwrap_or_else(|p| p.into_inner());
+            if r.stopped.is_some() {
+                return;
+            }
+            match next_job(&mut r.stream, writer, max_frame_bytes) {
+                Ok(job) => job,
+                Err(stop) => {
+                    r.stopped = Some(stop);
+                    return;
+                }
+            }
+        };
+        execute(job, engine, writer, max_frame_bytes);
+    }
+}
+
+/// Reads frames until an inference request arrives (answering bad frames on the way);
+/// `Err` when reading stops: `Shutdown`, end of stream, or a framing the stream cannot recover
+/// from.
+fn next_job(
+    reader: &mut UnixStream,
+    writer: &Mutex<UnixStream>,
+    max_frame_bytes: usize,
+) -> Result<Job, Result<StopReason, ServeError>> {
     loop {
         let body = match read_frame(reader, max_frame_bytes) {
             Ok(Some(body)) => body,
-            Ok(None) => return Ok(StopReason::EndOfStream),
+            Ok(None) => return Err(Ok(StopReason::EndOfStream)),
             // The framing itself is broken (oversized/undersized length, truncated frame): the
             // stream cannot be resynchronised. Stop.
-            Err(ReadError::Io(e)) => return Err(e.into()),
-            Err(ReadError::Protocol(e)) => return Err(e.into()),
+            Err(ReadError::Io(e)) => return Err(Err(e.into())),
+            Err(ReadError::Protocol(e)) => return Err(Err(e.into())),
         };
         match Message::decode(body) {
             Ok(Message::InferRequest {
@@ -116,20 +152,15 @@ fn read_loop(
                 outputs,
                 tensors,
             }) => {
-                if queue
-                    .send(Job {
-                        id,
-                        outputs,
-                        tensors,
-                    })
-                    .is_err()
-                {
-                    return Ok(StopReason::EndOfStream);
-                }
+                return Ok(Job {
+                    id,
+                    outputs,
+                    tensors,
+                });
             }
             Ok(Message::Shutdown) => {
                 tracing::info!("shutdown requested");
-                return Ok(StopReason::Shutdown);
+                return Err(Ok(StopReason::Shutdown));
             }
             Ok(other) => {
                 let id = other.id();
@@ -184,56 +215,43 @@ fn reply_error(
     }
 }
 
-fn execute(
-    jobs: &Mutex<Receiver<Job>>,
-    engine: &OrtEngine,
-    writer: &Mutex<UnixStream>,
-    max_frame_bytes: usize,
-) {
-    loop {
-        let job = {
-            let rx = jobs.lock().unwrap_or_else(|p| p.into_inner());
-            match rx.recv() {
-                Ok(job) => job,
-                Err(_) => return,
-            }
-        };
-        let reply = match engine.run(&job.tensors, &job.outputs) {
-            Ok(tensors) => Message::InferResponse {
+/// Runs one request and writes its answer.
+fn execute(job: Job, engine: &OrtEngine, writer: &Mutex<UnixStream>, max_frame_bytes: usize) {
+    let reply = match engine.run(&job.tensors, &job.outputs) {
+        Ok(tensors) => Message::InferResponse {
+            id: job.id,
+            tensors,
+        },
+        Err(e) => {
+            let class = match e {
+                EngineError::InvalidInput(_) => ErrorClass::InvalidInput,
+                _ => ErrorClass::EngineFailure,
+            };
+            tracing::debug!(id = job.id, error = %e, "request failed");
+            Message::Error {
                 id: job.id,
-                tensors,
-            },
-            Err(e) => {
-                let class = match e {
-                    EngineError::InvalidInput(_) => ErrorClass::InvalidInput,
-                    _ => ErrorClass::EngineFailure,
-                };
-                tracing::debug!(id = job.id, error = %e, "request failed");
-                Message::Error {
-                    id: job.id,
-                    class,
-                    message: e.to_string(),
-                }
+                class,
+                message: e.to_string(),
             }
-        };
-        let sent = match send(writer, &reply, max_frame_bytes) {
-            Err(ServeError::Protocol(e)) => {
-                // Typically: the outputs exceed the frame limit. Tell the agent instead.
-                tracing::warn!(id = job.id, error = %e, "cannot encode the response");
-                send(
-                    writer,
-                    &Message::Error {
-                        id: job.id,
-                        class: ErrorClass::EngineFailure,
-                        message: format!("cannot send the outputs: {e}"),
-                    },
-                    max_frame_bytes,
-                )
-            }
-            other => other,
-        };
-        if let Err(e) = sent {
-            tracing::debug!(id = job.id, error = %e, "cannot send the response (agent gone?)");
         }
+    };
+    let sent = match send(writer, &reply, max_frame_bytes) {
+        Err(ServeError::Protocol(e)) => {
+            // Typically: the outputs exceed the frame limit. Tell the agent instead.
+            tracing::warn!(id = job.id, error = %e, "cannot encode the response");
+            send(
+                writer,
+                &Message::Error {
+                    id: job.id,
+                    class: ErrorClass::EngineFailure,
+                    message: format!("cannot send the outputs: {e}"),
+                },
+                max_frame_bytes,
+            )
+        }
+        other => other,
+    };
+    if let Err(e) = sent {
+        tracing::debug!(id = job.id, error = %e, "cannot send the response (agent gone?)");
     }
 }
