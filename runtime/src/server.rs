@@ -11,7 +11,7 @@ use std::os::unix::net::UnixStream;
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::sync::{Arc, Mutex};
 
-use crate::engine::{EngineError, OrtEngine};
+use crate::engine::{Engine, EngineError};
 use crate::protocol::{
     ErrorClass, Message, PROTOCOL_VERSION, ProtocolError, ReadError, read_frame,
 };
@@ -56,7 +56,7 @@ pub fn send(
 /// Sends `Hello`, then serves requests until `Shutdown` or end of stream.
 pub fn serve(
     stream: UnixStream,
-    engine: Arc<OrtEngine>,
+    engine: Arc<Engine>,
     concurrency: usize,
     max_frame_bytes: usize,
 ) -> Result<StopReason, ServeError> {
@@ -186,7 +186,7 @@ fn reply_error(
 
 fn execute(
     jobs: &Mutex<Receiver<Job>>,
-    engine: &OrtEngine,
+    engine: &Engine,
     writer: &Mutex<UnixStream>,
     max_frame_bytes: usize,
 ) {
