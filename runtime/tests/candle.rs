@@ -710,7 +710,95 @@ async fn the_sandboxed_worker_serves_the_candle_model() {
         t.await.unwrap();
     }
     assert!(worker.is_alive());
+
+    // Seen from outside, the process that ran candle is sandboxed like an ONNX worker.
+    let inner = children(worker.pid().unwrap());
+    assert_eq!(inner.len(), 1);
+    let status = std::fs::read_to_string(format!("/proc/{}/status", inner[0])).unwrap();
+    assert!(!field(&status, "Uid:").starts_with("0\t"));
+    assert_eq!(field(&status, "CapEff:"), "0000000000000000");
+    assert_eq!(field(&status, "CapBnd:"), "0000000000000000");
+    assert_eq!(field(&status, "NoNewPrivs:"), "1");
+    assert_eq!(field(&status, "Seccomp:"), "2", "filter mode");
+    // candle's thread pool: 1 thread asked for, plus the 2 executors and the reader.
+    let threads: usize = field(&status, "Threads:").parse().unwrap();
+    assert!(threads <= 5, "{threads} threads");
+    for ns in ["user", "mnt", "net", "pid"] {
+        let ours = std::fs::read_link(format!("/proc/self/ns/{ns}")).unwrap();
+        let theirs = std::fs::read_link(format!("/proc/{}/ns/{ns}", inner[0])).unwrap();
+        assert_ne!(ours, theirs, "{ns} namespace shared");
+    }
     worker.shutdown().await;
+}
+
+/// `warden-sandbox-probe` started on the candle model (it loads the model exactly as the
+/// worker does, then probes): the same sandbox as for an ONNX model.
+#[test]
+fn the_sandbox_holds_for_a_candle_worker() {
+    use std::io::{BufRead, BufReader};
+    use std::os::unix::net::UnixStream;
+    use std::process::Stdio;
+    let m = model();
+    let secret = m.dir.join("secret.key");
+    std::fs::write(&secret, b"not a real key").unwrap();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let mut o = worker_options(m);
+    o.worker_binary = PathBuf::from(env!("CARGO_BIN_EXE_warden-sandbox-probe"));
+    let (ours, theirs) = UnixStream::pair().unwrap();
+    let mut child = Command::new(&o.worker_binary)
+        .args(o.args())
+        .arg("--probe-secret")
+        .arg(&secret)
+        .arg("--probe-connect")
+        .arg(listener.local_addr().unwrap().to_string())
+        .env_clear()
+        .stdin(Stdio::from(std::os::fd::OwnedFd::from(theirs)))
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    ours.set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(ours.try_clone().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let r: Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line:?}"));
+    let err = |k: &str| {
+        r[k]["err"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{k}: {}", r[k]))
+            .to_string()
+    };
+    assert_eq!(r["pid"], 1);
+    assert_eq!(r["uid"], warden_runtime::sandbox::SANDBOX_UID);
+    assert!(err("connect_tcp").contains("not permitted"));
+    assert!(err("syscall_socket").starts_with("EPERM"));
+    assert!(err("syscall_unshare").starts_with("EPERM"));
+    assert!(err("spawn_process").contains("Operation not permitted"));
+    assert!(err("secret_path").contains("No such file"));
+    assert!(err("write_root").contains("Read-only"));
+    assert_eq!(r["root_entries"]["ok"], r#"["proc", "tmp"]"#);
+    assert!(matches!(listener.accept(), Err(ref e) if e.kind() == std::io::ErrorKind::WouldBlock));
+    drop(ours);
+    assert!(child.wait().unwrap().success());
+}
+
+fn children(pid: u32) -> Vec<u32> {
+    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .unwrap()
+        .split_whitespace()
+        .map(|p| p.parse().unwrap())
+        .collect()
+}
+
+fn field(status: &str, name: &str) -> String {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(name))
+        .unwrap_or_else(|| panic!("{name} missing"))
+        .trim()
+        .to_string()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
