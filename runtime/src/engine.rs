@@ -53,7 +53,16 @@ impl ModelFormat {
         }
     }
 
-    /// The engine's name, for logs and metadata (`"onnxruntime"`, `"candle"`).
+    /// The platform as model metadata names it (KServe v2 / Triton style):
+    /// `"onnxruntime_onnx"`, `"candle_safetensors"`.
+    pub fn platform(self) -> &'static str {
+        match self {
+            ModelFormat::Onnx => "onnxruntime_onnx",
+            ModelFormat::Safetensors => "candle_safetensors",
+        }
+    }
+
+    /// The engine's name, for logs (`"onnxruntime"`, `"candle"`).
     pub fn engine_name(self) -> &'static str {
         match self {
             ModelFormat::Onnx => "onnxruntime",
