@@ -1,8 +1,9 @@
 //! candle against ONNX Runtime on the same network: the test BERT classifier of
 //! `tests/python/bert_reference.py` (2 layers, hidden 64, 4 heads, vocabulary 1000, 3 labels),
-//! as safetensors for candle and as the equivalent ONNX graph for ONNX Runtime, both in
-//! process, one thread each. Latency at batch 1 and throughput at batch 64, sequence 32;
-//! medians, and candle's ratio to ONNX Runtime.
+//! and a larger one from the same script (4 layers, hidden 256), as safetensors for candle and
+//! as the equivalent ONNX graph for ONNX Runtime, both in process, one thread each. Latency at
+//! batch 1 and throughput at batch 64, sequence 32; medians, and candle's ratio to ONNX
+//! Runtime.
 //!
 //! `source .cache/env && cargo bench -p warden-runtime --bench engines`
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -42,67 +43,99 @@ fn inputs(batch: usize) -> Vec<Tensor> {
     ]
 }
 
-fn time(iterations: usize, mut f: impl FnMut() -> Vec<Tensor>) -> Duration {
+/// Medians of `f` and `g`, called alternately (so that load from elsewhere on the machine
+/// falls on both alike), after a warm-up.
+fn time_pair(
+    iterations: usize,
+    mut f: impl FnMut() -> Vec<Tensor>,
+    mut g: impl FnMut() -> Vec<Tensor>,
+) -> (Duration, Duration) {
     for _ in 0..iterations / 10 + 1 {
         f();
+        g();
     }
-    median(
-        (0..iterations)
-            .map(|_| {
-                let t = Instant::now();
-                let out = f();
-                let d = t.elapsed();
-                assert_eq!(out.len(), 1);
-                d
-            })
-            .collect(),
-    )
+    let once = |h: &mut dyn FnMut() -> Vec<Tensor>| {
+        let t = Instant::now();
+        let out = h();
+        let d = t.elapsed();
+        assert_eq!(out.len(), 1);
+        d
+    };
+    let (mut a, mut b) = (Vec::new(), Vec::new());
+    for _ in 0..iterations {
+        a.push(once(&mut f));
+        b.push(once(&mut g));
+    }
+    (median(a), median(b))
 }
 
 fn main() {
+    // The worker runs candle with RAYON_NUM_THREADS = its thread count (WorkerOptions::env);
+    // measure it the same way.
+    if std::env::var_os("RAYON_NUM_THREADS").is_none() {
+        let status = Command::new(std::env::current_exe().unwrap())
+            .args(std::env::args_os().skip(1))
+            .env("RAYON_NUM_THREADS", "1")
+            .status()
+            .unwrap();
+        std::process::exit(status.code().unwrap_or(1));
+    }
     let ort_library = PathBuf::from(
         std::env::var_os("ORT_DYLIB_PATH")
             .expect("ORT_DYLIB_PATH is not set: run scripts/setup.sh"),
     );
     let python = std::env::var_os("WARDEN_PYTHON")
         .expect("WARDEN_PYTHON is not set: run scripts/setup.sh --test");
-    let dir = tempfile::tempdir().unwrap();
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/python/bert_reference.py");
-    let status = Command::new(python)
-        .arg(script)
-        .arg(dir.path())
-        .status()
+    // The test BERT, and a larger one (BERT-mini-like) where matrix products weigh more.
+    for (label, args) in [
+        ("2 layers, hidden 64, 4 heads", &[][..]),
+        (
+            "4 layers, hidden 256, 4 heads",
+            &["--layers", "4", "--hidden", "256"][..],
+        ),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let status = Command::new(&python)
+            .arg(&script)
+            .arg(dir.path())
+            .args(args)
+            .status()
+            .unwrap();
+        assert!(status.success(), "bert_reference.py failed");
+        let candle = CandleEngine::load(
+            &std::fs::read(dir.path().join("model.safetensors")).unwrap(),
+            1,
+        )
         .unwrap();
-    assert!(status.success(), "bert_reference.py failed");
-    let candle = CandleEngine::load(
-        &std::fs::read(dir.path().join("model.safetensors")).unwrap(),
-        1,
-    )
-    .unwrap();
-    let ort = OrtEngine::load(
-        &ort_library,
-        &std::fs::read(dir.path().join("model.onnx")).unwrap(),
-        EngineOptions {
-            intra_op_threads: 1,
-            sessions: 1,
-        },
-    )
-    .unwrap();
+        let ort = OrtEngine::load(
+            &ort_library,
+            &std::fs::read(dir.path().join("model.onnx")).unwrap(),
+            EngineOptions {
+                intra_op_threads: 1,
+                sessions: 1,
+            },
+        )
+        .unwrap();
 
-    println!("BERT classifier (2 layers, hidden 64, 4 heads), sequence {SEQ}, 1 thread each");
-    for (batch, iterations) in [(1usize, 2000usize), (64, 100)] {
-        let x = inputs(batch);
-        let c = time(iterations, || candle.run(&x, &[]).unwrap());
-        let o = time(iterations, || ort.run(&x, &[]).unwrap());
-        let rows = |d: Duration| batch as f64 / d.as_secs_f64();
-        println!(
-            "batch {batch:>2}: candle p50 {:>9.1} µs ({:>8.0} rows/s)   onnxruntime p50 {:>9.1} µs \
-             ({:>8.0} rows/s)   candle/ort time ratio {:.2}",
-            c.as_secs_f64() * 1e6,
-            rows(c),
-            o.as_secs_f64() * 1e6,
-            rows(o),
-            c.as_secs_f64() / o.as_secs_f64()
-        );
+        println!("BERT classifier ({label}), sequence {SEQ}, 1 thread each");
+        for (batch, iterations) in [(1usize, 1000usize), (64, 40)] {
+            let x = inputs(batch);
+            let (c, o) = time_pair(
+                iterations,
+                || candle.run(&x, &[]).unwrap(),
+                || ort.run(&x, &[]).unwrap(),
+            );
+            let rows = |d: Duration| batch as f64 / d.as_secs_f64();
+            println!(
+                "  batch {batch:>2}: candle p50 {:>9.1} µs ({:>6.0} rows/s)   onnxruntime p50 \
+                 {:>9.1} µs ({:>6.0} rows/s)   candle/ort time ratio {:.2}",
+                c.as_secs_f64() * 1e6,
+                rows(c),
+                o.as_secs_f64() * 1e6,
+                rows(o),
+                c.as_secs_f64() / o.as_secs_f64()
+            );
+        }
     }
 }
