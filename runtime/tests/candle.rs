@@ -18,7 +18,7 @@ use common::*;
 use serde_json::{Value, json};
 use warden_runtime::candle::bert::BertError;
 use warden_runtime::candle::safetensors::SafetensorsError;
-use warden_runtime::candle::{CandleEngine, CandleError, MAX_ATTENTION_SCORES, MAX_BATCH};
+use warden_runtime::candle::{CandleEngine, CandleError, MAX_BATCH, MAX_LAYER_ELEMENTS};
 use warden_runtime::engine::{Engine, EngineError, EngineOptions, ModelFormat, OrtEngine};
 use warden_runtime::tensor::{DataType, Tensor};
 use warden_runtime::worker::{BatchPolicy, Worker, WorkerError, WorkerOptions};
@@ -425,7 +425,7 @@ fn batch_and_attention_work_are_bounded() {
     // most allowed. 65 rows are refused before anything is allocated.
     let m = generate(&["--max-positions", "512", "--seed", "3"]);
     let engine = CandleEngine::load(&std::fs::read(m.safetensors()).unwrap(), 2).unwrap();
-    assert_eq!(64 * 4 * 512 * 512, MAX_ATTENTION_SCORES);
+    assert_eq!(64 * 4 * 512 * 512, MAX_LAYER_ELEMENTS);
     let (n, seq) = (65, 512);
     refused(
         &engine,
@@ -436,12 +436,35 @@ fn batch_and_attention_work_are_bounded() {
             Some(&vec![0; n * seq]),
         ),
         &[],
-        "needs more attention memory than one inference may use",
+        "needs more memory than one inference may use",
     );
     // The long case of the reference (2 rows of 512) matches.
     let long = m.cases.iter().find(|c| c.shape == [2, 512]).unwrap();
     let out = engine.run(&case_inputs(long), &[]).unwrap();
     assert_within(&as_f32(&out[0]), &long.logits, TOLERANCE, "512 positions");
+
+    // The feed-forward activations are bounded too: hidden 512 (intermediate 2048), 600 rows
+    // of 64 make 78.6 Mi activations (over 2^26) but only 9.8 Mi scores.
+    let m = generate(&["--hidden", "512", "--seed", "5"]);
+    let engine = CandleEngine::load(&std::fs::read(m.safetensors()).unwrap(), 2).unwrap();
+    assert_eq!(engine.config().intermediate_size, 2048);
+    let batch = |n: usize| {
+        inputs(
+            &[n, 64],
+            &vec![1; n * 64],
+            &vec![1; n * 64],
+            Some(&vec![0; n * 64]),
+        )
+    };
+    refused(
+        &engine,
+        batch(600),
+        &[],
+        "needs more memory than one inference may use",
+    );
+    let c = &m.cases[1];
+    let out = engine.run(&case_inputs(c), &[]).unwrap();
+    assert_within(&as_f32(&out[0]), &c.logits, TOLERANCE, "hidden 512");
 }
 
 // ---- malformed files ----

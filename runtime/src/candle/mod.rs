@@ -13,8 +13,8 @@
 //! Every input is checked before anything runs, and a bad one is an
 //! [`CandleError::InvalidInput`] naming the position, never the value (no payload in errors or
 //! logs): names, datatypes, rank 2 and one shape for all inputs, the batch bound
-//! ([`MAX_BATCH`]), the sequence within `max_positions`, the attention work bound
-//! ([`MAX_ATTENTION_SCORES`]), ids within the vocabularies, mask values 0 or 1 and at least one
+//! ([`MAX_BATCH`]), the sequence within `max_positions`, the memory bound
+//! ([`MAX_LAYER_ELEMENTS`]), ids within the vocabularies, mask values 0 or 1 and at least one
 //! attended token per row.
 //!
 //! Threads: the engine owns a rayon pool of `threads` threads (0: one per core) and runs every
@@ -40,11 +40,13 @@ use safetensors::SafetensorsError;
 /// The most rows one inference may hold.
 pub const MAX_BATCH: usize = 1024;
 
-/// The most attention scores (`batch × heads × seq × seq` floats, 4 bytes each) one inference
-/// may compute per layer: 2^26, i.e. 256 MiB. Bounds the memory a request can make the worker
-/// allocate; a bigger request is refused as invalid input rather than risking the sandbox's
-/// memory limit.
-pub const MAX_ATTENTION_SCORES: usize = 1 << 26;
+/// The most elements the largest tensor of one layer may hold: the attention scores
+/// (`batch × heads × seq × seq`) and the feed-forward activations (`batch × seq ×
+/// intermediate`), FP32: 2^26, i.e. 256 MiB each. Bounds the memory a request can make the
+/// worker allocate (a layer holds a few such tensors at once); a bigger request is refused as
+/// invalid input before anything is allocated, rather than running into the sandbox's memory
+/// limit. For BERT-base (12 heads, intermediate 3072) that is 21 rows of 512 tokens.
+pub const MAX_LAYER_ELEMENTS: usize = 1 << 26;
 
 /// What went wrong in the candle engine.
 #[derive(Debug, thiserror::Error)]
@@ -264,13 +266,16 @@ impl CandleEngine {
                 config.max_positions
             ));
         }
-        let scores = [batch, config.num_heads, seq, seq]
+        let elements = |dims: [usize; 4]| dims.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
+        let scores = elements([batch, config.num_heads, seq, seq]);
+        let activations = elements([batch, seq, config.intermediate_size, 1]);
+        if [scores, activations]
             .iter()
-            .try_fold(1usize, |acc, &d| acc.checked_mul(d));
-        if scores.is_none_or(|n| n > MAX_ATTENTION_SCORES) {
+            .any(|n| n.is_none_or(|n| n > MAX_LAYER_ELEMENTS))
+        {
             return invalid(format!(
-                "batch {batch} × sequence {seq} needs more attention memory than one \
-                 inference may use; send fewer rows or shorter sequences"
+                "batch {batch} × sequence {seq} needs more memory than one inference may \
+                 use; send fewer rows or shorter sequences"
             ));
         }
 
