@@ -14,7 +14,7 @@
 //! a tensor the classifier does not use is refused (it would mean another architecture),
 //! except `bert.embeddings.position_ids`, a buffer older checkpoints carry.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::{LayerNorm, Linear};
@@ -122,7 +122,7 @@ impl std::fmt::Debug for BertClassifier {
 /// taken so that leftovers can be refused.
 struct Weights<'a, 'b> {
     file: &'b SafeTensors<'a>,
-    taken: BTreeMap<&'b str, ()>,
+    taken: BTreeSet<&'b str>,
 }
 
 impl<'a, 'b> Weights<'a, 'b> {
@@ -151,7 +151,7 @@ impl<'a, 'b> Weights<'a, 'b> {
                 expected: expected.to_vec(),
             });
         }
-        self.taken.insert(key.as_str(), ());
+        self.taken.insert(key.as_str());
         let values: Vec<f32> = view
             .data
             .chunks_exact(4)
@@ -199,7 +199,7 @@ impl BertClassifier {
         let (h, eps) = (c.hidden_size, c.layer_norm_eps);
         let mut w = Weights {
             file,
-            taken: BTreeMap::new(),
+            taken: BTreeSet::new(),
         };
         let word_embeddings =
             w.tensor("bert.embeddings.word_embeddings.weight", &[c.vocab_size, h])?;
@@ -232,9 +232,11 @@ impl BertClassifier {
         }
         let pooler = w.linear("bert.pooler.dense", h, h)?;
         let classifier = w.linear("classifier", c.num_labels, h)?;
-        if let Some(extra) = file.tensors.keys().find(|k| {
-            !w.taken.contains_key(k.as_str()) && k.as_str() != "bert.embeddings.position_ids"
-        }) {
+        if let Some(extra) = file
+            .tensors
+            .keys()
+            .find(|k| !w.taken.contains(k.as_str()) && k.as_str() != "bert.embeddings.position_ids")
+        {
             return Err(BertError::Unexpected(extra.clone()));
         }
         Ok(BertClassifier {
@@ -289,7 +291,7 @@ impl BertClassifier {
 
         let w = Weights {
             file,
-            taken: BTreeMap::new(),
+            taken: BTreeSet::new(),
         };
         let name = "bert.embeddings.word_embeddings.weight";
         let (vocab_size, hidden_size) = dims2(w.shape_of(name)?, name)?;
