@@ -11,7 +11,7 @@
 //! signature, cover every byte the model is built from.
 //!
 //! The layers are candle-nn's (`Linear`, `LayerNorm`, softmax) except one fused kernel of our
-//! own, [`BiasGelu`]: the feed-forward bias and erf-GELU in one pass over the largest
+//! own, `BiasGelu`: the feed-forward bias and erf-GELU in one pass over the largest
 //! activation (15–20% of the time on a hidden-256 model in `benches/engines.rs`); the ONNX
 //! Runtime comparison in `tests/candle.rs` holds it to 1e-4.
 //!
