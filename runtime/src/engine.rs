@@ -79,9 +79,12 @@ pub enum Engine {
 }
 
 impl Engine {
-    /// Loads `model_bytes` as `format`. ONNX needs the ONNX Runtime library; candle takes
-    /// `opts.intra_op_threads` as the size of its thread pool (0: one per core) and serves
-    /// concurrent calls from one copy of the weights (`opts.sessions` does not apply).
+    /// Loads `model_bytes` as `format`. ONNX needs the ONNX Runtime library. candle serves
+    /// concurrent calls from one copy of the weights, in one thread pool of
+    /// `intra_op_threads × sessions` threads (0: one per core): the same thread budget as ONNX
+    /// Runtime's `sessions` sessions of `intra_op_threads` threads each, so that `sessions`
+    /// calls can run side by side (the worker also sets `RAYON_NUM_THREADS` to
+    /// `intra_op_threads`, which is how finely candle splits one product).
     pub fn load(
         format: ModelFormat,
         model_bytes: &[u8],
@@ -98,7 +101,7 @@ impl Engine {
             }
             ModelFormat::Safetensors => Ok(Engine::Candle(CandleEngine::load(
                 model_bytes,
-                opts.intra_op_threads,
+                opts.intra_op_threads.saturating_mul(opts.sessions.max(1)),
             )?)),
         }
     }

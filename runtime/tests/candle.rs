@@ -743,9 +743,9 @@ async fn the_sandboxed_worker_serves_the_candle_model() {
     assert_eq!(field(&status, "CapBnd:"), "0000000000000000");
     assert_eq!(field(&status, "NoNewPrivs:"), "1");
     assert_eq!(field(&status, "Seccomp:"), "2", "filter mode");
-    // candle's thread pool: 1 thread asked for, plus the 2 executors and the reader.
+    // The reader, 2 executors, and candle's pool of 1 thread × concurrency 2.
     let threads: usize = field(&status, "Threads:").parse().unwrap();
-    assert!(threads <= 5, "{threads} threads");
+    assert_eq!(threads, 5, "{threads} threads");
     for ns in ["user", "mnt", "net", "pid"] {
         let ours = std::fs::read_link(format!("/proc/self/ns/{ns}")).unwrap();
         let theirs = std::fs::read_link(format!("/proc/{}/ns/{ns}", inner[0])).unwrap();
