@@ -9,6 +9,7 @@ mod support;
 use std::path::{Path, PathBuf};
 
 use serde_json::{Value, json};
+use support::serving::{Background, require_onnxruntime, worker_binary};
 use support::{Client, tls_config};
 use warden_agent::{config::Config, demo, serve};
 use warden_attest::bundle::{self, SignOptions, Signer};
@@ -23,10 +24,7 @@ fn python() -> PathBuf {
 /// The demo's PKI, signer and config, with its model replaced by the BERT classifier, signed
 /// by the demo's model signer. Returns the reference cases.
 fn prepare(dir: &Path) -> (demo::DemoFiles, Config, Value) {
-    assert!(
-        std::env::var_os("ORT_DYLIB_PATH").is_some(),
-        "ORT_DYLIB_PATH is not set: run `scripts/setup.sh --test` and `source .cache/env`"
-    );
+    require_onnxruntime();
     let (files, _) = demo::prepare(dir, 0).unwrap();
     let made = dir.join("made");
     let script =
@@ -63,8 +61,7 @@ fn prepare(dir: &Path) -> (demo::DemoFiles, Config, Value) {
     )
     .unwrap();
     let mut config = Config::load(&files.config).unwrap();
-    config.runtime.worker_binary =
-        Some(Path::new(env!("CARGO_BIN_EXE_warden")).with_file_name("warden-runtime"));
+    config.runtime.worker_binary = Some(worker_binary());
     let cases: Value =
         serde_json::from_slice(&std::fs::read(made.join("cases.json")).unwrap()).unwrap();
     (files, config, cases)
@@ -84,12 +81,8 @@ async fn a_signed_safetensors_bert_is_served_over_mtls() {
     let dir = tempfile::tempdir().unwrap();
     let (files, config, cases) = prepare(dir.path());
     let prepared = serve::prepare(&config).await.unwrap();
-    let addr = prepared.local_addr;
-    let models = prepared.models.clone();
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(prepared.run(async move {
-        let _ = rx.await;
-    }));
+    let server = Background::start(prepared);
+    let addr = server.addr;
     let tls = tls_config(
         &files.ca,
         Some((&files.client_cert, &files.client_key)),
@@ -159,7 +152,5 @@ async fn a_signed_safetensors_bert_is_served_over_mtls() {
         .unwrap();
     assert_eq!(reply.status, 200);
 
-    let _ = tx.send(());
-    task.await.unwrap();
-    models.shutdown().await;
+    server.stop().await;
 }
