@@ -40,20 +40,34 @@ struct Case {
 }
 
 fn generate(extra: &[&str]) -> Model {
-    // Under the target directory, not /tmp: the sandbox mounts its own /tmp, and the worker
-    // reads the model before entering it, from the host's view, so either works; this keeps
-    // the files with the build.
-    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR"))
-        .unwrap()
-        .keep();
+    // Made once per script version and arguments, and kept under the target directory: test
+    // processes (one per test under nextest) share it. Written to a fresh directory first and
+    // renamed into place, so that a reader never sees a half-written model.
     let script = repo_root().join("runtime/tests/python/bert_reference.py");
-    let status = Command::new(python())
-        .arg(script)
-        .arg(&dir)
-        .args(extra)
-        .status()
-        .expect("run WARDEN_PYTHON");
-    assert!(status.success(), "bert_reference.py failed");
+    let key = {
+        use sha2::Digest;
+        let mut h = sha2::Sha256::new();
+        h.update(std::fs::read(&script).unwrap());
+        h.update(extra.join(" "));
+        h.finalize()
+            .iter()
+            .take(8)
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
+    };
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("bert-{key}"));
+    if !dir.join("cases.json").is_file() {
+        let fresh = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+        let status = Command::new(python())
+            .arg(&script)
+            .arg(fresh.path())
+            .args(extra)
+            .status()
+            .expect("run WARDEN_PYTHON");
+        assert!(status.success(), "bert_reference.py failed");
+        // Another process may have won the race; its model is the same.
+        let _ = std::fs::rename(fresh.path(), &dir);
+    }
     let v: Value = serde_json::from_slice(&std::fs::read(dir.join("cases.json")).unwrap()).unwrap();
     let ints = |v: &Value| -> Vec<i64> {
         v.as_array()
@@ -762,7 +776,8 @@ fn the_sandbox_holds_for_a_candle_worker() {
     use std::os::unix::net::UnixStream;
     use std::process::Stdio;
     let m = model();
-    let secret = m.dir.join("secret.key");
+    let secrets = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let secret = secrets.path().join("secret.key");
     std::fs::write(&secret, b"not a real key").unwrap();
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     listener.set_nonblocking(true).unwrap();
