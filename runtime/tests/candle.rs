@@ -641,6 +641,17 @@ fn malformed_files_are_refused_at_load() {
         CandleError::Model(BertError::Unexpected(n)) if n == "cls.predictions.bias"
     ));
 
+    // A gap in the layers: layer 1 renamed to layer 2.
+    let mut p = parts(&good);
+    for t in &mut p.tensors {
+        t.0 =
+            t.0.replace("bert.encoder.layer.1.", "bert.encoder.layer.2.");
+    }
+    assert!(matches!(
+        load_err(&p.write()),
+        CandleError::Model(BertError::Unexpected(n)) if n.starts_with("bert.encoder.layer.2.")
+    ));
+
     // Metadata: absent, incomplete, wrong.
     let mut p = parts(&good);
     p.metadata = None;

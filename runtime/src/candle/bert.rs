@@ -313,12 +313,20 @@ impl BertClassifier {
         let (intermediate_size, _) = dims2(w.shape_of(name)?, name)?;
         let name = "classifier.weight";
         let (num_labels, _) = dims2(w.shape_of(name)?, name)?;
-        let num_layers = (0..)
-            .take_while(|n| {
-                let prefix = format!("bert.encoder.layer.{n}.");
-                file.tensors.keys().any(|k| k.starts_with(&prefix))
+        // Layers 0, 1, … as long as they run without a gap (one pass over the names: a header
+        // may hold many entries). Tensors of a layer after a gap are refused as unexpected.
+        let present: BTreeSet<usize> = file
+            .tensors
+            .keys()
+            .filter_map(|k| {
+                k.strip_prefix("bert.encoder.layer.")?
+                    .split('.')
+                    .next()?
+                    .parse()
+                    .ok()
             })
-            .count();
+            .collect();
+        let num_layers = (0..).take_while(|n| present.contains(n)).count();
         if hidden_size % num_heads != 0 {
             return Err(BertError::Config(format!(
                 "hidden size {hidden_size} is not a multiple of num_attention_heads {num_heads}"
