@@ -13,6 +13,8 @@ if [ ! -e /dev/nvidiactl ] && ! command -v nvidia-smi >/dev/null 2>&1; then
 fi
 command -v nvidia-smi >/dev/null 2>&1 &&
     nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || true
+# candle is built without its `cuda` feature (it needs nvcc at build time): nothing to run.
+echo "SKIP candle cuda: warden-runtime is built without candle's cuda feature (nvcc needed at build time); the candle engine runs on the CPU"
 export WARDEN_EXPECT_GPU=1
 if [ -n "${WARDEN_ACCEL_TEST_BIN:-}" ]; then
     "$WARDEN_ACCEL_TEST_BIN" --nocapture --test-threads 1

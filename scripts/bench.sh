@@ -10,6 +10,7 @@ cargo build --release --locked --workspace --bins
 cargo bench --locked -p warden-agent --bench https_latency
 cargo bench --locked -p warden-agent --features insecure-bench-baseline --bench gateway_chain
 cargo bench --locked -p warden-runtime --bench worker_hop
+cargo bench --locked -p warden-runtime --bench engines
 bash scripts/bench-bundle.sh
 # The chain bench builds `warden` with the benchmark-only feature and cargo leaves that build at
 # target/release/warden: put the normal binaries back.

@@ -5,7 +5,7 @@
 #   - the Debian packages the build needs: `pkg-config` and `libtss2-dev` (tss-esapi links
 #     the TPM2 software stack);
 #   - with `--test`, a Python virtual environment with the reference tools the tests run
-#     against (`model_signing`, `tritonclient[http]`, `onnxruntime`, numpy), and the devices
+#     against (`model_signing`, `tritonclient[http]`, `onnxruntime`, numpy, `safetensors`), and the devices
 #     the key-store and measured-boot tests start themselves: swtpm (`swtpm`, `swtpm-tools`),
 #     `tpm2-tools`, SoftHSM2 (`softhsm2`) and OpenSC (`opensc`, for pkcs11-tool), the OCI
 #     registry the pull tests start on loopback (`docker-registry`), `systemd` for its offline
@@ -86,9 +86,9 @@ ln -sf "libonnxruntime.so.$ORT_VERSION" "$ort_dir/libonnxruntime.so"
 
 if [ "$want_test" = 1 ]; then
     # Reference implementations the tests talk to; pinned where the format matters.
-    if ! .venv/bin/python -c 'import model_signing, tritonclient.http, onnxruntime, onnx, numpy, OpenSSL' 2>/dev/null; then
+    if ! .venv/bin/python -c 'import model_signing, tritonclient.http, onnxruntime, onnx, numpy, OpenSSL, safetensors' 2>/dev/null; then
         say "installing the Python reference tools for the tests"
-        .venv/bin/pip install -q "onnxruntime==$ORT_VERSION" onnx numpy "model-signing==1.1.1" pyopenssl "tritonclient[http]"
+        .venv/bin/pip install -q "onnxruntime==$ORT_VERSION" onnx numpy safetensors "model-signing==1.1.1" pyopenssl "tritonclient[http]"
     fi
 fi
 

@@ -22,6 +22,7 @@ use tokio::sync::broadcast;
 use warden_attest::boot::measure::{AppEventLog, DEFAULT_APP_PCR};
 use warden_attest::bundle::{self, Verifier, VerifyOptions};
 use warden_attest::keystore::{KeyStore, KeyStoreError};
+use warden_runtime::engine::ModelFormat;
 use warden_runtime::tensor::ModelSignature;
 use warden_runtime::worker::{Worker, WorkerOptions};
 
@@ -87,6 +88,12 @@ pub enum ModelError {
     AlreadyLoaded { name: String, version: String },
     #[error("trust anchor {path}: {message}")]
     Anchor { path: PathBuf, message: String },
+    #[error("model {name} version {version}: {message}")]
+    Format {
+        name: String,
+        version: String,
+        message: String,
+    },
     #[error("model {name} version {version}: worker failed to start: {message}")]
     Worker {
         name: String,
@@ -251,6 +258,8 @@ pub struct LoadedModel {
     /// Who signed it (key hint or certificate subject).
     pub signer: String,
     pub signature: ModelSignature,
+    /// The engine platform, from the model file (`onnxruntime_onnx`, `candle_safetensors`).
+    pub platform: &'static str,
     pub worker: Worker,
     /// Requests handed to the worker; everything refused before that point never counts.
     pub forwarded: std::sync::atomic::AtomicU64,
@@ -705,6 +714,14 @@ impl Loader {
             }
         };
         let model_file = staged.directory.join(&m.file);
+        // The worker picks its engine by the same rule; refusing here names the model.
+        let platform = ModelFormat::of(&model_file)
+            .map_err(|e| ModelError::Format {
+                name: m.name.clone(),
+                version: m.version.clone(),
+                message: e.to_string(),
+            })?
+            .platform();
         let sha256 = sha256_file(&model_file).map_err(|source| ModelError::Stage {
             name: m.name.clone(),
             version: m.version.clone(),
@@ -784,6 +801,7 @@ impl Loader {
             root_digest: staged.root_digest,
             signer: staged.signer,
             signature: worker.signature().clone(),
+            platform,
             worker,
             forwarded: std::sync::atomic::AtomicU64::new(0),
             input_ranges: m.inputs.clone(),

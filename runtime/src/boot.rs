@@ -3,16 +3,20 @@
 //! the sandbox a serving worker gets.
 //!
 //! ```text
-//! warden-runtime --model FILE --sha256 HEX --onnxruntime LIB [--threads N] [--concurrency N]
+//! warden-runtime --model FILE --sha256 HEX [--onnxruntime LIB] [--threads N] [--concurrency N]
 //!                [--max-frame-bytes N] [--sandbox JSON]
 //! ```
 //!
-//! Its channel to the agent is a Unix stream socket passed as **stdin**. Order of start-up:
-//! read the model once and compare its SHA-256 with `--sha256` (the agent verified the signed
-//! bundle; this closes the window in which the file could be swapped), load the ONNX Runtime
-//! library — both with the agent's privileges — then enter the sandbox
-//! ([`crate::sandbox::enter`], policy from `--sandbox`), and only then let ONNX Runtime parse
-//! the model. Logs go to stderr, never tensor contents.
+//! Its channel to the agent is a Unix stream socket passed as **stdin**. The engine follows
+//! the model file's extension ([`ModelFormat`]): `.onnx` runs on ONNX Runtime (then
+//! `--onnxruntime` is required), `.safetensors` on candle. Order of start-up: read the model
+//! once and compare its SHA-256 with `--sha256` (the agent verified the signed bundle; this
+//! closes the window in which the file could be swapped), load the ONNX Runtime library for an
+//! ONNX model — both with the agent's privileges — then enter the sandbox
+//! ([`crate::sandbox::enter`], policy from `--sandbox`), and only then let the engine parse
+//! the model. The model file is the only thing read from disk for the model: a candle model
+//! carries its hyper-parameters in its own safetensors header, so the one digest covers them.
+//! Logs go to stderr, never tensor contents.
 //!
 //! Exit codes: 0 after `Shutdown` or when the agent closed the socket; 2 for bad arguments or
 //! a refused start (the reason is also sent to the agent as an `Error` frame with id 0 when
@@ -26,7 +30,7 @@ use std::sync::{Arc, Mutex};
 
 use sha2::{Digest, Sha256};
 
-use crate::engine::{self, EngineOptions, OrtEngine};
+use crate::engine::{self, Engine, EngineOptions, ModelFormat};
 use crate::protocol::{DEFAULT_MAX_FRAME_BYTES, ErrorClass, Message};
 use crate::sandbox::{self, SandboxPolicy, probe};
 use crate::server::{self, StopReason};
@@ -43,7 +47,8 @@ pub enum Mode {
 struct Args {
     model: PathBuf,
     sha256: String,
-    onnxruntime: PathBuf,
+    format: ModelFormat,
+    onnxruntime: Option<PathBuf>,
     threads: usize,
     concurrency: usize,
     max_frame_bytes: usize,
@@ -51,7 +56,7 @@ struct Args {
     probe: probe::Targets,
 }
 
-const USAGE: &str = "usage: warden-runtime --model FILE --sha256 HEX --onnxruntime LIB \
+const USAGE: &str = "usage: warden-runtime --model FILE --sha256 HEX [--onnxruntime LIB] \
                      [--threads N] [--concurrency N] [--max-frame-bytes N] [--sandbox JSON]  \
                      (stdin: the agent's socket)";
 
@@ -100,10 +105,16 @@ fn parse_args(mode: Mode) -> Result<Args, String> {
         return Err("--sha256 must be 64 hex digits".into());
     }
     probe.address_space_bytes = sandbox.address_space_bytes;
+    let model: PathBuf = model.ok_or("--model is required")?;
+    let format = ModelFormat::of(&model).map_err(|e| e.to_string())?;
+    if format == ModelFormat::Onnx && onnxruntime.is_none() {
+        return Err("--onnxruntime is required for an ONNX model".into());
+    }
     Ok(Args {
-        model: model.ok_or("--model is required")?,
+        model,
         sha256,
-        onnxruntime: onnxruntime.ok_or("--onnxruntime is required")?,
+        format,
+        onnxruntime,
         threads,
         concurrency,
         max_frame_bytes,
@@ -116,7 +127,8 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// The privileged part: the model bytes (checked) and the ONNX Runtime library.
+/// The privileged part: the model bytes (checked) and, for an ONNX model, the ONNX Runtime
+/// library. A candle model needs no library: candle is linked in.
 fn open_resources(args: &Args) -> Result<Vec<u8>, String> {
     let bytes = std::fs::read(&args.model)
         .map_err(|e| format!("cannot read model {}: {e}", args.model.display()))?;
@@ -127,7 +139,9 @@ fn open_resources(args: &Args) -> Result<Vec<u8>, String> {
             args.sha256
         ));
     }
-    engine::load_library(&args.onnxruntime).map_err(|e| e.to_string())?;
+    if let (ModelFormat::Onnx, Some(library)) = (args.format, &args.onnxruntime) {
+        engine::load_library(library).map_err(|e| e.to_string())?;
+    }
     Ok(bytes)
 }
 
@@ -199,9 +213,10 @@ pub fn main(mode: Mode) -> ExitCode {
         Ok(s) => s,
         Err(message) => return refuse(message, args.max_frame_bytes),
     };
-    let engine = match OrtEngine::load(
-        &args.onnxruntime,
+    let engine = match Engine::load(
+        args.format,
         &bytes,
+        args.onnxruntime.as_deref(),
         EngineOptions {
             intra_op_threads: args.threads,
             sessions: args.concurrency,
@@ -214,6 +229,7 @@ pub fn main(mode: Mode) -> ExitCode {
     tracing::info!(
         model = %args.model.display(),
         sha256 = %args.sha256,
+        engine = args.format.engine_name(),
         inputs = engine.signature().inputs.len(),
         outputs = engine.signature().outputs.len(),
         concurrency = args.concurrency,
@@ -226,7 +242,7 @@ pub fn main(mode: Mode) -> ExitCode {
     }
 }
 
-fn serve(stream: UnixStream, engine: OrtEngine, args: &Args) -> ExitCode {
+fn serve(stream: UnixStream, engine: Engine, args: &Args) -> ExitCode {
     match server::serve(
         stream,
         Arc::new(engine),

@@ -1,4 +1,9 @@
-//! ONNX Runtime, loaded dynamically through `ort`, behind a small tensor-in/tensor-out API.
+//! The engines behind one tensor-in/tensor-out API ([`Engine`]), chosen by the model file
+//! ([`ModelFormat`]): ONNX Runtime for `.onnx` ([`OrtEngine`], below), candle for
+//! `.safetensors` ([`crate::candle::CandleEngine`]). The worker protocol, sandbox, batching
+//! and supervision are the same for both.
+//!
+//! ONNX Runtime is loaded dynamically through `ort`.
 //!
 //! Concurrency: `ort::session::Session::run` takes `&mut self` in 2.0.0-rc.15 (ONNX Runtime's
 //! execution providers keep state that is not thread safe), so one session serves one call at a
@@ -18,7 +23,105 @@ use ort::session::builder::GraphOptimizationLevel;
 use ort::session::{OutputSelector, RunOptions, Session, SessionInputValue, SessionOutputs};
 use ort::value::{DynValue, TensorElementType, ValueType};
 
+use crate::candle::{CandleEngine, CandleError};
 use crate::tensor::{DataType, ModelSignature, Tensor, TensorSpec, byte_len};
+
+/// How a model file is run, decided by its extension.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ModelFormat {
+    /// `.onnx`: ONNX Runtime.
+    Onnx,
+    /// `.safetensors`: candle.
+    Safetensors,
+}
+
+impl ModelFormat {
+    /// The format of `path`, from its extension (`.onnx` or `.safetensors`, any case).
+    pub fn of(path: &Path) -> Result<ModelFormat, EngineError> {
+        let ext = path
+            .extension()
+            .and_then(|e| e.to_str())
+            .map(str::to_ascii_lowercase);
+        match ext.as_deref() {
+            Some("onnx") => Ok(ModelFormat::Onnx),
+            Some("safetensors") => Ok(ModelFormat::Safetensors),
+            _ => Err(EngineError::Model(format!(
+                "{}: unknown model format; a model file ends in .onnx (ONNX Runtime) or \
+                 .safetensors (candle)",
+                path.display()
+            ))),
+        }
+    }
+
+    /// The platform as model metadata names it (KServe v2 / Triton style):
+    /// `"onnxruntime_onnx"`, `"candle_safetensors"`.
+    pub fn platform(self) -> &'static str {
+        match self {
+            ModelFormat::Onnx => "onnxruntime_onnx",
+            ModelFormat::Safetensors => "candle_safetensors",
+        }
+    }
+
+    /// The engine's name, for logs (`"onnxruntime"`, `"candle"`).
+    pub fn engine_name(self) -> &'static str {
+        match self {
+            ModelFormat::Onnx => "onnxruntime",
+            ModelFormat::Safetensors => "candle",
+        }
+    }
+}
+
+/// One loaded model, on whichever engine its format needs.
+#[derive(Debug)]
+pub enum Engine {
+    Ort(OrtEngine),
+    Candle(CandleEngine),
+}
+
+impl Engine {
+    /// Loads `model_bytes` as `format`. ONNX needs the ONNX Runtime library. candle serves
+    /// concurrent calls from one copy of the weights, in one thread pool of
+    /// `intra_op_threads × sessions` threads (0: one per core): the same thread budget as ONNX
+    /// Runtime's `sessions` sessions of `intra_op_threads` threads each, so that `sessions`
+    /// calls can run side by side (the worker also sets `RAYON_NUM_THREADS` to
+    /// `intra_op_threads`, which is how finely candle splits one product).
+    pub fn load(
+        format: ModelFormat,
+        model_bytes: &[u8],
+        onnxruntime_library: Option<&Path>,
+        opts: EngineOptions,
+    ) -> Result<Engine, EngineError> {
+        match format {
+            ModelFormat::Onnx => {
+                let library = onnxruntime_library.ok_or_else(|| EngineError::Library {
+                    path: String::new(),
+                    message: "an ONNX model needs the ONNX Runtime library (--onnxruntime)".into(),
+                })?;
+                OrtEngine::load(library, model_bytes, opts).map(Engine::Ort)
+            }
+            ModelFormat::Safetensors => Ok(Engine::Candle(CandleEngine::load(
+                model_bytes,
+                opts.intra_op_threads.saturating_mul(opts.sessions.max(1)),
+            )?)),
+        }
+    }
+
+    /// The model's inputs and outputs.
+    pub fn signature(&self) -> &ModelSignature {
+        match self {
+            Engine::Ort(e) => e.signature(),
+            Engine::Candle(e) => e.signature(),
+        }
+    }
+
+    /// Runs the model (see [`OrtEngine::run`] and [`CandleEngine::run`]).
+    pub fn run(&self, inputs: &[Tensor], outputs: &[String]) -> Result<Vec<Tensor>, EngineError> {
+        match self {
+            Engine::Ort(e) => e.run(inputs, outputs),
+            Engine::Candle(e) => Ok(e.run(inputs, outputs)?),
+        }
+    }
+}
 
 /// Engine settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -51,9 +154,23 @@ pub enum EngineError {
     /// The request does not fit the model's signature; nothing was run.
     #[error("invalid input: {0}")]
     InvalidInput(String),
-    /// ONNX Runtime failed while running the model.
+    /// The engine failed while running the model.
     #[error("inference failed: {0}")]
     Run(String),
+}
+
+impl From<CandleError> for EngineError {
+    fn from(e: CandleError) -> Self {
+        match e {
+            CandleError::InvalidInput(m) => EngineError::InvalidInput(m),
+            CandleError::Run(m) => EngineError::Run(m),
+            CandleError::Format(e) => EngineError::Model(format!("malformed safetensors: {e}")),
+            CandleError::Model(e) => EngineError::Model(e.to_string()),
+            CandleError::Threads(m) => {
+                EngineError::Model(format!("cannot start the engine's threads: {m}"))
+            }
+        }
+    }
 }
 
 /// ONNX Runtime engine for one model. See the module documentation for the concurrency model.

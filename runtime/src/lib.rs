@@ -4,7 +4,9 @@
 //! - `sys`: the crate's only `unsafe` code (a `fork`, two CUDA driver calls), each block with
 //!   its reason.
 //! - [`tensor`]: tensors and model signatures as they cross between the agent and a worker.
-//! - [`engine`]: ONNX Runtime through `ort` ([`engine::OrtEngine`]).
+//! - [`engine`]: the engines behind one API ([`engine::Engine`], chosen by the model file):
+//!   ONNX Runtime through `ort` ([`engine::OrtEngine`]) and candle ([`candle::CandleEngine`]).
+//! - [`candle`]: safetensors models on `candle-core` + `candle-nn` (a BERT classifier).
 //! - [`protocol`]: the framed binary protocol on the agent ↔ worker socket (see `PROTOCOL.md`).
 //! - [`server`]: the worker side of that socket (used by the `warden-runtime` binary).
 //! - [`sandbox`]: the sandbox every worker enters at start-up (namespaces, read-only root,
@@ -14,6 +16,7 @@
 
 pub mod accel;
 pub mod boot;
+pub mod candle;
 pub mod engine;
 pub mod protocol;
 pub mod sandbox;

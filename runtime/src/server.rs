@@ -13,7 +13,7 @@ use std::io::Write;
 use std::os::unix::net::UnixStream;
 use std::sync::{Arc, Mutex};
 
-use crate::engine::{EngineError, OrtEngine};
+use crate::engine::{Engine, EngineError};
 use crate::protocol::{
     ErrorClass, Message, PROTOCOL_VERSION, ProtocolError, ReadError, read_frame,
 };
@@ -58,7 +58,7 @@ pub fn send(
 /// Sends `Hello`, then serves requests until `Shutdown` or end of stream.
 pub fn serve(
     stream: UnixStream,
-    engine: Arc<OrtEngine>,
+    engine: Arc<Engine>,
     concurrency: usize,
     max_frame_bytes: usize,
 ) -> Result<StopReason, ServeError> {
@@ -107,7 +107,7 @@ struct Reader {
 /// One thread's life: read a request while holding the reader lock, run it without the lock.
 fn take_turns(
     reader: &Mutex<Reader>,
-    engine: &OrtEngine,
+    engine: &Engine,
     writer: &Mutex<UnixStream>,
     max_frame_bytes: usize,
 ) {
@@ -216,7 +216,7 @@ fn reply_error(
 }
 
 /// Runs one request and writes its answer.
-fn execute(job: Job, engine: &OrtEngine, writer: &Mutex<UnixStream>, max_frame_bytes: usize) {
+fn execute(job: Job, engine: &Engine, writer: &Mutex<UnixStream>, max_frame_bytes: usize) {
     let reply = match engine.run(&job.tensors, &job.outputs) {
         Ok(tensors) => Message::InferResponse {
             id: job.id,

@@ -685,7 +685,7 @@ fn model_metadata(model: &LoadedModel, versions: &[String]) -> serde_json::Value
     serde_json::json!({
         "name": model.name,
         "versions": versions,
-        "platform": "onnxruntime_onnx",
+        "platform": model.platform,
         "inputs": model.signature.inputs,
         "outputs": model.signature.outputs,
     })

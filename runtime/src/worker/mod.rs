@@ -116,12 +116,21 @@ impl WorkerOptions {
     }
 
     /// The environment a worker gets: nothing of the agent's (which may hold credentials)
-    /// but the log filter.
+    /// but the log filter, and `RAYON_NUM_THREADS` set to `intra_op_threads` (when not 0):
+    /// candle splits its matrix products for that many threads (one per core otherwise),
+    /// which should match the pool it runs in. ONNX Runtime does not read it.
     pub fn env(&self) -> Vec<(OsString, OsString)> {
-        ["RUST_LOG"]
+        let mut env: Vec<(OsString, OsString)> = ["RUST_LOG"]
             .iter()
             .filter_map(|k| std::env::var_os(k).map(|v| (OsString::from(k), v)))
-            .collect()
+            .collect();
+        if self.intra_op_threads > 0 {
+            env.push((
+                "RAYON_NUM_THREADS".into(),
+                self.intra_op_threads.to_string().into(),
+            ));
+        }
+        env
     }
 }
 
