@@ -359,20 +359,3 @@ async fn the_serving_worker_is_sandboxed() {
     }
     worker.shutdown().await;
 }
-
-fn children(pid: u32) -> Vec<u32> {
-    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
-        .unwrap()
-        .split_whitespace()
-        .map(|p| p.parse().unwrap())
-        .collect()
-}
-
-fn field(status: &str, name: &str) -> String {
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(name))
-        .unwrap_or_else(|| panic!("{name} missing"))
-        .trim()
-        .to_string()
-}

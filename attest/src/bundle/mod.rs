@@ -466,17 +466,7 @@ pub fn verify_model_bytes(
     verifier: &Verifier,
     opts: &VerifyOptions,
 ) -> Result<VerifiedModel, BundleError> {
-    if bundle_json.len() as u64 > MAX_SIGNATURE_BYTES {
-        return Err(BundleError::TooLarge {
-            what: "signature".to_owned(),
-            size: bundle_json.len() as u64,
-            limit: MAX_SIGNATURE_BYTES,
-        });
-    }
-    let bundle = dsse::parse(bundle_json)?;
-    let signer = verifier.verify_envelope(&bundle)?;
-    // Only now, with the signature checked over the exact bytes, is the payload parsed.
-    let signed = statement::parse(&bundle.payload)?;
+    let (signed, signer) = open_signed(bundle_json, verifier)?;
 
     let mut ignore = IgnoreSet::default();
     for p in &signed.serialization.ignore_paths {
@@ -538,6 +528,25 @@ pub fn verify_model_bytes(
     })
 }
 
+/// The bundle's size bound, its envelope verified over the exact bytes, and only then its
+/// statement parsed: the signed statement and who signed it.
+fn open_signed(
+    bundle_json: &[u8],
+    verifier: &Verifier,
+) -> Result<(statement::SignedManifest, String), BundleError> {
+    if bundle_json.len() as u64 > MAX_SIGNATURE_BYTES {
+        return Err(BundleError::TooLarge {
+            what: "signature".to_owned(),
+            size: bundle_json.len() as u64,
+            limit: MAX_SIGNATURE_BYTES,
+        });
+    }
+    let bundle = dsse::parse(bundle_json)?;
+    let signer = verifier.verify_envelope(&bundle)?;
+    let signed = statement::parse(&bundle.payload)?;
+    Ok((signed, signer))
+}
+
 /// Re-checks a bundle against a model verified earlier from the same bundle, without reading
 /// the model again: the envelope's signature is verified over the exact bytes against
 /// `verifier` (anchors may have changed since), and the signed statement must still list
@@ -549,16 +558,7 @@ pub fn reverify_model_bytes(
     verifier: &Verifier,
     loaded: &VerifiedModel,
 ) -> Result<VerifiedModel, BundleError> {
-    if bundle_json.len() as u64 > MAX_SIGNATURE_BYTES {
-        return Err(BundleError::TooLarge {
-            what: "signature".to_owned(),
-            size: bundle_json.len() as u64,
-            limit: MAX_SIGNATURE_BYTES,
-        });
-    }
-    let bundle = dsse::parse(bundle_json)?;
-    let signer = verifier.verify_envelope(&bundle)?;
-    let signed = statement::parse(&bundle.payload)?;
+    let (signed, signer) = open_signed(bundle_json, verifier)?;
     let algorithm = signed.serialization.resource_algorithm();
     let files: Vec<ResourceDigest> = signed
         .resources

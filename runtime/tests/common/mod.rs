@@ -146,3 +146,22 @@ pub fn assert_close(actual: &[f32], expected: &[f32]) {
         assert!((a - e).abs() <= 1e-5, "element {i}: {a} vs {e}");
     }
 }
+
+/// The children of a process (the sandboxed worker is the child of the process started).
+pub fn children(pid: u32) -> Vec<u32> {
+    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .unwrap()
+        .split_whitespace()
+        .map(|p| p.parse().unwrap())
+        .collect()
+}
+
+/// One field of a `/proc/<pid>/status` text.
+pub fn field(status: &str, name: &str) -> String {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(name))
+        .unwrap_or_else(|| panic!("{name} missing"))
+        .trim()
+        .to_string()
+}
