@@ -145,7 +145,7 @@ pub struct AuditConfig {
 pub struct RuntimeConfig {
     /// The worker binary. Absent: `warden-runtime` beside the `warden` executable.
     pub worker_binary: Option<PathBuf>,
-    /// `libonnxruntime.so`. Absent: the `ORT_DYLIB_PATH` environment variable.
+    /// `libonnxruntime.so`, for ONNX models. Absent: the `ORT_DYLIB_PATH` environment variable.
     pub onnxruntime_library: Option<PathBuf>,
     /// Threads ONNX Runtime uses inside one inference.
     #[serde(default = "one")]

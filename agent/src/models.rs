@@ -101,9 +101,9 @@ pub enum ModelError {
         message: String,
     },
     #[error(
-        "the ONNX Runtime library is not configured: set runtime.onnxruntime_library or ORT_DYLIB_PATH (scripts/setup.sh fetches it)"
+        "model {name} version {version} is an ONNX model but the ONNX Runtime library is not configured: set runtime.onnxruntime_library or ORT_DYLIB_PATH (scripts/setup.sh fetches it)"
     )]
-    NoOnnxRuntime,
+    NoOnnxRuntime { name: String, version: String },
     #[error("cannot find the worker binary {path}: set runtime.worker_binary")]
     NoWorkerBinary { path: PathBuf },
     #[error("worker events: {0}")]
@@ -278,7 +278,7 @@ type Map = BTreeMap<String, Vec<Arc<LoadedModel>>>;
 struct Loader {
     config: Config,
     state_dir: PathBuf,
-    onnxruntime: PathBuf,
+    onnxruntime: Option<PathBuf>,
     worker_binary: PathBuf,
     worker_audit: Arc<AuditLog>,
     /// File anchors (development mode, no key store).
@@ -325,12 +325,13 @@ impl ModelRegistry {
         } else {
             trust_anchors(config)?
         };
+        // Needed only by ONNX models (checked per model at load): a deployment that serves
+        // only safetensors models on candle needs no ONNX Runtime.
         let onnxruntime = config
             .runtime
             .onnxruntime_library
             .clone()
-            .or_else(|| std::env::var_os("ORT_DYLIB_PATH").map(PathBuf::from))
-            .ok_or(ModelError::NoOnnxRuntime)?;
+            .or_else(|| std::env::var_os("ORT_DYLIB_PATH").map(PathBuf::from));
         let worker_binary = match &config.runtime.worker_binary {
             Some(p) => p.clone(),
             None => default_worker_binary(),
@@ -715,13 +716,18 @@ impl Loader {
         };
         let model_file = staged.directory.join(&m.file);
         // The worker picks its engine by the same rule; refusing here names the model.
-        let platform = ModelFormat::of(&model_file)
-            .map_err(|e| ModelError::Format {
+        let format = ModelFormat::of(&model_file).map_err(|e| ModelError::Format {
+            name: m.name.clone(),
+            version: m.version.clone(),
+            message: e.to_string(),
+        })?;
+        if format == ModelFormat::Onnx && self.onnxruntime.is_none() {
+            return Err(ModelError::NoOnnxRuntime {
                 name: m.name.clone(),
                 version: m.version.clone(),
-                message: e.to_string(),
-            })?
-            .platform();
+            });
+        }
+        let platform = format.platform();
         let sha256 = sha256_file(&model_file).map_err(|source| ModelError::Stage {
             name: m.name.clone(),
             version: m.version.clone(),

@@ -154,3 +154,81 @@ async fn a_signed_safetensors_bert_is_served_over_mtls() {
 
     server.stop().await;
 }
+
+/// A deployment that serves only safetensors models needs no ONNX Runtime: the real `warden
+/// serve`, started without `ORT_DYLIB_PATH` and without `runtime.onnxruntime_library`, serves
+/// the BERT classifier; the ONNX demo model in the same situation is refused at start, named.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn safetensors_models_need_no_onnx_runtime() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+    let dir = tempfile::tempdir().unwrap();
+    let (files, config, cases) = prepare(dir.path());
+    assert!(config.runtime.onnxruntime_library.is_none());
+    let mut child = Command::new(env!("CARGO_BIN_EXE_warden"))
+        .args(["--log-format", "json", "serve", "--config"])
+        .arg(&files.config)
+        .env_remove("ORT_DYLIB_PATH")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let v: Value = serde_json::from_str(&line).unwrap_or(Value::Null);
+            if v["fields"]["message"] == "serving" {
+                let _ = tx.send(v["fields"]["addr"].as_str().unwrap_or("").to_string());
+            }
+        }
+    });
+    let addr: std::net::SocketAddr = match rx.recv_timeout(std::time::Duration::from_secs(60)) {
+        Ok(a) => a.parse().unwrap(),
+        Err(_) => {
+            let _ = child.kill();
+            panic!(
+                "`warden serve` without ONNX Runtime did not start serving the safetensors model"
+            );
+        }
+    };
+    let tls = tls_config(
+        &files.ca,
+        Some((&files.client_cert, &files.client_key)),
+        false,
+    );
+    let mut client = Client::connect(addr, tls, false).await.unwrap();
+    let reply = client
+        .post_json(
+            "/v2/models/demo/infer",
+            request(&cases["cases"][0]).to_string(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        reply.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&reply.body)
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+
+    // The ONNX demo without the library: refused at start, the model named.
+    let onnx_dir = tempfile::tempdir().unwrap();
+    let (onnx, _) = demo::prepare(onnx_dir.path(), 0).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_warden"))
+        .args(["serve", "--config"])
+        .arg(&onnx.config)
+        .env_remove("ORT_DYLIB_PATH")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(
+            "model demo version 1 is an ONNX model but the ONNX Runtime library is not configured"
+        ),
+        "{err}"
+    );
+}

@@ -41,8 +41,8 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 pub struct WorkerOptions {
     /// The `warden-runtime` binary.
     pub worker_binary: PathBuf,
-    /// `libonnxruntime.so` for the worker to load.
-    pub onnxruntime_library: PathBuf,
+    /// `libonnxruntime.so` for the worker to load; needed by ONNX models only.
+    pub onnxruntime_library: Option<PathBuf>,
     /// The model file, already verified by the agent.
     pub model_file: PathBuf,
     /// Its SHA-256 (hex) as verified; the worker refuses a file that no longer matches.
@@ -77,7 +77,7 @@ impl WorkerOptions {
     ) -> WorkerOptions {
         WorkerOptions {
             worker_binary,
-            onnxruntime_library,
+            onnxruntime_library: Some(onnxruntime_library),
             model_file,
             model_sha256,
             intra_op_threads: 1,
@@ -96,13 +96,19 @@ impl WorkerOptions {
     /// agent starts a worker.
     pub fn args(&self) -> Vec<OsString> {
         let policy = serde_json::to_string(&self.sandbox).unwrap_or_default();
+        let library: Vec<OsString> = match &self.onnxruntime_library {
+            Some(l) => vec!["--onnxruntime".into(), l.clone().into_os_string()],
+            None => Vec::new(),
+        };
         [
             "--model".into(),
             self.model_file.clone().into_os_string(),
             "--sha256".into(),
             self.model_sha256.clone().into(),
-            "--onnxruntime".into(),
-            self.onnxruntime_library.clone().into_os_string(),
+        ]
+        .into_iter()
+        .chain(library)
+        .chain([
             "--threads".into(),
             self.intra_op_threads.to_string().into(),
             "--concurrency".into(),
@@ -111,8 +117,8 @@ impl WorkerOptions {
             self.max_frame_bytes.to_string().into(),
             "--sandbox".into(),
             policy.into(),
-        ]
-        .into()
+        ])
+        .collect()
     }
 
     /// The environment a worker gets: nothing of the agent's (which may hold credentials)
