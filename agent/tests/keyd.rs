@@ -90,6 +90,7 @@ fn me(operations: &[Operation]) -> Vec<Principal> {
     vec![Principal {
         name: "test".into(),
         uid: current_uid(),
+        user: None,
         operations: operations.to_vec(),
     }]
 }
@@ -216,6 +217,7 @@ fn a_uid_that_is_no_principal_is_refused() {
     let others = vec![Principal {
         name: "someone-else".into(),
         uid: current_uid().wrapping_add(1),
+        user: None,
         operations: ALL.to_vec(),
     }];
     let keyd = start(store, others);

@@ -352,6 +352,7 @@ fn tls_signed_through_keyd() {
         principals: vec![Principal {
             name: "agent".into(),
             uid: current_uid(),
+            user: None,
             operations: vec![
                 Operation::Describe,
                 Operation::DevicePublicKey,
@@ -669,6 +670,7 @@ fn status_through_a_running_keyd() {
         principals: vec![Principal {
             name: "operator".into(),
             uid: current_uid(),
+            user: None,
             operations: vec![
                 Operation::Describe,
                 Operation::DevicePublicKey,

@@ -724,6 +724,7 @@ impl KeydThread {
             principals: vec![Principal {
                 name: "agent".into(),
                 uid: support_devices::current_uid(),
+                user: None,
                 operations,
             }],
         };

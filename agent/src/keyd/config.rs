@@ -12,7 +12,7 @@
 //!
 //! [[principal]]
 //! name = "agent"
-//! uid = 991                            # the agent's user
+//! user = "warden"                      # the agent's user (or its numeric `uid`)
 //! operations = ["describe", "device_public_key", "sign", "anchors", "unseal", "counter",
 //!               "advance_counter", "read_pcr", "extend_pcr"]
 //!
@@ -116,10 +116,25 @@ impl Operation {
 pub struct Principal {
     /// A name for logs.
     pub name: String,
-    /// The caller's user id, as the kernel reports it for the socket peer.
+    /// The caller's user id, as the kernel reports it for the socket peer. In the file, give
+    /// either `uid` or `user`; a `user` is looked up when the file is read.
+    #[serde(default = "no_uid", skip_serializing_if = "is_no_uid")]
     pub uid: u32,
+    /// The caller's user name (NSS, so sysusers.d users count), instead of `uid`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
     /// What it may call.
     pub operations: Vec<Operation>,
+}
+
+/// `uid` absent from the file: the invalid uid (-1), which no peer can have; replaced from
+/// `user` when the file is read, refused when neither is given.
+fn no_uid() -> u32 {
+    u32::MAX
+}
+
+fn is_no_uid(uid: &u32) -> bool {
+    *uid == u32::MAX
 }
 
 /// keyd's configuration.
@@ -153,12 +168,52 @@ impl KeydConfig {
 
     /// Parses and checks config text (`path` names it in errors).
     pub fn parse(path: &Path, text: &str) -> Result<Self, ConfigError> {
-        let config: KeydConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+        let mut config: KeydConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
             path: path.to_path_buf(),
             message: e.to_string(),
         })?;
+        config.resolve_users(path)?;
         config.check(path)?;
         Ok(config)
+    }
+
+    /// Each principal names its caller by `uid` or by `user`, not both: a user is looked up
+    /// now, so a missing account is an error at start rather than a silent refusal later.
+    fn resolve_users(&mut self, path: &Path) -> Result<(), ConfigError> {
+        for (i, p) in self.principals.iter_mut().enumerate() {
+            let invalid = |field: &str, message: String| ConfigError::Invalid {
+                path: path.to_path_buf(),
+                field: format!("principal[{i}].{field}"),
+                message,
+            };
+            match (&p.user, is_no_uid(&p.uid)) {
+                (Some(_), false) => {
+                    return Err(invalid("user", "give uid or user, not both".into()));
+                }
+                (None, true) => {
+                    return Err(invalid(
+                        "uid",
+                        format!("principal {:?} names no caller: give uid or user", p.name),
+                    ));
+                }
+                (None, false) => {}
+                (Some(user), true) => match nix::unistd::User::from_name(user) {
+                    Ok(Some(u)) => p.uid = u.uid.as_raw(),
+                    Ok(None) => {
+                        return Err(invalid(
+                            "user",
+                            format!(
+                                "no user {user:?} (create it, e.g. with sysusers.d, or give uid)"
+                            ),
+                        ));
+                    }
+                    Err(e) => {
+                        return Err(invalid("user", format!("looking up user {user:?}: {e}")));
+                    }
+                },
+            }
+        }
+        Ok(())
     }
 
     fn check(&self, path: &Path) -> Result<(), ConfigError> {
@@ -246,6 +301,29 @@ name = "agent"
 uid = 991
 operations = ["describe", "sign"]
 "#;
+
+    #[test]
+    fn a_principal_is_named_by_uid_or_by_user() {
+        let by_user = GOOD.replace("uid = 991", "user = \"root\"");
+        let c = KeydConfig::parse(Path::new("/etc/warden/keyd.toml"), &by_user).unwrap();
+        assert!(c.principal(0).is_some(), "root resolves to uid 0");
+        for (text, want) in [
+            (
+                GOOD.replace("uid = 991", "uid = 991\nuser = \"root\""),
+                "not both",
+            ),
+            (GOOD.replace("uid = 991\n", ""), "names no caller"),
+            (
+                GOOD.replace("uid = 991", "user = \"no-such-user-warden\""),
+                "no user \"no-such-user-warden\"",
+            ),
+        ] {
+            let e = KeydConfig::parse(Path::new("/etc/warden/keyd.toml"), &text)
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(want), "{e}");
+        }
+    }
 
     #[test]
     fn parses_and_checks() {
