@@ -146,6 +146,25 @@ fn main() {
         validate::inputs(&signature, &req.inputs).unwrap();
         std::hint::black_box(req);
     };
+    // One request's audit line, as the server writes it.
+    let audit_line = |identity: &warden_agent::gateway::identity::Identity, rule: &str| {
+        audit.record(&AuditEvent {
+            kind: "request",
+            request_id: Some("0123456789abcdef0123456789abcdef"),
+            identity: Some(&identity.id),
+            tenant: Some(&identity.tenant),
+            peer: Some("127.0.0.1:40000".into()),
+            method: Some("POST"),
+            route: Some("/v2/models/{name}/infer"),
+            model: Some("demo"),
+            version: Some("1"),
+            outcome: "ok",
+            status: Some(200),
+            reason: None,
+            rule: Some(rule),
+            latency_us: Some(100),
+        });
+    };
     let on = |headers: &http::HeaderMap| {
         let started = Instant::now();
         let identity = gateway.authenticate(Some(&cert), headers).unwrap();
@@ -161,22 +180,7 @@ fn main() {
         let req = codec::decode_request(body, None).unwrap();
         validate::inputs(&signature, &req.inputs).unwrap();
         validate::ranges(&ranges, &req.inputs).unwrap();
-        audit.record(&AuditEvent {
-            kind: "request",
-            request_id: Some("0123456789abcdef0123456789abcdef"),
-            identity: Some(&identity.id),
-            tenant: Some(&identity.tenant),
-            peer: Some("127.0.0.1:40000".into()),
-            method: Some("POST"),
-            route: Some("/v2/models/{name}/infer"),
-            model: Some("demo"),
-            version: Some("1"),
-            outcome: "ok",
-            status: Some(200),
-            reason: None,
-            rule: Some(&d.rule),
-            latency_us: Some(100),
-        });
+        audit_line(&identity, &d.rule);
         gateway
             .metrics
             .request("/v2/models/{name}/infer", "demo", "ok", started.elapsed());
@@ -232,22 +236,7 @@ fn main() {
         std::hint::black_box(gateway.rate(&id));
     });
     stage("  audit line (file)", &|| {
-        audit.record(&AuditEvent {
-            kind: "request",
-            request_id: Some("0123456789abcdef0123456789abcdef"),
-            identity: Some(&id.id),
-            tenant: Some(&id.tenant),
-            peer: Some("127.0.0.1:40000".into()),
-            method: Some("POST"),
-            route: Some("/v2/models/{name}/infer"),
-            model: Some("demo"),
-            version: Some("1"),
-            outcome: "ok",
-            status: Some(200),
-            reason: None,
-            rule: Some("tenant_model_grant"),
-            latency_us: Some(100),
-        })
+        audit_line(&id, "tenant_model_grant")
     });
     stage("  metrics", &|| {
         gateway.metrics.request(

@@ -213,23 +213,7 @@ impl TlsApp for Admin {
     }
 
     fn refused(&self, addr: SocketAddr, reason: &str) {
-        tracing::info!(peer = %addr, reason, "admin: TLS handshake refused");
-        self.audit.record(&AuditEvent {
-            kind: "admin",
-            request_id: None,
-            identity: None,
-            tenant: None,
-            peer: Some(addr.to_string()),
-            method: None,
-            route: None,
-            model: None,
-            version: None,
-            outcome: "tls_refused",
-            status: None,
-            reason: Some(reason),
-            rule: None,
-            latency_us: None,
-        });
+        crate::server::audit_tls_refused(&self.audit, "admin", addr, reason);
     }
 
     async fn handle(
@@ -511,7 +495,7 @@ impl Admin {
             .state_dir()
             .join(UPLOADS)
             .join(uuid::Uuid::new_v4().to_string());
-        let done = match create_private_dir(&upload) {
+        let done = match crate::state_files::create_private_dir(&upload) {
             Err(e) => internal("creating the upload directory", &e),
             Ok(()) => {
                 let archive = upload.join("archive.tar");
@@ -775,7 +759,13 @@ impl Admin {
                 );
             }
         };
-        if let Err(e) = write_atomically(&path, &body) {
+        // 0644: what File::create gave it before (the list is signed, public data).
+        if let Err(e) = crate::state_files::write_atomically(
+            &path,
+            &body,
+            0o644,
+            crate::state_files::Durability::Synced,
+        ) {
             return Done::refuse(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "internal",
@@ -1006,27 +996,4 @@ fn unpack(
         }
     }
     Ok(())
-}
-
-fn create_private_dir(path: &Path) -> std::io::Result<()> {
-    use std::os::unix::fs::DirBuilderExt;
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(path)
-}
-
-/// Writes beside `path`, then renames over it: readers see the old list or the new one.
-fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let tmp = path.with_extension(format!("tmp-{}", uuid::Uuid::new_v4()));
-    let result = (|| {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
 }

@@ -310,7 +310,7 @@ pub fn policy_set_manifest(dir: &Path) -> Result<String, AdmissionError> {
 fn digest_of(manifest: &str) -> String {
     format!(
         "sha256:{}",
-        hex_lower(&sha2::Sha256::digest(manifest.as_bytes()))
+        hex::encode(sha2::Sha256::digest(manifest.as_bytes()))
     )
 }
 
@@ -327,7 +327,7 @@ fn read_policy_set(dir: &Path) -> Result<BTreeMap<String, Vec<u8>>, AdmissionErr
 fn manifest_of(set: &BTreeMap<String, Vec<u8>>) -> String {
     let mut manifest = String::from(MANIFEST_HEADER);
     for (rel, bytes) in set {
-        manifest.push_str(&hex_lower(&sha2::Sha256::digest(bytes)));
+        manifest.push_str(&hex::encode(sha2::Sha256::digest(bytes)));
         manifest.push_str("  ");
         manifest.push_str(rel);
         manifest.push('\n');
@@ -407,10 +407,6 @@ fn collect_rego(
         out.insert(rel, path);
     }
     Ok(())
-}
-
-fn hex_lower(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 // ---- facts ----------------------------------------------------------------------------------

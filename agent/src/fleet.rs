@@ -8,9 +8,9 @@
 
 use crate::config::ModelConfig;
 use crate::models::ModelRegistry;
+use crate::state_files::Durability;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
 const PUSHED: &str = "pushed";
@@ -111,15 +111,9 @@ pub fn save_active(state_dir: &Path, models: &ModelRegistry) -> Result<(), Fleet
             .collect(),
     };
     let path = state_dir.join(ACTIVE_FILE);
-    let tmp = state_dir.join(format!(".{ACTIVE_FILE}.tmp"));
     let bytes = serde_json::to_vec_pretty(&file)?;
-    let write = || -> std::io::Result<()> {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(&bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, &path)
-    };
-    write().map_err(io(&path))
+    crate::state_files::write_atomically(&path, &bytes, 0o600, Durability::Synced)
+        .map_err(io(&path))
 }
 
 /// At start: loads every kept version (refusing, with a log line and an audit event, those

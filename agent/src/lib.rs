@@ -17,6 +17,7 @@ pub mod oci;
 pub mod pki;
 pub mod serve;
 pub mod server;
+pub mod state_files;
 pub mod status;
 pub mod tls;
 pub mod tls_keystore;

@@ -1211,14 +1211,8 @@ fn stage_and_verify(
             Ok(verified) => {
                 // The signature may leave paths out (ignore paths); the file the engine loads
                 // must be one it covers.
-                let loaded = m.file.to_string_lossy();
-                let covered = verified.files.iter().any(|f| {
-                    f.name == loaded
-                        || f.name
-                            .strip_prefix(loaded.as_ref())
-                            .is_some_and(|rest| rest.starts_with(':'))
-                });
-                if !covered {
+                let names: Vec<String> = verified.files.iter().map(|f| f.name.clone()).collect();
+                if !covers(&names, &m.file.to_string_lossy()) {
                     let _ = std::fs::remove_dir_all(&version_dir);
                     return Err(ModelError::Signature {
                         name: m.name.clone(),
@@ -1296,17 +1290,7 @@ pub fn sha256_file(path: &Path) -> std::io::Result<String> {
         }
         h.update(&buf[..n]);
     }
-    Ok(hex_lower(&h.finalize()))
-}
-
-fn hex_lower(bytes: &[u8]) -> String {
-    use std::fmt::Write;
-    bytes
-        .iter()
-        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
-            let _ = write!(s, "{b:02x}");
-            s
-        })
+    Ok(hex::encode(h.finalize()))
 }
 
 #[cfg(test)]

@@ -298,15 +298,8 @@ impl Prepared {
 }
 
 fn create_private_dir(path: &std::path::Path) -> Result<(), ServeError> {
-    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
-    let err = |source| ServeError::State {
+    crate::state_files::create_private_dir(path).map_err(|source| ServeError::State {
         path: path.to_path_buf(),
         source,
-    };
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(path)
-        .map_err(err)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700)).map_err(err)
+    })
 }

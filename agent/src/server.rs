@@ -192,7 +192,7 @@ impl TlsApp for Inference {
     }
 
     fn refused(&self, addr: SocketAddr, reason: &str) {
-        refused(&self.audit, addr, reason);
+        audit_tls_refused(&self.audit, "connection", addr, reason);
     }
 
     async fn handle(&self, req: Request<Incoming>, peer: &Peer) -> Response<Full<Bytes>> {
@@ -203,11 +203,12 @@ impl TlsApp for Inference {
     }
 }
 
-/// A connection refused at the TLS layer (no certificate, an unknown CA, a protocol error).
-fn refused(audit: &AuditLog, addr: SocketAddr, reason: &str) {
-    tracing::info!(peer = %addr, reason, "TLS handshake refused");
+/// A connection refused at the TLS layer (no certificate, an unknown CA, a protocol error),
+/// audited under `kind` (the listener: `connection` for inference, `admin` for fleet push).
+pub fn audit_tls_refused(audit: &AuditLog, kind: &'static str, addr: SocketAddr, reason: &str) {
+    tracing::info!(peer = %addr, listener = kind, reason, "TLS handshake refused");
     audit.record(&AuditEvent {
-        kind: "connection",
+        kind,
         request_id: None,
         identity: None,
         tenant: None,

@@ -7,9 +7,8 @@
 //! an input: nothing the agent does depends on it.
 
 use crate::models::ModelRegistry;
+use crate::state_files::Durability;
 use serde::{Deserialize, Serialize};
-use std::io::Write as _;
-use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -94,22 +93,9 @@ pub fn snapshot(models: &ModelRegistry, listen: &str, running: bool) -> AgentSta
 /// Writes `status` into `state_dir` atomically (a temporary file, then a rename).
 pub fn write(state_dir: &Path, status: &AgentStatus) -> Result<(), StatusError> {
     let path = state_dir.join(STATUS_FILE);
-    let tmp = state_dir.join(format!(".{STATUS_FILE}.tmp"));
-    let err = |source| StatusError::Write {
-        path: path.clone(),
-        source,
-    };
     let body = serde_json::to_vec_pretty(status)?;
-    let _ = std::fs::remove_file(&tmp);
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&tmp)
-        .map_err(err)?;
-    f.write_all(&body).map_err(err)?;
-    drop(f);
-    std::fs::rename(&tmp, &path).map_err(err)
+    crate::state_files::write_atomically(&path, &body, 0o600, Durability::Report)
+        .map_err(|source| StatusError::Write { path, source })
 }
 
 /// Rewrites the file every [`WRITE_EVERY`] until aborted.

@@ -3,6 +3,7 @@
 //! fresh swtpm; and the `warden keyd` binary end to end.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+#[path = "../../attest/tests/devices/mod.rs"]
 mod support_devices;
 
 use std::io::{Read as _, Write as _};

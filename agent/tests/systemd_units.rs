@@ -7,6 +7,7 @@
 //! (runtime/SANDBOX.md) and no capability.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+#[path = "../../attest/tests/devices/mod.rs"]
 mod support_devices;
 
 use std::collections::{BTreeMap, BTreeSet};

@@ -3,6 +3,7 @@
 //! handshake whose server signature comes from the TPM, with no private key file anywhere.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+#[path = "../../attest/tests/devices/mod.rs"]
 mod support_devices;
 
 use std::path::{Path, PathBuf};
@@ -548,56 +549,26 @@ fn quote_and_verify_on_swtpm_with_the_application_log() {
 /// the only one loading the module) serves it, and this process signs through the socket.
 #[test]
 fn pkcs11_on_softhsm_through_provision_and_the_keyd_binary() {
-    support_devices::require("softhsm2-util", "softhsm2");
-    let module = [
-        "/usr/lib/softhsm/libsofthsm2.so",
-        "/usr/lib/x86_64-linux-gnu/softhsm/libsofthsm2.so",
-        "/usr/lib/aarch64-linux-gnu/softhsm/libsofthsm2.so",
-    ]
-    .into_iter()
-    .map(PathBuf::from)
-    .find(|p| p.is_file())
-    .expect("the SoftHSM2 module (Debian package softhsm2): run scripts/setup.sh --test");
+    let token = support_devices::Token::create();
     let dir = tempfile::tempdir().unwrap();
-    let tokens = dir.path().join("tokens");
-    std::fs::create_dir(&tokens).unwrap();
-    let conf = dir.path().join("softhsm2.conf");
-    std::fs::write(
-        &conf,
-        format!(
-            "directories.tokendir = {}\nobjectstore.backend = file\nlog.level = ERROR\nslots.removable = false\n",
-            tokens.display()
-        ),
-    )
-    .unwrap();
-    let init = Command::new("softhsm2-util")
-        .env("SOFTHSM2_CONF", &conf)
-        .args([
-            "--init-token",
-            "--free",
-            "--label",
-            "warden-keyd",
-            "--so-pin",
-            "5678-so",
-            "--pin",
-            "1234-user",
-        ])
-        .output()
-        .unwrap();
-    assert!(init.status.success(), "{}", text(&init));
-    let pin = dir.path().join("pin");
-    std::fs::write(&pin, "1234-user\n").unwrap();
+    let softhsm = |c: &mut Command| {
+        if let Some(conf) = &token.softhsm_conf {
+            c.env("SOFTHSM2_CONF", conf);
+        }
+    };
     let cfg = keyd_toml(
         dir.path(),
         &format!(
-            "backend = \"pkcs11\"\nmodule = \"{}\"\ntoken_label = \"warden-keyd\"\npin_file = \"{}\"",
-            module.display(),
-            pin.display()
+            "backend = \"pkcs11\"\nmodule = \"{}\"\ntoken_label = \"{}\"\npin_file = \"{}\"",
+            token.module.display(),
+            token.label,
+            token.pin_file.display()
         ),
     );
     let csr = dir.path().join("device.csr");
-    let out = Command::new(env!("CARGO_BIN_EXE_warden"))
-        .env("SOFTHSM2_CONF", &conf)
+    let mut provision = Command::new(env!("CARGO_BIN_EXE_warden"));
+    softhsm(&mut provision);
+    let out = provision
         .args(["provision", "--keyd-config"])
         .arg(&cfg)
         .arg("--csr")
@@ -611,8 +582,9 @@ fn pkcs11_on_softhsm_through_provision_and_the_keyd_binary() {
             .unwrap();
 
     let socket = dir.path().join("keyd.sock");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_warden"))
-        .env("SOFTHSM2_CONF", &conf)
+    let mut keyd = Command::new(env!("CARGO_BIN_EXE_warden"));
+    softhsm(&mut keyd);
+    let mut child = keyd
         .args(["keyd", "--config"])
         .arg(&cfg)
         .stderr(std::process::Stdio::null())

@@ -5,47 +5,28 @@
 //! is loaded and unloads what is now refused (revoked, policy changed, list replayed).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod fleet;
 mod support;
+#[path = "../../attest/tests/devices/mod.rs"]
 mod support_devices;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use warden_agent::config::{AdmissionConfig, Config, KeystoreConfig, ModelConfig};
+use warden_agent::config::{Config, KeystoreConfig, ModelConfig};
 use warden_agent::keyd::{self, KeydConfig, Operation, Principal};
 use warden_agent::models::{ModelError, ModelRegistry};
 use warden_agent::{demo, serve};
-use warden_attest::bundle::{self, Curve, SignOptions, Signer};
+use warden_attest::bundle::{self, SignOptions, Signer};
 use warden_attest::keystore::software::SoftwareKeyStore;
-use warden_attest::keystore::{BackendConfig, KeyStore, Role, SoftwareConfig};
+use warden_attest::keystore::{BackendConfig, KeyStore, SoftwareConfig};
 use warden_attest::release::{Release, Stage, sign_attestation, sign_release};
 use warden_attest::revocation::{RevocationList, RevokedVersion, sign_revocation_list};
 
 use support::{Client, tls_config};
 
-const SLSA: &str = "https://slsa.dev/provenance/v1";
-
-fn key() -> (Signer, String) {
-    let (private_pem, public_pem) = bundle::generate_private_key_pem(Curve::P256).unwrap();
-    (
-        Signer::from_private_key_pem(&private_pem).unwrap(),
-        public_pem,
-    )
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        let target = to.join(e.file_name());
-        if e.file_type().unwrap().is_dir() {
-            copy_dir(&e.path(), &target);
-        } else {
-            std::fs::copy(e.path(), target).unwrap();
-        }
-    }
-}
+use fleet::{SLSA, copy_dir, key};
 
 /// The demo's files, with anchors in a key store and everything signed for admission.
 struct World {
@@ -110,26 +91,17 @@ impl World {
                 warden_attest::keystore::open(&c).unwrap()
             }
         };
-        store
-            .install_anchors(Role::ModelSigners, &signer_pub)
-            .unwrap();
-        store
-            .install_anchors(Role::ReleaseAuthority, release_pub.as_bytes())
-            .unwrap();
-        store
-            .install_anchors(Role::FleetAuthority, fleet_pub.as_bytes())
-            .unwrap();
+        fleet::install_role_anchors(store.as_ref(), &signer_pub, &release_pub, &fleet_pub);
         drop(store);
 
         // Key-store mode: no file anchors.
         config.trust = Default::default();
         let revocations = files.dir.join("revocations.json");
-        config.admission = Some(AdmissionConfig {
-            policy_directory: policy_dir.clone(),
-            allowed_stages: vec![Stage::Approved],
-            revocation_list: Some(revocations.clone()),
+        config.admission = Some(fleet::admission(
+            &policy_dir,
+            &revocations,
             refresh_interval_s,
-        });
+        ));
         let mut w = World {
             _dir: dir,
             files,

@@ -86,7 +86,7 @@ impl KeydClient {
                     location: format!("{location} (through keyd at {})", socket.display()),
                     development_only,
                 };
-                client.capabilities = capabilities.into();
+                client.capabilities = capabilities;
                 Ok(client)
             }
             other => Err(client.unexpected(&other)),

@@ -250,54 +250,6 @@ impl From<WireCounter> for Counter {
     }
 }
 
-/// [`Capabilities`] on the wire.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[allow(missing_docs, clippy::struct_excessive_bools)]
-pub struct WireCapabilities {
-    pub anchors: bool,
-    pub anchors_hardware_locked: bool,
-    pub device_key: bool,
-    pub device_key_non_exportable: bool,
-    pub seal: bool,
-    pub seal_bound_to_pcrs: bool,
-    pub counters: bool,
-    pub counters_hardware_monotonic: bool,
-    #[serde(default)]
-    pub pcrs: bool,
-}
-
-impl From<Capabilities> for WireCapabilities {
-    fn from(c: Capabilities) -> Self {
-        Self {
-            anchors: c.anchors,
-            anchors_hardware_locked: c.anchors_hardware_locked,
-            device_key: c.device_key,
-            device_key_non_exportable: c.device_key_non_exportable,
-            seal: c.seal,
-            seal_bound_to_pcrs: c.seal_bound_to_pcrs,
-            counters: c.counters,
-            counters_hardware_monotonic: c.counters_hardware_monotonic,
-            pcrs: c.pcrs,
-        }
-    }
-}
-
-impl From<WireCapabilities> for Capabilities {
-    fn from(c: WireCapabilities) -> Self {
-        Self {
-            anchors: c.anchors,
-            anchors_hardware_locked: c.anchors_hardware_locked,
-            device_key: c.device_key,
-            device_key_non_exportable: c.device_key_non_exportable,
-            seal: c.seal,
-            seal_bound_to_pcrs: c.seal_bound_to_pcrs,
-            counters: c.counters,
-            counters_hardware_monotonic: c.counters_hardware_monotonic,
-            pcrs: c.pcrs,
-        }
-    }
-}
-
 /// Why keyd refused a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -339,7 +291,7 @@ pub enum Response {
         /// Development only.
         development_only: bool,
         /// What it can do.
-        capabilities: WireCapabilities,
+        capabilities: Capabilities,
     },
     /// The device public key.
     PublicKey {

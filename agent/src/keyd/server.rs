@@ -221,7 +221,7 @@ fn execute(request: Request, store: &dyn KeyStore) -> Response {
                 kind: info.kind.to_owned(),
                 location: info.location,
                 development_only: info.development_only,
-                capabilities: store.capabilities().into(),
+                capabilities: store.capabilities(),
             }
         }
         Request::DevicePublicKey {} => match store.device_public_key() {

@@ -41,6 +41,32 @@ pub fn copy_dir(from: &Path, to: &Path) {
     }
 }
 
+/// The role anchors every key-store test world installs: the demo's model signer, a release
+/// authority and a fleet authority (PEM public keys).
+pub fn install_role_anchors(store: &dyn KeyStore, signer: &[u8], release: &str, fleet: &str) {
+    store.install_anchors(Role::ModelSigners, signer).unwrap();
+    store
+        .install_anchors(Role::ReleaseAuthority, release.as_bytes())
+        .unwrap();
+    store
+        .install_anchors(Role::FleetAuthority, fleet.as_bytes())
+        .unwrap();
+}
+
+/// Admission with the policies in `policy_dir`, stage Approved, and `revocations` as the list.
+pub fn admission(
+    policy_dir: &Path,
+    revocations: &Path,
+    refresh_interval_s: u64,
+) -> AdmissionConfig {
+    AdmissionConfig {
+        policy_directory: policy_dir.to_path_buf(),
+        allowed_stages: vec![Stage::Approved],
+        revocation_list: Some(revocations.to_path_buf()),
+        refresh_interval_s,
+    }
+}
+
 /// One pushable version: the files a tar is built from.
 pub struct Bundle {
     pub model: PathBuf,
@@ -106,24 +132,11 @@ impl World {
             },
         )));
         let store = SoftwareKeyStore::open(&ks_dir).unwrap();
-        store
-            .install_anchors(Role::ModelSigners, &signer_pub)
-            .unwrap();
-        store
-            .install_anchors(Role::ReleaseAuthority, release_pub.as_bytes())
-            .unwrap();
-        store
-            .install_anchors(Role::FleetAuthority, fleet_pub.as_bytes())
-            .unwrap();
+        install_role_anchors(&store, &signer_pub, &release_pub, &fleet_pub);
         drop(store);
         config.trust = Default::default();
         let revocations = files.dir.join("revocations.json");
-        config.admission = Some(AdmissionConfig {
-            policy_directory: policy_dir.clone(),
-            allowed_stages: vec![Stage::Approved],
-            revocation_list: Some(revocations.clone()),
-            refresh_interval_s: 3600,
-        });
+        config.admission = Some(admission(&policy_dir, &revocations, 3600));
 
         // The fleet CA and the controller's client certificate.
         let fleet_ca = DevCa::new("Warden fleet CA (test)").unwrap();

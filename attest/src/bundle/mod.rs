@@ -231,9 +231,19 @@ impl Verifier {
         &self,
         bundle_json: &[u8],
     ) -> Result<(Vec<u8>, String), BundleError> {
+        self.verify_bounded(bundle_json, "signed statement")
+    }
+
+    /// The size bound (`what` names the document in the error), the envelope parsed and its
+    /// signature verified over the exact bytes: the payload, not yet parsed, and the signer.
+    fn verify_bounded(
+        &self,
+        bundle_json: &[u8],
+        what: &str,
+    ) -> Result<(Vec<u8>, String), BundleError> {
         if bundle_json.len() as u64 > MAX_SIGNATURE_BYTES {
             return Err(BundleError::TooLarge {
-                what: "signed statement".to_owned(),
+                what: what.to_owned(),
                 size: bundle_json.len() as u64,
                 limit: MAX_SIGNATURE_BYTES,
             });
@@ -534,16 +544,8 @@ fn open_signed(
     bundle_json: &[u8],
     verifier: &Verifier,
 ) -> Result<(statement::SignedManifest, String), BundleError> {
-    if bundle_json.len() as u64 > MAX_SIGNATURE_BYTES {
-        return Err(BundleError::TooLarge {
-            what: "signature".to_owned(),
-            size: bundle_json.len() as u64,
-            limit: MAX_SIGNATURE_BYTES,
-        });
-    }
-    let bundle = dsse::parse(bundle_json)?;
-    let signer = verifier.verify_envelope(&bundle)?;
-    let signed = statement::parse(&bundle.payload)?;
+    let (payload, signer) = verifier.verify_bounded(bundle_json, "signature")?;
+    let signed = statement::parse(&payload)?;
     Ok((signed, signer))
 }
 

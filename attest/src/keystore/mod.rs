@@ -147,8 +147,9 @@ impl std::fmt::Display for BackendInfo {
     }
 }
 
-/// What a backend can do, and with which protection.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+/// What a backend can do, and with which protection. Serialized as is on keyd's socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[allow(clippy::struct_excessive_bools)]
 pub struct Capabilities {
     /// Trust anchors can be installed and read back.
     pub anchors: bool,
@@ -167,6 +168,7 @@ pub struct Capabilities {
     /// The counter cannot be decreased, even by someone holding the credentials.
     pub counters_hardware_monotonic: bool,
     /// PCRs that can be extended and read, and quotes signed by an attestation key.
+    #[serde(default)]
     pub pcrs: bool,
 }
 

@@ -7,6 +7,7 @@
 //!   use this module and (initialized, empty) token instead of a SoftHSM2 temp token.
 //!
 //! Missing programs fail the test with the command that installs them; nothing is skipped.
+//! The agent's integration tests include this file too (`#[path]`), so there is one launcher.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::net::{TcpListener, TcpStream};
@@ -236,4 +237,11 @@ pub fn run_pkcs11_in_child(test_name: &str) -> Option<Token> {
         "the child process did not run {test_name}:\n{stdout}"
     );
     None
+}
+
+/// This process's uid, without unsafe code: the owner of a file it just created.
+pub fn current_uid() -> u32 {
+    use std::os::unix::fs::MetadataExt as _;
+    let f = tempfile::NamedTempFile::new().unwrap();
+    f.as_file().metadata().unwrap().uid()
 }
