@@ -54,6 +54,7 @@ fn main() {
         EngineOptions {
             intra_op_threads: 1,
             sessions: 1,
+            ..Default::default()
         },
     )
     .unwrap();

@@ -839,6 +839,11 @@ fn classify(e: &ModelError) -> (StatusCode, &'static str, &'static str) {
             "already_loaded",
             "this version is already loaded",
         ),
+        ModelError::Device { .. } => (
+            StatusCode::CONFLICT,
+            "device_unavailable",
+            "the version's configured device cannot take it",
+        ),
         _ => (
             StatusCode::INTERNAL_SERVER_ERROR,
             "load_failed",

@@ -347,6 +347,9 @@ impl AdmissionConfig {
     }
 }
 
+/// The largest GPU memory budget one model may ask for, in MiB.
+const MAX_GPU_BUDGET_MIB: u64 = 1 << 20;
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ModelConfig {
@@ -371,6 +374,38 @@ pub struct ModelConfig {
     pub inputs: std::collections::BTreeMap<String, InputRange>,
     /// Dynamic batching (`[model.batching]`). Absent: off.
     pub batching: Option<BatchingConfig>,
+    /// The device the model runs on (`[model.accelerator]`). Absent: the CPU.
+    pub accelerator: Option<AcceleratorConfig>,
+}
+
+impl ModelConfig {
+    /// What the worker is asked for: the configured device, or the CPU.
+    pub fn device_request(&self) -> warden_runtime::device::DeviceRequest {
+        match &self.accelerator {
+            None => warden_runtime::device::DeviceRequest::default(),
+            Some(a) => warden_runtime::device::DeviceRequest {
+                device: a.device,
+                memory_budget_bytes: a.memory_budget_mib.map(|mib| mib.saturating_mul(1 << 20)),
+                cpu_fallback: a.cpu_fallback,
+            },
+        }
+    }
+}
+
+/// `[model.accelerator]`: where the model runs. A GPU needs a memory budget; a GPU that cannot
+/// be used (absent, its ONNX Runtime provider or CUDA libraries missing) refuses the load
+/// unless `cpu_fallback` is set, and then the fallback is reported by `warden status`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AcceleratorConfig {
+    /// `"cpu"`, `"cuda:N"` or `"tensorrt:N"` (N: the GPU's ordinal, as `warden status` lists).
+    pub device: warden_runtime::device::Device,
+    /// GPU memory the model may hold, in MiB; the budgets of the models on one GPU must fit in
+    /// its memory.
+    pub memory_budget_mib: Option<u64>,
+    /// Run on the CPU when the GPU cannot be used, instead of refusing to load.
+    #[serde(default)]
+    pub cpu_fallback: bool,
 }
 
 /// Inclusive bounds on the elements of one input tensor.
@@ -632,6 +667,20 @@ impl Config {
             ));
         }
         for m in &self.models {
+            if let Some(a) = &m.accelerator {
+                let field = format!("model.{}.accelerator", m.name);
+                m.device_request()
+                    .validate()
+                    .map_err(|e| invalid(&field, e))?;
+                if a.memory_budget_mib
+                    .is_some_and(|mib| mib > MAX_GPU_BUDGET_MIB)
+                {
+                    return Err(invalid(
+                        &format!("{field}.memory_budget_mib"),
+                        format!("must be at most {MAX_GPU_BUDGET_MIB} (1 TiB)"),
+                    ));
+                }
+            }
             if let Some(b) = &m.batching {
                 if b.window_us > 100_000 {
                     return Err(invalid(
@@ -1139,6 +1188,51 @@ attestations = ["models/demo.slsa.json"]
         ] {
             let err = parse(&format!("{GOOD}{extra}")).unwrap_err().to_string();
             assert!(err.contains(field), "{extra}: {err}");
+        }
+    }
+
+    #[test]
+    fn accelerator_is_read_and_checked() {
+        use warden_runtime::device::{Device, DeviceRequest};
+        let c = parse(GOOD).unwrap();
+        assert_eq!(c.models[0].device_request(), DeviceRequest::default());
+        let c = parse(&format!(
+            "{GOOD}[model.accelerator]\ndevice = \"cuda:1\"\nmemory_budget_mib = 2048\ncpu_fallback = true\n"
+        ))
+        .unwrap();
+        assert_eq!(
+            c.models[0].device_request(),
+            DeviceRequest {
+                device: Device::Cuda(1),
+                memory_budget_bytes: Some(2048 << 20),
+                cpu_fallback: true,
+            }
+        );
+        for (extra, wanted) in [
+            ("device = \"cuda:0\"\n", "needs a GPU memory budget"),
+            (
+                "device = \"cuda:0\"\nmemory_budget_mib = 0\n",
+                "must be above 0",
+            ),
+            (
+                "device = \"cuda:0\"\nmemory_budget_mib = 2000000\n",
+                "memory_budget_mib",
+            ),
+            (
+                "device = \"cpu\"\nmemory_budget_mib = 10\n",
+                "GPU device only",
+            ),
+            ("device = \"cpu\"\ncpu_fallback = true\n", "GPU device only"),
+            ("device = \"gpu0\"\n", "cuda:N"),
+            (
+                "device = \"cuda:0\"\nmemory_budget_mib = 1\nfallback = true\n",
+                "fallback",
+            ),
+        ] {
+            let err = parse(&format!("{GOOD}[model.accelerator]\n{extra}"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(wanted), "{extra}: {err}");
         }
     }
 

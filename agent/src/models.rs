@@ -22,6 +22,7 @@ use tokio::sync::broadcast;
 use warden_attest::boot::measure::{AppEventLog, DEFAULT_APP_PCR};
 use warden_attest::bundle::{self, Verifier, VerifyOptions};
 use warden_attest::keystore::{KeyStore, KeyStoreError};
+use warden_runtime::device::DeviceRequest;
 use warden_runtime::engine::ModelFormat;
 use warden_runtime::tensor::ModelSignature;
 use warden_runtime::worker::{Worker, WorkerOptions};
@@ -90,6 +91,12 @@ pub enum ModelError {
     Anchor { path: PathBuf, message: String },
     #[error("model {name} version {version}: {message}")]
     Format {
+        name: String,
+        version: String,
+        message: String,
+    },
+    #[error("model {name} version {version}: {message}")]
+    Device {
         name: String,
         version: String,
         message: String,
@@ -266,6 +273,8 @@ pub struct LoadedModel {
     /// Declared value ranges per input (`[model.inputs]`; pushed versions inherit the
     /// configured model's).
     pub input_ranges: BTreeMap<String, crate::config::InputRange>,
+    /// Why the agent started the worker on the CPU though a GPU was configured.
+    fallback_reason: Option<String>,
     /// The verified copy, re-checked on every refresh.
     staged_dir: PathBuf,
     /// Present when admitted by the startup policy.
@@ -284,6 +293,23 @@ struct Loader {
     /// File anchors (development mode, no key store).
     verifiers: Vec<(PathBuf, Verifier)>,
     trust: Option<Arc<TrustContext>>,
+    /// The machine's GPUs, discovered when the first model asks for one.
+    gpus: std::sync::OnceLock<warden_runtime::accel::Inventory>,
+    /// GPU memory budgets granted, per GPU ordinal, per model name (the versions of one model
+    /// share its budget). Never given back while the agent runs: conservative.
+    gpu_budgets: std::sync::Mutex<BTreeMap<u32, BTreeMap<String, u64>>>,
+}
+
+impl LoadedModel {
+    /// Where the model runs: the worker's report, with the agent's reason when the agent
+    /// itself moved a GPU model to the CPU (its GPU does not exist).
+    pub fn placement(&self) -> warden_runtime::device::Placement {
+        let mut placement = self.worker.placement();
+        if placement.fallback_reason.is_none() {
+            placement.fallback_reason.clone_from(&self.fallback_reason);
+        }
+        placement
+    }
 }
 
 /// A version a refresh stopped serving.
@@ -357,6 +383,8 @@ impl ModelRegistry {
                 worker_audit,
                 verifiers,
                 trust,
+                gpus: std::sync::OnceLock::new(),
+                gpu_budgets: std::sync::Mutex::new(BTreeMap::new()),
             },
         };
         for m in &config.models {
@@ -612,6 +640,7 @@ impl ModelRegistry {
                     ready: m.worker.is_alive(),
                     quarantined: m.worker.quarantined(),
                     batching: m.worker.batching(),
+                    placement: Some(m.placement()),
                     forwarded: m.forwarded.load(std::sync::atomic::Ordering::Relaxed),
                 });
             }
@@ -704,7 +733,102 @@ impl ModelRegistry {
     }
 }
 
+/// The device model `name` gets for `request` on a machine with `inventory`, where `granted`
+/// holds the GPU memory budgets already given, per GPU, per model. A GPU must exist and hold
+/// the model's budget beside the others' (the versions of one model share its budget); a GPU
+/// that does not exist falls back to the CPU only where the request allows it. A budget that
+/// does not fit is a configuration error and always refuses: a fallback would hide it.
+fn grant_device(
+    inventory: &warden_runtime::accel::Inventory,
+    granted: &mut BTreeMap<u32, BTreeMap<String, u64>>,
+    name: &str,
+    request: DeviceRequest,
+) -> Result<Granted, String> {
+    let Some(ordinal) = request.device.gpu() else {
+        return Ok(Granted {
+            request,
+            fallback_reason: None,
+        });
+    };
+    let Some(gpu) = inventory
+        .gpus
+        .iter()
+        .find(|g| u32::try_from(g.ordinal).ok() == Some(ordinal))
+    else {
+        let why = match &inventory.none_because {
+            Some(why) => format!("no GPU {ordinal} on this machine: {why}"),
+            None => format!(
+                "no GPU {ordinal} on this machine ({} GPU(s) found)",
+                inventory.gpus.len()
+            ),
+        };
+        return match request.fall_back(why.clone()) {
+            Ok(request) => Ok(Granted {
+                request,
+                fallback_reason: Some(why),
+            }),
+            Err(e) => Err(e.to_string()),
+        };
+    };
+    let budget = request.memory_budget_bytes.unwrap_or(0);
+    let on_gpu = granted.entry(ordinal).or_default();
+    let others: Vec<(&String, &u64)> = on_gpu.iter().filter(|(n, _)| *n != name).collect();
+    let held: u64 = others.iter().map(|(_, b)| **b).sum();
+    if held.saturating_add(budget) > gpu.total_memory_bytes {
+        let listed = others
+            .iter()
+            .map(|(n, b)| format!("{n} {} MiB", **b >> 20))
+            .collect::<Vec<_>>();
+        return Err(format!(
+            "a GPU memory budget of {} MiB does not fit on {} ({} MiB in all{}); lower \
+             model.accelerator.memory_budget_mib or move a model to another GPU",
+            budget >> 20,
+            request.device,
+            gpu.total_memory_bytes >> 20,
+            if listed.is_empty() {
+                String::new()
+            } else {
+                format!(", already granted: {}", listed.join(", "))
+            }
+        ));
+    }
+    on_gpu.insert(name.to_string(), budget);
+    Ok(Granted {
+        request,
+        fallback_reason: None,
+    })
+}
+
+/// What [`grant_device`] gives a model: the request for its worker, and why it is the CPU
+/// when the configuration asked for a GPU that does not exist.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Granted {
+    request: DeviceRequest,
+    fallback_reason: Option<String>,
+}
+
 impl Loader {
+    /// Decides the device a model's worker is asked for ([`grant_device`]), discovering the
+    /// GPUs when the first model asks for one.
+    fn place(&self, m: &ModelConfig) -> Result<Granted, ModelError> {
+        let request = m.device_request();
+        if request.device.gpu().is_none() {
+            return Ok(Granted {
+                request,
+                fallback_reason: None,
+            });
+        }
+        let inventory = self.gpus.get_or_init(warden_runtime::accel::discover);
+        let mut granted = self.gpu_budgets.lock().unwrap_or_else(|p| p.into_inner());
+        grant_device(inventory, &mut granted, &m.name, request).map_err(|message| {
+            ModelError::Device {
+                name: m.name.clone(),
+                version: m.version.clone(),
+                message,
+            }
+        })
+    }
+
     async fn load_one(&self, m: &ModelConfig) -> Result<LoadedModel, ModelError> {
         let config = &self.config;
         let (staged, evidence) = match &self.trust {
@@ -734,6 +858,7 @@ impl Loader {
             path: model_file.clone(),
             source,
         })?;
+        let granted = self.place(m)?;
         let worker = Worker::start(WorkerOptions {
             worker_binary: self.worker_binary.clone(),
             onnxruntime_library: self.onnxruntime.clone(),
@@ -749,6 +874,7 @@ impl Loader {
             request_timeout: Some(Duration::from_millis(config.server.request_timeout_ms)),
             restart: config.runtime.restart.policy(),
             batching: m.batching.as_ref().map(|b| b.policy()),
+            device: granted.request,
         })
         .await
         .map_err(|e| ModelError::Worker {
@@ -811,6 +937,7 @@ impl Loader {
             worker,
             forwarded: std::sync::atomic::AtomicU64::new(0),
             input_ranges: m.inputs.clone(),
+            fallback_reason: granted.fallback_reason,
             staged_dir: staged.directory,
             evidence: evidence.map(Arc::new),
         })
@@ -1302,5 +1429,105 @@ mod tests {
         let mut v = vec!["10", "2", "b", "1", "a"];
         v.sort_by(|a, b| version_order(a, b));
         assert_eq!(v, vec!["1", "2", "10", "a", "b"]);
+    }
+
+    /// The budget arithmetic, on an inventory written down here (the real discovery runs in
+    /// `runtime/tests/accel.rs` and, with models on a GPU, in `hw-tests/gpu.sh`).
+    #[test]
+    fn gpu_budgets_must_fit_and_a_missing_gpu_falls_back_only_when_allowed() {
+        use warden_runtime::accel::{Gpu, Inventory};
+        use warden_runtime::device::Device;
+        let gib = 1u64 << 30;
+        let inventory = Inventory {
+            driver_version: Some("13.0".into()),
+            gpus: vec![Gpu {
+                ordinal: 0,
+                name: "test".into(),
+                compute_capability: "9.0".into(),
+                total_memory_bytes: 16 * gib,
+                free_memory_bytes: 16 * gib,
+            }],
+            none_because: None,
+        };
+        let ask = |device, gib_budget: u64, cpu_fallback| DeviceRequest {
+            device,
+            memory_budget_bytes: Some(gib_budget * gib),
+            cpu_fallback,
+        };
+        let mut granted = BTreeMap::new();
+        assert_eq!(
+            grant_device(
+                &inventory,
+                &mut granted,
+                "a",
+                ask(Device::Cuda(0), 10, false)
+            ),
+            Ok(Granted {
+                request: ask(Device::Cuda(0), 10, false),
+                fallback_reason: None
+            })
+        );
+        // Another model does not fit beside it; the refusal names what holds the GPU.
+        let err =
+            grant_device(&inventory, &mut granted, "b", ask(Device::Cuda(0), 8, true)).unwrap_err();
+        assert!(err.contains("8192 MiB does not fit on cuda:0"), "{err}");
+        assert!(err.contains("already granted: a 10240 MiB"), "{err}");
+        // A new version of the same model shares its budget.
+        assert!(
+            grant_device(
+                &inventory,
+                &mut granted,
+                "a",
+                ask(Device::Cuda(0), 12, false)
+            )
+            .is_ok()
+        );
+        assert!(
+            grant_device(
+                &inventory,
+                &mut granted,
+                "b",
+                ask(Device::TensorRt(0), 4, false)
+            )
+            .is_ok()
+        );
+        // A budget larger than the GPU never fits.
+        assert!(
+            grant_device(
+                &inventory,
+                &mut BTreeMap::new(),
+                "c",
+                ask(Device::Cuda(0), 17, false)
+            )
+            .is_err()
+        );
+        // GPU 1 does not exist: refused, or the CPU where allowed.
+        let err = grant_device(
+            &inventory,
+            &mut granted,
+            "c",
+            ask(Device::Cuda(1), 1, false),
+        )
+        .unwrap_err();
+        assert!(
+            err.contains("no GPU 1 on this machine (1 GPU(s) found)"),
+            "{err}"
+        );
+        assert!(err.contains("allows no CPU fallback"), "{err}");
+        assert_eq!(
+            grant_device(&inventory, &mut granted, "c", ask(Device::Cuda(1), 1, true)),
+            Ok(Granted {
+                request: DeviceRequest::default(),
+                fallback_reason: Some("no GPU 1 on this machine (1 GPU(s) found)".into())
+            })
+        );
+        // The CPU needs nothing.
+        assert_eq!(
+            grant_device(&inventory, &mut granted, "d", DeviceRequest::default()),
+            Ok(Granted {
+                request: DeviceRequest::default(),
+                fallback_reason: None
+            })
+        );
     }
 }

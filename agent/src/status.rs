@@ -59,6 +59,9 @@ pub struct ModelStatus {
     pub quarantined: Option<String>,
     /// Dynamic batching is on (configured, and the model can batch).
     pub batching: bool,
+    /// Where the worker runs it (absent in a status file of an older agent).
+    #[serde(default)]
+    pub placement: Option<warden_runtime::device::Placement>,
     /// Requests handed to the worker since the load.
     pub forwarded: u64,
 }
@@ -192,8 +195,11 @@ fn agent_lines(s: &AgentStatus, out: &mut Vec<Result<String, String>>) {
                  then push a new version or restart the agent"
             ))),
             None => out.push(Ok(format!(
-                "{what}: {}; batching {}; {} request(s) served; root digest {}",
+                "{what}: {}; {}; batching {}; {} request(s) served; root digest {}",
                 if m.ready { "ready" } else { "restarting" },
+                m.placement
+                    .as_ref()
+                    .map_or_else(|| "placement unknown".into(), placement_text),
                 if m.batching { "on" } else { "off" },
                 m.forwarded,
                 m.root_digest
@@ -205,6 +211,21 @@ fn agent_lines(s: &AgentStatus, out: &mut Vec<Result<String, String>>) {
             "model {} version {}: WITHDRAWN (no longer admitted): {}",
             w.name, w.version, w.reason
         )));
+    }
+}
+
+/// `on cuda:0 (CUDAExecutionProvider, GPU memory budget 4096 MiB)`, or the CPU fallback, loudly.
+fn placement_text(p: &warden_runtime::device::Placement) -> String {
+    let budget = p
+        .memory_budget_bytes
+        .map(|b| format!(", GPU memory budget {} MiB", b >> 20))
+        .unwrap_or_default();
+    match &p.fallback_reason {
+        None => format!("on {} ({}{budget})", p.device, p.provider),
+        Some(why) => format!(
+            "on {} ({}) — CPU FALLBACK, the configured GPU is not used: {why}",
+            p.device, p.provider
+        ),
     }
 }
 
@@ -226,6 +247,9 @@ mod tests {
                 ready: quarantined.is_none(),
                 quarantined: quarantined.map(str::to_owned),
                 batching: true,
+                placement: Some(warden_runtime::device::Placement::cpu(
+                    "CPUExecutionProvider",
+                )),
                 forwarded: 3,
             }],
             withdrawn: Vec::new(),

@@ -62,6 +62,7 @@ fn main() {
         EngineOptions {
             intra_op_threads: 1,
             sessions: 1,
+            ..Default::default()
         },
     )
     .unwrap();

@@ -5,6 +5,7 @@
 //! ```text
 //! warden-runtime --model FILE --sha256 HEX [--onnxruntime LIB] [--threads N] [--concurrency N]
 //!                [--max-frame-bytes N] [--sandbox JSON]
+//!                [--device cpu|cuda:N|tensorrt:N] [--gpu-memory-bytes N] [--cpu-fallback]
 //! ```
 //!
 //! Its channel to the agent is a Unix stream socket passed as **stdin**. The engine follows
@@ -30,6 +31,7 @@ use std::sync::{Arc, Mutex};
 
 use sha2::{Digest, Sha256};
 
+use crate::device::DeviceRequest;
 use crate::engine::{self, Engine, EngineOptions, ModelFormat};
 use crate::protocol::{DEFAULT_MAX_FRAME_BYTES, ErrorClass, Message};
 use crate::sandbox::{self, SandboxPolicy, probe};
@@ -53,11 +55,13 @@ struct Args {
     concurrency: usize,
     max_frame_bytes: usize,
     sandbox: SandboxPolicy,
+    device: DeviceRequest,
     probe: probe::Targets,
 }
 
 const USAGE: &str = "usage: warden-runtime --model FILE --sha256 HEX [--onnxruntime LIB] \
-                     [--threads N] [--concurrency N] [--max-frame-bytes N] [--sandbox JSON]  \
+                     [--threads N] [--concurrency N] [--max-frame-bytes N] [--sandbox JSON] \
+                     [--device cpu|cuda:N|tensorrt:N] [--gpu-memory-bytes N] [--cpu-fallback]  \
                      (stdin: the agent's socket)";
 
 fn parse_args(mode: Mode) -> Result<Args, String> {
@@ -68,6 +72,7 @@ fn parse_args(mode: Mode) -> Result<Args, String> {
     let mut concurrency = 1usize;
     let mut max_frame_bytes = DEFAULT_MAX_FRAME_BYTES;
     let mut sandbox = SandboxPolicy::default();
+    let mut device = DeviceRequest::default();
     let mut probe = probe::Targets::default();
     let mut it = std::env::args_os().skip(1);
     while let Some(flag) = it.next() {
@@ -89,6 +94,16 @@ fn parse_args(mode: Mode) -> Result<Args, String> {
                 sandbox = serde_json::from_str(&value()?.to_string_lossy())
                     .map_err(|e| format!("--sandbox: {e}"))?;
             }
+            "--device" => {
+                device.device = value()?
+                    .to_string_lossy()
+                    .parse()
+                    .map_err(|e| format!("--device: {e}"))?;
+            }
+            "--gpu-memory-bytes" => {
+                device.memory_budget_bytes = Some(number(value()?)? as u64);
+            }
+            "--cpu-fallback" => device.cpu_fallback = true,
             "--probe-secret" if mode == Mode::Probe => {
                 probe.secret = Some(PathBuf::from(value()?));
             }
@@ -104,6 +119,7 @@ fn parse_args(mode: Mode) -> Result<Args, String> {
     if sha256.len() != 64 || !sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
         return Err("--sha256 must be 64 hex digits".into());
     }
+    device.validate().map_err(|e| format!("--device: {e}"))?;
     probe.address_space_bytes = sandbox.address_space_bytes;
     let model: PathBuf = model.ok_or("--model is required")?;
     let format = ModelFormat::of(&model).map_err(|e| e.to_string())?;
@@ -119,6 +135,7 @@ fn parse_args(mode: Mode) -> Result<Args, String> {
         concurrency,
         max_frame_bytes,
         sandbox,
+        device,
         probe,
     })
 }
@@ -220,6 +237,7 @@ pub fn main(mode: Mode) -> ExitCode {
         EngineOptions {
             intra_op_threads: args.threads,
             sessions: args.concurrency,
+            device: args.device.clone(),
         },
     ) {
         Ok(engine) => engine,
@@ -230,6 +248,8 @@ pub fn main(mode: Mode) -> ExitCode {
         model = %args.model.display(),
         sha256 = %args.sha256,
         engine = args.format.engine_name(),
+        device = %engine.placement().device,
+        provider = %engine.placement().provider,
         inputs = engine.signature().inputs.len(),
         outputs = engine.signature().outputs.len(),
         concurrency = args.concurrency,

@@ -24,6 +24,7 @@ use ort::session::{OutputSelector, RunOptions, Session, SessionInputValue, Sessi
 use ort::value::{DynValue, TensorElementType, ValueType};
 
 use crate::candle::{CandleEngine, CandleError};
+use crate::device::{Device, DeviceRequest, DeviceUnavailable, Placement};
 use crate::tensor::{DataType, ModelSignature, Tensor, TensorSpec, byte_len};
 
 /// How a model file is run, decided by its extension.
@@ -75,7 +76,28 @@ impl ModelFormat {
 #[derive(Debug)]
 pub enum Engine {
     Ort(OrtEngine),
-    Candle(CandleEngine),
+    Candle(CandleEngine, Placement),
+}
+
+/// candle's provider name in a [`Placement`].
+const CANDLE_CPU: &str = "candle-cpu";
+/// ONNX Runtime's provider names.
+const ORT_CPU: &str = "CPUExecutionProvider";
+const ORT_CUDA: &str = "CUDAExecutionProvider";
+const ORT_TENSORRT: &str = "TensorrtExecutionProvider";
+
+/// The placement of a model that asked for `requested` and runs on the CPU because of
+/// `reason` (said loudly: an operator who asked for a GPU must learn that it is not used).
+fn fell_back_to_cpu(requested: &DeviceRequest, provider: &str, reason: String) -> Placement {
+    tracing::warn!(
+        requested = %requested.device,
+        %reason,
+        "GPU not usable; running on the CPU because the model's configuration allows a CPU fallback"
+    );
+    Placement {
+        fallback_reason: Some(reason),
+        ..Placement::cpu(provider)
+    }
 }
 
 impl Engine {
@@ -99,10 +121,33 @@ impl Engine {
                 })?;
                 OrtEngine::load(library, model_bytes, opts).map(Engine::Ort)
             }
-            ModelFormat::Safetensors => Ok(Engine::Candle(CandleEngine::load(
-                model_bytes,
-                opts.intra_op_threads.saturating_mul(opts.sessions.max(1)),
-            )?)),
+            ModelFormat::Safetensors => {
+                // This build links candle's CPU backend only (its CUDA backend needs the CUDA
+                // compiler at build time): a GPU request falls back or is refused here.
+                let placement = match opts.device.device.gpu() {
+                    None => Placement::cpu(CANDLE_CPU),
+                    Some(_) => {
+                        let reason = "this warden-runtime was built without candle's CUDA \
+                                      backend"
+                            .to_string();
+                        opts.device.fall_back(reason.clone())?;
+                        fell_back_to_cpu(&opts.device, CANDLE_CPU, reason)
+                    }
+                };
+                let engine = CandleEngine::load(
+                    model_bytes,
+                    opts.intra_op_threads.saturating_mul(opts.sessions.max(1)),
+                )?;
+                Ok(Engine::Candle(engine, placement))
+            }
+        }
+    }
+
+    /// Where the model runs.
+    pub fn placement(&self) -> &Placement {
+        match self {
+            Engine::Ort(e) => &e.placement,
+            Engine::Candle(_, placement) => placement,
         }
     }
 
@@ -110,7 +155,7 @@ impl Engine {
     pub fn signature(&self) -> &ModelSignature {
         match self {
             Engine::Ort(e) => e.signature(),
-            Engine::Candle(e) => e.signature(),
+            Engine::Candle(e, _) => e.signature(),
         }
     }
 
@@ -118,7 +163,7 @@ impl Engine {
     pub fn run(&self, inputs: &[Tensor], outputs: &[String]) -> Result<Vec<Tensor>, EngineError> {
         match self {
             Engine::Ort(e) => e.run(inputs, outputs),
-            Engine::Candle(e) => Ok(e.run(inputs, outputs)?),
+            Engine::Candle(e, _) => Ok(e.run(inputs, outputs)?),
         }
     }
 }
@@ -131,6 +176,8 @@ pub struct EngineOptions {
     pub intra_op_threads: usize,
     /// Sessions in the pool, i.e. how many `run` calls execute at the same time (at least 1).
     pub sessions: usize,
+    /// The device to run on (default: the CPU).
+    pub device: DeviceRequest,
 }
 
 impl Default for EngineOptions {
@@ -138,6 +185,7 @@ impl Default for EngineOptions {
         EngineOptions {
             intra_op_threads: 1,
             sessions: 1,
+            device: DeviceRequest::default(),
         }
     }
 }
@@ -157,6 +205,9 @@ pub enum EngineError {
     /// The engine failed while running the model.
     #[error("inference failed: {0}")]
     Run(String),
+    /// The GPU the configuration asked for cannot be used and no CPU fallback is allowed.
+    #[error("cannot load model: {0}")]
+    Device(#[from] DeviceUnavailable),
 }
 
 impl From<CandleError> for EngineError {
@@ -178,6 +229,7 @@ pub struct OrtEngine {
     signature: ModelSignature,
     pool: Mutex<Vec<Session>>,
     available: Condvar,
+    placement: Placement,
 }
 
 impl std::fmt::Debug for OrtEngine {
@@ -201,29 +253,31 @@ impl OrtEngine {
 
         let count = opts.sessions.max(1);
         let mut sessions = Vec::with_capacity(count);
+        // The first session decides where the model runs: a GPU that fails there (no provider
+        // in this library, no such device, its libraries missing) either refuses the load or,
+        // where allowed, moves every session to the CPU.
+        let mut placement = None;
         for _ in 0..count {
-            let mut builder = Session::builder(&env)
-                .map_err(|e| EngineError::Model(e.to_string()))?
-                .with_optimization_level(GraphOptimizationLevel::All)
-                .map_err(|e| EngineError::Model(e.to_string()))?;
-            if opts.intra_op_threads > 0 {
-                builder = builder
-                    .with_intra_threads(opts.intra_op_threads)
-                    .map_err(|e| EngineError::Model(e.to_string()))?;
-            }
-            let session = builder
-                .commit_from_memory(model_bytes)
-                .map_err(|e| EngineError::Model(e.to_string()))?;
+            let session = match &placement {
+                Some(p) => build_session(&env, model_bytes, &opts, p)?,
+                None => {
+                    let (session, chosen) = first_session(&env, model_bytes, &opts)?;
+                    placement = Some(chosen);
+                    session
+                }
+            };
             sessions.push(session);
         }
         let signature = match sessions.first() {
             Some(session) => read_signature(session)?,
             None => return Err(EngineError::Model("no session was built".into())),
         };
+        let placement = placement.unwrap_or_else(|| Placement::cpu(ORT_CPU));
         Ok(OrtEngine {
             signature,
             pool: Mutex::new(sessions),
             available: Condvar::new(),
+            placement,
         })
     }
 
@@ -416,6 +470,92 @@ pub fn load_library(onnxruntime_library: &Path) -> Result<(), EngineError> {
 
 /// Whether the library is already loaded (then no file needs to be opened).
 static LIBRARY: Mutex<Option<std::path::PathBuf>> = Mutex::new(None);
+
+/// Builds the first session where `opts.device` asks, and decides the model's placement: the
+/// GPU when its provider registers and the session builds there; otherwise the CPU if the
+/// request allows a fallback (a model that fails on the CPU too fails with the CPU's error).
+fn first_session(
+    env: &Environment,
+    model_bytes: &[u8],
+    opts: &EngineOptions,
+) -> Result<(Session, Placement), EngineError> {
+    let Some(gpu) = opts.device.device.gpu() else {
+        let cpu = Placement::cpu(ORT_CPU);
+        return Ok((build_session(env, model_bytes, opts, &cpu)?, cpu));
+    };
+    let provider = match opts.device.device {
+        Device::TensorRt(_) => ORT_TENSORRT,
+        _ => ORT_CUDA,
+    };
+    let wanted = Placement {
+        device: opts.device.device,
+        provider: provider.to_string(),
+        memory_budget_bytes: opts.device.memory_budget_bytes,
+        fallback_reason: None,
+    };
+    let reason = match build_session(env, model_bytes, opts, &wanted) {
+        Ok(session) => {
+            tracing::info!(device = %wanted.device, provider, gpu, "model placed on the GPU");
+            return Ok((session, wanted));
+        }
+        Err(e) => format!("{provider} on GPU {gpu}: {e}"),
+    };
+    opts.device.fall_back(reason.clone())?;
+    let cpu = fell_back_to_cpu(&opts.device, ORT_CPU, reason);
+    Ok((build_session(env, model_bytes, opts, &cpu)?, cpu))
+}
+
+/// One session on `placement`'s device. A GPU provider is registered with `error_on_failure`,
+/// so a library without it, or without the CUDA libraries it needs, fails here instead of
+/// quietly running on the CPU. The budget caps ONNX Runtime's CUDA memory arena, grown only
+/// by what is asked for (not in powers of two), so the cap is what the model may hold.
+fn build_session(
+    env: &Environment,
+    model_bytes: &[u8],
+    opts: &EngineOptions,
+    placement: &Placement,
+) -> Result<Session, EngineError> {
+    let model = |e: ort::Error| EngineError::Model(e.to_string());
+    let mut builder = Session::builder(env)
+        .map_err(model)?
+        .with_optimization_level(GraphOptimizationLevel::All)
+        .map_err(|e| model(e.into()))?;
+    if opts.intra_op_threads > 0 {
+        builder = builder
+            .with_intra_threads(opts.intra_op_threads)
+            .map_err(|e| model(e.into()))?;
+    }
+    let budget = placement
+        .memory_budget_bytes
+        .map(|b| usize::try_from(b).unwrap_or(usize::MAX));
+    let cuda = |ordinal: u32| {
+        let mut ep = ort::ep::CUDA::default()
+            .with_device_id(i32::try_from(ordinal).unwrap_or(i32::MAX))
+            .with_arena_extend_strategy(ort::ep::ArenaExtendStrategy::SameAsRequested);
+        if let Some(limit) = budget {
+            ep = ep.with_memory_limit(limit);
+        }
+        ep.build().error_on_failure()
+    };
+    let providers = match placement.device {
+        Device::Cpu => Vec::new(),
+        Device::Cuda(n) => vec![cuda(n)],
+        Device::TensorRt(n) => {
+            let mut trt =
+                ort::ep::TensorRT::default().with_device_id(i32::try_from(n).unwrap_or(i32::MAX));
+            if let Some(limit) = budget {
+                trt = trt.with_max_workspace_size(limit);
+            }
+            vec![trt.build().error_on_failure(), cuda(n)]
+        }
+    };
+    if !providers.is_empty() {
+        builder = builder
+            .with_execution_providers(providers)
+            .map_err(|e| model(e.into()))?;
+    }
+    builder.commit_from_memory(model_bytes).map_err(model)
+}
 
 fn environment(onnxruntime_library: &Path) -> Result<Environment, EngineError> {
     let mut slot = lock(&ENVIRONMENT);

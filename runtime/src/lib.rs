@@ -4,6 +4,8 @@
 //! - `sys`: the crate's only `unsafe` code (a `fork`, two CUDA driver calls), each block with
 //!   its reason.
 //! - [`tensor`]: tensors and model signatures as they cross between the agent and a worker.
+//! - [`device`]: where a model runs (CPU, `cuda:N`, `tensorrt:N`, GPU memory budget, CPU
+//!   fallback only where allowed) and where it ended up.
 //! - [`engine`]: the engines behind one API ([`engine::Engine`], chosen by the model file):
 //!   ONNX Runtime through `ort` ([`engine::OrtEngine`]) and candle ([`candle::CandleEngine`]).
 //! - [`candle`]: safetensors models on `candle-core` + `candle-nn` (a BERT classifier).
@@ -17,6 +19,7 @@
 pub mod accel;
 pub mod boot;
 pub mod candle;
+pub mod device;
 pub mod engine;
 pub mod protocol;
 pub mod sandbox;

@@ -7,10 +7,11 @@
 
 use bytes::Bytes;
 
+use crate::device::Placement;
 use crate::tensor::{DataType, ModelSignature, Tensor, byte_len};
 
-/// Version sent in `Hello`; a peer refuses any other.
-pub const PROTOCOL_VERSION: u16 = 1;
+/// Version sent in `Hello`; a peer refuses any other. 2: `Hello` carries the placement.
+pub const PROTOCOL_VERSION: u16 = 2;
 /// Default hard limit on a frame (everything after the length prefix): 64 MiB.
 pub const DEFAULT_MAX_FRAME_BYTES: usize = 64 * 1024 * 1024;
 /// Bytes in the length prefix.
@@ -59,13 +60,23 @@ impl ErrorClass {
     }
 }
 
+/// The JSON part of `Hello`.
+#[derive(serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HelloJson {
+    signature: ModelSignature,
+    placement: Placement,
+}
+
 /// One protocol message.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Message {
-    /// Worker → agent, first frame: protocol version and the model's signature. Request id 0.
+    /// Worker → agent, first frame: protocol version, the model's signature and where the
+    /// engine runs it. Request id 0.
     Hello {
         version: u16,
         signature: ModelSignature,
+        placement: Placement,
     },
     /// Agent → worker: run the model. `outputs` empty means every output.
     InferRequest {
@@ -130,10 +141,17 @@ impl Message {
         out.push(self.kind());
         out.extend_from_slice(&self.id().to_le_bytes());
         match self {
-            Message::Hello { version, signature } => {
+            Message::Hello {
+                version,
+                signature,
+                placement,
+            } => {
                 out.extend_from_slice(&version.to_le_bytes());
-                let json = serde_json::to_vec(signature)
-                    .map_err(|e| ProtocolError::Encode(e.to_string()))?;
+                let json = serde_json::to_vec(&HelloJson {
+                    signature: signature.clone(),
+                    placement: placement.clone(),
+                })
+                .map_err(|e| ProtocolError::Encode(e.to_string()))?;
                 out.extend_from_slice(&json);
             }
             Message::InferRequest {
@@ -198,9 +216,13 @@ impl Message {
             kind::HELLO => {
                 let version = r.u16()?;
                 let json = r.rest();
-                let signature = serde_json::from_slice(&json)
-                    .map_err(|e| r.malformed(format!("signature JSON: {e}")))?;
-                Message::Hello { version, signature }
+                let hello: HelloJson = serde_json::from_slice(&json)
+                    .map_err(|e| r.malformed(format!("Hello JSON: {e}")))?;
+                Message::Hello {
+                    version,
+                    signature: hello.signature,
+                    placement: hello.placement,
+                }
             }
             kind::INFER_REQUEST => {
                 let n = r.u16()? as usize;
@@ -497,6 +519,7 @@ mod tests {
                     }],
                     outputs: vec![],
                 },
+                placement: Placement::cpu("CPUExecutionProvider"),
             },
             Message::InferRequest {
                 id: 7,

@@ -69,6 +69,7 @@ pub fn serve(
         &Message::Hello {
             version: PROTOCOL_VERSION,
             signature: engine.signature().clone(),
+            placement: engine.placement().clone(),
         },
         max_frame_bytes,
     )?;

@@ -193,6 +193,48 @@ fn logits_match_onnx_runtime() {
     assert!((c.logits[0] - c.logits[3]).abs() > 1e-2);
 }
 
+/// This build has candle's CPU backend only: a GPU request is refused, or runs on the CPU
+/// where allowed, with the reason in the placement.
+#[test]
+fn a_gpu_request_is_refused_or_falls_back_with_its_reason() {
+    use warden_runtime::device::{Device, DeviceRequest};
+    let m = model();
+    let load = |cpu_fallback| {
+        Engine::load(
+            ModelFormat::Safetensors,
+            &m.bytes(),
+            None,
+            EngineOptions {
+                device: DeviceRequest {
+                    device: Device::Cuda(0),
+                    memory_budget_bytes: Some(1 << 30),
+                    cpu_fallback,
+                },
+                ..EngineOptions::default()
+            },
+        )
+    };
+    match load(false) {
+        Err(EngineError::Device(d)) => {
+            assert_eq!(d.device, Device::Cuda(0));
+            assert!(d.reason.contains("without candle's CUDA backend"), "{d}");
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    let engine = load(true).unwrap();
+    let p = engine.placement();
+    assert_eq!((p.device, p.provider.as_str()), (Device::Cpu, "candle-cpu"));
+    assert!(
+        p.fallback_reason
+            .as_deref()
+            .unwrap()
+            .contains("without candle's CUDA backend")
+    );
+    let case = &m.cases[0];
+    let out = engine.run(&case_inputs(case), &[]).unwrap();
+    assert_within(&as_f32(&out[0]), &case.logits, TOLERANCE, "fallback");
+}
+
 #[test]
 fn the_same_onnx_graph_in_the_rust_ort_engine_agrees() {
     let m = model();

@@ -18,6 +18,7 @@ fn demo_engine(sessions: usize) -> OrtEngine {
         EngineOptions {
             intra_op_threads: 1,
             sessions,
+            ..Default::default()
         },
     )
     .expect("load demo model")

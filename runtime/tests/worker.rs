@@ -417,6 +417,7 @@ async fn the_agent_survives_garbage_from_its_worker() {
             inputs: vec![],
             outputs: vec![],
         },
+        placement: warden_runtime::device::Placement::cpu("CPUExecutionProvider"),
     }
     .encode(DEFAULT_MAX_FRAME_BYTES)
     .unwrap();

@@ -26,6 +26,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::broadcast;
 
+use crate::device::{DeviceRequest, Placement};
 use crate::protocol::DEFAULT_MAX_FRAME_BYTES;
 use crate::sandbox::SandboxPolicy;
 use crate::tensor::{ModelSignature, Tensor};
@@ -64,6 +65,8 @@ pub struct WorkerOptions {
     pub restart: RestartPolicy,
     /// Dynamic batching for models with a dynamic first dimension. `None`: off.
     pub batching: Option<BatchPolicy>,
+    /// The device the model should run on (default: the CPU).
+    pub device: DeviceRequest,
 }
 
 impl WorkerOptions {
@@ -88,6 +91,7 @@ impl WorkerOptions {
             request_timeout: Some(Duration::from_secs(30)),
             restart: RestartPolicy::default(),
             batching: None,
+            device: DeviceRequest::default(),
         }
     }
 
@@ -100,6 +104,14 @@ impl WorkerOptions {
             Some(l) => vec!["--onnxruntime".into(), l.clone().into_os_string()],
             None => Vec::new(),
         };
+        let mut device: Vec<OsString> =
+            vec!["--device".into(), self.device.device.to_string().into()];
+        if let Some(bytes) = self.device.memory_budget_bytes {
+            device.extend(["--gpu-memory-bytes".into(), bytes.to_string().into()]);
+        }
+        if self.device.cpu_fallback {
+            device.push("--cpu-fallback".into());
+        }
         [
             "--model".into(),
             self.model_file.clone().into_os_string(),
@@ -118,6 +130,7 @@ impl WorkerOptions {
             "--sandbox".into(),
             policy.into(),
         ])
+        .chain(device)
         .collect()
     }
 
@@ -284,6 +297,8 @@ struct State {
 struct Supervisor {
     opts: WorkerOptions,
     signature: ModelSignature,
+    /// Where the first process placed the model (a restarted one reports its own).
+    first_placement: Placement,
     state: Mutex<State>,
     events: broadcast::Sender<WorkerEvent>,
     /// Present when batching is asked for and the model can batch.
@@ -362,6 +377,7 @@ impl Worker {
     pub async fn start(opts: WorkerOptions) -> Result<Worker, WorkerError> {
         let process = Arc::new(Process::start(&opts).await?);
         let signature = process.signature().clone();
+        let first_placement = process.placement().clone();
         let closed = process.closed();
         let batching = opts
             .batching
@@ -372,6 +388,7 @@ impl Worker {
             batched: std::sync::atomic::AtomicU64::new(0),
             opts,
             signature,
+            first_placement,
             state: Mutex::new(State {
                 current: Some(Arc::clone(&process)),
                 quarantined: None,
@@ -388,6 +405,15 @@ impl Worker {
     /// The model's signature, as the worker's engine read it from the model.
     pub fn signature(&self) -> &ModelSignature {
         &self.inner.signature
+    }
+
+    /// Where the model runs: as the running process reported it (the first one's while none
+    /// runs).
+    pub fn placement(&self) -> Placement {
+        self.inner.lock().current.as_ref().map_or_else(
+            || self.inner.first_placement.clone(),
+            |p| p.placement().clone(),
+        )
     }
 
     /// Subscribes to this worker's events (deaths, hangs, restarts, quarantine).

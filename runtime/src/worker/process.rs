@@ -24,6 +24,7 @@ use tokio::process::{Child, Command};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::{WorkerError, WorkerOptions, unavailable};
+use crate::device::Placement;
 use crate::protocol::{ErrorClass, Message, PROTOCOL_VERSION, ReadError, read_frame_async};
 use crate::tensor::{ModelSignature, Tensor};
 
@@ -87,6 +88,7 @@ impl Shared {
 
 struct Inner {
     signature: ModelSignature,
+    placement: Placement,
     shared: Arc<Shared>,
     frames: mpsc::Sender<Vec<u8>>,
     next_id: AtomicU64,
@@ -157,7 +159,7 @@ impl Process {
             read_frame_async(&mut read_half, opts.max_frame_bytes),
         )
         .await;
-        let signature = match hello {
+        let (signature, placement) = match hello {
             Err(_) => {
                 let _ = child.start_kill();
                 return Err(unavailable(format!(
@@ -166,7 +168,7 @@ impl Process {
                 )));
             }
             Ok(frame) => match handshake(frame) {
-                Ok(signature) => signature,
+                Ok(hello) => hello,
                 Err(e) => {
                     let _ = child.start_kill();
                     let status = tokio::time::timeout(Duration::from_secs(2), child.wait()).await;
@@ -179,7 +181,13 @@ impl Process {
                 }
             },
         };
-        tracing::info!(?pid, model = %opts.model_file.display(), "worker started");
+        tracing::info!(
+            ?pid,
+            model = %opts.model_file.display(),
+            device = %placement.device,
+            provider = %placement.provider,
+            "worker started"
+        );
 
         let shared = Arc::new(Shared {
             pending: Mutex::new(Pending {
@@ -199,6 +207,7 @@ impl Process {
         Ok(Process {
             inner: Arc::new(Inner {
                 signature,
+                placement,
                 shared,
                 frames,
                 next_id: AtomicU64::new(1),
@@ -211,6 +220,11 @@ impl Process {
     /// The model's signature, as the worker's engine read it from the model.
     pub(super) fn signature(&self) -> &ModelSignature {
         &self.inner.signature
+    }
+
+    /// Where the worker's engine runs the model.
+    pub(super) fn placement(&self) -> &Placement {
+        &self.inner.placement
     }
 
     /// Runs the model on `inputs`; `outputs` selects outputs by name (empty: all). Fails with
@@ -361,7 +375,7 @@ fn describe(status: std::process::ExitStatus) -> String {
 /// Checks the first frame: a `Hello` of our protocol version.
 fn handshake(
     frame: Result<Option<bytes::Bytes>, ReadError>,
-) -> Result<ModelSignature, WorkerError> {
+) -> Result<(ModelSignature, Placement), WorkerError> {
     let body = match frame {
         Ok(Some(body)) => body,
         Ok(None) => return Err(unavailable("worker exited before Hello (see its log)")),
@@ -373,7 +387,11 @@ fn handshake(
         }
     };
     match Message::decode(body) {
-        Ok(Message::Hello { version, signature }) if version == PROTOCOL_VERSION => Ok(signature),
+        Ok(Message::Hello {
+            version,
+            signature,
+            placement,
+        }) if version == PROTOCOL_VERSION => Ok((signature, placement)),
         Ok(Message::Hello { version, .. }) => Err(WorkerError::Protocol {
             message: format!("worker speaks protocol {version}, agent {PROTOCOL_VERSION}"),
         }),
