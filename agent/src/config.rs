@@ -147,6 +147,12 @@ pub struct RuntimeConfig {
     pub worker_binary: Option<PathBuf>,
     /// `libonnxruntime.so`, for ONNX models. Absent: the `ORT_DYLIB_PATH` environment variable.
     pub onnxruntime_library: Option<PathBuf>,
+    /// Directories holding the CUDA, cuDNN and TensorRT libraries that ONNX Runtime's GPU
+    /// providers need (e.g. the `nvidia/*/lib` directories of the pip packages that come with
+    /// `onnxruntime-gpu`). Loaded by a GPU model's worker before its sandbox; absent: found
+    /// through the system's library cache.
+    #[serde(default)]
+    pub cuda_library_dirs: Vec<PathBuf>,
     /// Threads ONNX Runtime uses inside one inference.
     #[serde(default = "one")]
     pub intra_op_threads: usize,
@@ -228,6 +234,7 @@ impl Default for RuntimeConfig {
         RuntimeConfig {
             worker_binary: None,
             onnxruntime_library: None,
+            cuda_library_dirs: Vec::new(),
             intra_op_threads: one(),
             worker_concurrency: default_worker_concurrency(),
             worker_startup_timeout_ms: default_worker_startup_timeout_ms(),
@@ -553,6 +560,7 @@ impl Config {
         if let Some(p) = self.runtime.onnxruntime_library.as_mut() {
             fix(p);
         }
+        self.runtime.cuda_library_dirs.iter_mut().for_each(fix);
         self.trust.model_signer_keys.iter_mut().for_each(fix);
         self.trust.model_signer_roots.iter_mut().for_each(fix);
         self.gateway.anchor_paths(&fix);

@@ -875,6 +875,7 @@ impl Loader {
             restart: config.runtime.restart.policy(),
             batching: m.batching.as_ref().map(|b| b.policy()),
             device: granted.request,
+            cuda_library_dirs: config.runtime.cuda_library_dirs.clone(),
         })
         .await
         .map_err(|e| ModelError::Worker {

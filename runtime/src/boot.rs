@@ -6,6 +6,7 @@
 //! warden-runtime --model FILE --sha256 HEX [--onnxruntime LIB] [--threads N] [--concurrency N]
 //!                [--max-frame-bytes N] [--sandbox JSON]
 //!                [--device cpu|cuda:N|tensorrt:N] [--gpu-memory-bytes N] [--cpu-fallback]
+//!                [--cuda-library-dir DIR]...
 //! ```
 //!
 //! Its channel to the agent is a Unix stream socket passed as **stdin**. The engine follows
@@ -34,7 +35,7 @@ use sha2::{Digest, Sha256};
 use crate::device::DeviceRequest;
 use crate::engine::{self, Engine, EngineOptions, ModelFormat};
 use crate::protocol::{DEFAULT_MAX_FRAME_BYTES, ErrorClass, Message};
-use crate::sandbox::{self, SandboxPolicy, probe};
+use crate::sandbox::{self, DeviceAccess, SandboxPolicy, probe};
 use crate::server::{self, StopReason};
 
 /// What the process does once it is up.
@@ -56,13 +57,17 @@ struct Args {
     max_frame_bytes: usize,
     sandbox: SandboxPolicy,
     device: DeviceRequest,
+    /// The device nodes granted inside the sandbox (a GPU worker's; a probe's test node).
+    devices: DeviceAccess,
+    /// Where the CUDA/cuDNN/TensorRT libraries are (`--cuda-library-dir`, repeatable).
+    cuda_library_dirs: Vec<PathBuf>,
     probe: probe::Targets,
 }
 
 const USAGE: &str = "usage: warden-runtime --model FILE --sha256 HEX [--onnxruntime LIB] \
                      [--threads N] [--concurrency N] [--max-frame-bytes N] [--sandbox JSON] \
-                     [--device cpu|cuda:N|tensorrt:N] [--gpu-memory-bytes N] [--cpu-fallback]  \
-                     (stdin: the agent's socket)";
+                     [--device cpu|cuda:N|tensorrt:N] [--gpu-memory-bytes N] [--cpu-fallback] \
+                     [--cuda-library-dir DIR]...  (stdin: the agent's socket)";
 
 fn parse_args(mode: Mode) -> Result<Args, String> {
     let mut model = None;
@@ -73,6 +78,8 @@ fn parse_args(mode: Mode) -> Result<Args, String> {
     let mut max_frame_bytes = DEFAULT_MAX_FRAME_BYTES;
     let mut sandbox = SandboxPolicy::default();
     let mut device = DeviceRequest::default();
+    let mut devices = DeviceAccess::default();
+    let mut cuda_library_dirs = Vec::new();
     let mut probe = probe::Targets::default();
     let mut it = std::env::args_os().skip(1);
     while let Some(flag) = it.next() {
@@ -104,8 +111,14 @@ fn parse_args(mode: Mode) -> Result<Args, String> {
                 device.memory_budget_bytes = Some(number(value()?)? as u64);
             }
             "--cpu-fallback" => device.cpu_fallback = true,
+            "--cuda-library-dir" => cuda_library_dirs.push(PathBuf::from(value()?)),
             "--probe-secret" if mode == Mode::Probe => {
                 probe.secret = Some(PathBuf::from(value()?));
+            }
+            "--probe-device" if mode == Mode::Probe => {
+                let node = PathBuf::from(value()?);
+                probe.device = Some(node.clone());
+                devices.nodes.push(node);
             }
             "--probe-connect" if mode == Mode::Probe => {
                 let v = value()?.to_string_lossy().into_owned();
@@ -126,6 +139,11 @@ fn parse_args(mode: Mode) -> Result<Args, String> {
     if format == ModelFormat::Onnx && onnxruntime.is_none() {
         return Err("--onnxruntime is required for an ONNX model".into());
     }
+    // A GPU needs its device nodes inside the sandbox. candle in this build has no GPU
+    // backend, so its workers get none (the engine refuses or falls back).
+    if format == ModelFormat::Onnx && device.device.gpu().is_some() {
+        devices.nodes.extend(DeviceAccess::nvidia().nodes);
+    }
     Ok(Args {
         model,
         sha256,
@@ -136,6 +154,8 @@ fn parse_args(mode: Mode) -> Result<Args, String> {
         max_frame_bytes,
         sandbox,
         device,
+        devices,
+        cuda_library_dirs,
         probe,
     })
 }
@@ -158,6 +178,13 @@ fn open_resources(args: &Args) -> Result<Vec<u8>, String> {
     }
     if let (ModelFormat::Onnx, Some(library)) = (args.format, &args.onnxruntime) {
         engine::load_library(library).map_err(|e| e.to_string())?;
+        if args.device.device.gpu().is_some() {
+            for missing in
+                engine::preload_gpu_libraries(library, args.device.device, &args.cuda_library_dirs)
+            {
+                tracing::warn!(device = %args.device.device, "GPU library not loaded: {missing}");
+            }
+        }
     }
     Ok(bytes)
 }
@@ -222,7 +249,7 @@ pub fn main(mode: Mode) -> ExitCode {
         Ok(bytes) => bytes,
         Err(message) => return refuse(message, args.max_frame_bytes),
     };
-    if let Err(e) = sandbox::enter(&args.sandbox) {
+    if let Err(e) = sandbox::enter(&args.sandbox, &args.devices) {
         return refuse(e.to_string(), args.max_frame_bytes);
     }
     // From here on: inside the sandbox.

@@ -468,6 +468,89 @@ pub fn load_library(onnxruntime_library: &Path) -> Result<(), EngineError> {
     Ok(())
 }
 
+/// The CUDA, cuDNN and TensorRT libraries a GPU provider of ONNX Runtime needs, in the order
+/// they depend on each other; each is looked for as `<name>.<major>` (the soname) in the
+/// configured directories.
+const GPU_LIBRARIES: &[&str] = &[
+    "libcudart.so",
+    "libcublasLt.so",
+    "libcublas.so",
+    "libnvrtc.so",
+    "libcurand.so",
+    "libcufft.so",
+    "libcudnn.so",
+    "libcudnn_graph.so",
+    "libcudnn_ops.so",
+    "libcudnn_heuristic.so",
+    "libcudnn_adv.so",
+    "libcudnn_cnn.so",
+    "libcudnn_engines_precompiled.so",
+    "libcudnn_engines_runtime_compiled.so",
+    "libnvinfer.so",
+    "libnvinfer_plugin.so",
+    "libnvonnxparser.so",
+];
+
+/// The file in `dirs` (first directory first) named `<name>.<major>`, e.g. `libcudart.so.12`.
+pub fn find_soname(dirs: &[std::path::PathBuf], name: &str) -> Option<std::path::PathBuf> {
+    dirs.iter().find_map(|dir| {
+        let mut found: Vec<std::path::PathBuf> = std::fs::read_dir(dir)
+            .ok()?
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .filter(|p| {
+                p.file_name()
+                    .and_then(|f| f.to_str())
+                    .and_then(|f| f.strip_prefix(name))
+                    .and_then(|rest| rest.strip_prefix('.'))
+                    .is_some_and(|major| {
+                        !major.is_empty() && major.bytes().all(|b| b.is_ascii_digit())
+                    })
+            })
+            .collect();
+        found.sort();
+        found.pop()
+    })
+}
+
+/// Loads, before the sandbox hides the file system, every library a GPU worker's engine
+/// would otherwise open later from inside it: the CUDA/cuDNN/TensorRT libraries found in
+/// `library_dirs`, the CUDA driver (`libcuda.so.1`, which the CUDA runtime opens lazily), and
+/// ONNX Runtime's provider libraries beside `onnxruntime_library` (ONNX Runtime opens them by
+/// that same path when the provider is registered, and the loader answers with the copy
+/// already loaded; libraries opened by soname are matched the same way). Returns what could
+/// not be loaded: the provider's registration then fails inside the sandbox and says why,
+/// which refuses the model or moves it to the CPU.
+pub fn preload_gpu_libraries(
+    onnxruntime_library: &Path,
+    device: Device,
+    library_dirs: &[std::path::PathBuf],
+) -> Vec<String> {
+    let mut missing = Vec::new();
+    let mut load = |path: std::path::PathBuf| {
+        if let Err(e) = ort::util::preload_dylib(&path) {
+            missing.push(format!("{}: {e}", path.display()));
+        }
+    };
+    for name in GPU_LIBRARIES {
+        if let Some(path) = find_soname(library_dirs, name) {
+            load(path);
+        }
+    }
+    load("libcuda.so.1".into());
+    let mut providers = vec![
+        "libonnxruntime_providers_shared.so",
+        "libonnxruntime_providers_cuda.so",
+    ];
+    if matches!(device, Device::TensorRt(_)) {
+        providers.push("libonnxruntime_providers_tensorrt.so");
+    }
+    for provider in providers {
+        load(onnxruntime_library.with_file_name(provider));
+    }
+    missing
+}
+
 /// Whether the library is already loaded (then no file needs to be opened).
 static LIBRARY: Mutex<Option<std::path::PathBuf>> = Mutex::new(None);
 

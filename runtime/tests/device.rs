@@ -105,3 +105,33 @@ fn an_allowed_fallback_runs_on_the_cpu_and_keeps_the_reason() {
         assert_close(&outputs(&engine), &cpu);
     }
 }
+
+/// The CUDA libraries are found by soname (`name.<major>`), first directory first, never a
+/// longer versioned name or a development link.
+#[test]
+fn gpu_libraries_are_found_by_soname() {
+    use warden_runtime::engine::find_soname;
+    let a = tempfile::tempdir().unwrap();
+    let b = tempfile::tempdir().unwrap();
+    for name in [
+        "libcudart.so",
+        "libcudart.so.12.8.90",
+        "libcublas.so.12",
+        "libcublas.so.13",
+        "libcudnn.so.9.1",
+    ] {
+        std::fs::write(a.path().join(name), b"").unwrap();
+    }
+    std::fs::write(b.path().join("libcudart.so.12"), b"").unwrap();
+    let dirs = [a.path().to_path_buf(), b.path().to_path_buf()];
+    assert_eq!(
+        find_soname(&dirs, "libcudart.so"),
+        Some(b.path().join("libcudart.so.12"))
+    );
+    assert_eq!(
+        find_soname(&dirs, "libcublas.so"),
+        Some(a.path().join("libcublas.so.13"))
+    );
+    assert_eq!(find_soname(&dirs, "libcudnn.so"), None);
+    assert_eq!(find_soname(&dirs, "libcublasLt.so"), None);
+}

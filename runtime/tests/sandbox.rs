@@ -67,7 +67,7 @@ struct Probe {
 
 impl Probe {
     fn start(sandbox: SandboxPolicy, state: &StateDir, connect: &TcpListener) -> Probe {
-        Probe::start_as(None, sandbox, state, connect)
+        Probe::start_as(None, sandbox, state, connect, &[])
     }
 
     /// `as_uid`: start the probe as that (non-root) host user, like an unprivileged agent.
@@ -76,6 +76,7 @@ impl Probe {
         sandbox: SandboxPolicy,
         state: &StateDir,
         connect: &TcpListener,
+        extra: &[&str],
     ) -> Probe {
         let opts = options(
             env!("CARGO_BIN_EXE_warden-sandbox-probe"),
@@ -94,6 +95,7 @@ impl Probe {
             .arg(&state.key)
             .arg("--probe-connect")
             .arg(connect.local_addr().unwrap().to_string())
+            .args(extra)
             .env_clear()
             .envs(opts.env())
             .stdin(Stdio::from(std::os::fd::OwnedFd::from(theirs)))
@@ -242,7 +244,64 @@ fn a_forbidden_syscall_fails_with_eperm() {
     // No new processes: fork/spawn is refused before any exec is tried.
     let e = p.err("spawn_process");
     assert!(e.contains("Operation not permitted"), "spawn: {e}");
+    // No ioctl for a worker that drives no device, and no /dev at all.
+    let e = p.err("device_ioctl");
+    assert!(e.starts_with("EPERM"), "ioctl: {e}");
+    let e = p.err("dev_entries");
+    assert!(e.contains("No such file or directory"), "/dev: {e}");
     p.finish();
+}
+
+/// A worker granted a device node (a GPU worker's `/dev/nvidia*`; here `/dev/null`, a real
+/// character device every host has) sees that node and no other, can use it, and may ioctl
+/// (the call reaches the driver: `ENOTTY` from /dev/null, not `EPERM` from the filter). The
+/// rest of the sandbox is unchanged. A path that is not a character device under /dev is
+/// refused before anything else.
+#[test]
+fn a_granted_device_node_is_the_only_device_inside() {
+    let state = state_dir();
+    let l = listener();
+    let p = Probe::start_as(
+        None,
+        sandboxed(),
+        &state,
+        &l,
+        &["--probe-device", "/dev/null"],
+    );
+    assert_eq!(p.ok("dev_entries"), r#"["null"]"#);
+    assert_eq!(p.ok("device_write"), "5");
+    let e = p.err("device_ioctl");
+    assert!(e.starts_with("ENOTTY"), "ioctl: {e}");
+    for probe in ["syscall_socket", "syscall_unshare", "write_root"] {
+        p.err(probe);
+    }
+    p.finish();
+
+    for refused in ["/etc/passwd", "/dev/../etc/passwd", "/tmp"] {
+        let opts = options(
+            env!("CARGO_BIN_EXE_warden-sandbox-probe"),
+            &state.model,
+            sandboxed(),
+        );
+        let out = Command::new(&opts.worker_binary)
+            .args(opts.args())
+            .args(["--probe-device", refused])
+            .env_clear()
+            .envs(opts.env())
+            .stdin(Stdio::from(std::os::fd::OwnedFd::from(
+                UnixStream::pair().unwrap().1,
+            )))
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{refused}");
+        let log = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            log.contains(&format!(
+                "sandbox: device {refused}: not a character device under /dev"
+            )),
+            "{refused}: {log}"
+        );
+    }
 }
 
 #[test]
@@ -279,7 +338,16 @@ fn an_unprivileged_agent_gets_the_same_sandbox() {
     let as_uid = nix::unistd::Uid::effective()
         .is_root()
         .then_some(unprivileged);
-    let p = Probe::start_as(as_uid, sandboxed(), &state, &l);
+    // With a device node granted, as a GPU worker of an unprivileged agent gets its nodes.
+    let p = Probe::start_as(
+        as_uid,
+        sandboxed(),
+        &state,
+        &l,
+        &["--probe-device", "/dev/null"],
+    );
+    assert_eq!(p.ok("dev_entries"), r#"["null"]"#);
+    assert_eq!(p.ok("device_write"), "5");
     assert_eq!(p.report["uid"], SANDBOX_UID);
     assert_eq!(p.report["pid"], 1);
     let caps = &p.report["capabilities"]["Ok"];

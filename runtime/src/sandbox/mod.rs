@@ -10,8 +10,9 @@
 //!    non-root uid/gid ([`namespaces::SANDBOX_UID`]) onto the agent's uid (or, when the agent
 //!    is root, onto [`SandboxPolicy::root_host_uid`]). The network namespace has only a
 //!    loopback that is down.
-//! 4. Build the root: an empty read-only tmpfs with a private, size-limited writable `/tmp`;
-//!    `pivot_root` into it and detach the host's tree (state directory and keys included).
+//! 4. Build the root: an empty read-only tmpfs with a private, size-limited writable `/tmp`,
+//!    and, for a GPU worker only, its device nodes ([`DeviceAccess`]); `pivot_root` into it and
+//!    detach the host's tree (state directory and keys included).
 //! 5. `fork`: the child is PID 1 of the new PID namespace and becomes the worker; the parent
 //!    stays behind only to wait for it and exit with its status (the agent watches the
 //!    parent; `PR_SET_PDEATHSIG` kills the child if the parent dies).
@@ -60,13 +61,82 @@ pub enum SandboxError {
     Seccomp { message: String },
     #[error("sandbox: cgroup {path}: {message}")]
     Cgroup { path: PathBuf, message: String },
+    #[error("sandbox: device {path}: {message}")]
+    Device { path: PathBuf, message: String },
 }
 
-/// Enters the sandbox described by `policy`. Returns only in the sandboxed worker; the process
-/// that called it becomes its waiting parent and exits with the worker's status. Must be
-/// called while the process has a single thread (before ONNX Runtime builds anything).
-pub fn enter(policy: &SandboxPolicy) -> Result<(), SandboxError> {
+/// Device nodes a worker may use inside its sandbox: a GPU worker's `/dev/nvidia*`. Each is
+/// bound at its own path into the empty root, and the worker's seccomp filter then allows what
+/// driving a device takes (`rules_device` in `seccomp.json`, `ioctl` first of all). Empty for a
+/// CPU worker: no `/dev` at all.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DeviceAccess {
+    pub nodes: Vec<PathBuf>,
+}
+
+impl DeviceAccess {
+    /// The NVIDIA nodes of this machine that CUDA opens: the control node, unified memory, and
+    /// the GPUs. All GPUs' nodes are granted: which `/dev/nvidiaN` a CUDA ordinal is depends on
+    /// the driver's enumeration order, and CUDA itself enumerates every GPU it can open. None
+    /// on a machine without an NVIDIA driver.
+    pub fn nvidia() -> DeviceAccess {
+        let mut nodes: Vec<PathBuf> =
+            ["/dev/nvidiactl", "/dev/nvidia-uvm", "/dev/nvidia-uvm-tools"]
+                .into_iter()
+                .map(PathBuf::from)
+                .collect();
+        if let Ok(entries) = std::fs::read_dir("/dev") {
+            let mut gpus: Vec<PathBuf> = entries
+                .filter_map(Result::ok)
+                .map(|e| e.path())
+                .filter(|p| {
+                    p.file_name()
+                        .and_then(|n| n.to_str())
+                        .and_then(|n| n.strip_prefix("nvidia"))
+                        .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+                })
+                .collect();
+            gpus.sort();
+            nodes.extend(gpus);
+        }
+        nodes.retain(|p| is_char_device(p));
+        DeviceAccess { nodes }
+    }
+
+    /// Refuses anything but character devices directly under `/dev` (no symlinks, no `..`).
+    fn validate(&self) -> Result<(), SandboxError> {
+        for node in &self.nodes {
+            let plain = node.is_absolute()
+                && node.starts_with("/dev")
+                && node.components().all(|c| {
+                    matches!(
+                        c,
+                        std::path::Component::RootDir | std::path::Component::Normal(_)
+                    )
+                });
+            if !plain || !is_char_device(node) {
+                return Err(SandboxError::Device {
+                    path: node.clone(),
+                    message: "not a character device under /dev".into(),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+fn is_char_device(path: &std::path::Path) -> bool {
+    use std::os::unix::fs::FileTypeExt;
+    std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_char_device())
+}
+
+/// Enters the sandbox described by `policy`, with `devices` bound inside. Returns only in the
+/// sandboxed worker; the process that called it becomes its waiting parent and exits with the
+/// worker's status. Must be called while the process has a single thread (before ONNX Runtime
+/// builds anything).
+pub fn enter(policy: &SandboxPolicy, devices: &DeviceAccess) -> Result<(), SandboxError> {
     policy.validate()?;
+    devices.validate()?;
     if policy.insecure_disable_sandbox {
         tracing::warn!(
             "INSECURE: sandbox.insecure_disable_sandbox is set; this worker runs with the \
@@ -75,7 +145,7 @@ pub fn enter(policy: &SandboxPolicy) -> Result<(), SandboxError> {
         );
         return lockdown::limits(policy);
     }
-    let filter = seccomp::compile()?;
+    let filter = seccomp::compile(!devices.nodes.is_empty())?;
 
     match cgroup::place(policy, std::process::id())? {
         Placement::Limited(dir) => tracing::info!(cgroup = %dir.display(), "cgroup limits applied"),
@@ -89,7 +159,7 @@ pub fn enter(policy: &SandboxPolicy) -> Result<(), SandboxError> {
     };
     let single = namespaces::unshare_all()?;
     namespaces::map_ids(outer_uid, outer_gid)?;
-    namespaces::build_root(policy.tmpfs_bytes)?;
+    namespaces::build_root(policy.tmpfs_bytes, &devices.nodes)?;
 
     // The child learns that the parent died before PR_SET_PDEATHSIG was armed from this pipe:
     // the parent holds the only write end.

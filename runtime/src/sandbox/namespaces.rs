@@ -1,6 +1,6 @@
 //! Fresh namespaces, the uid/gid mapping, and the minimal read-only root.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use nix::mount::{MntFlags, MsFlags, mount, umount2};
 use nix::sched::{CloneFlags, unshare};
@@ -54,7 +54,7 @@ fn write_proc(path: &'static str, text: &str) -> Result<(), SandboxError> {
 /// Replaces the filesystem view with an empty read-only tmpfs root holding only a private,
 /// size-limited, writable tmpfs at `/tmp`. The old root (the agent's state directory, its keys,
 /// the whole host) is detached: nothing of it is reachable afterwards.
-pub fn build_root(tmpfs_bytes: u64) -> Result<(), SandboxError> {
+pub fn build_root(tmpfs_bytes: u64, device_nodes: &[PathBuf]) -> Result<(), SandboxError> {
     let sys = |step: &'static str| move |errno| SandboxError::Sys { step, errno };
     // Our mounts must not propagate back to the host, nor host mounts into us.
     mount(
@@ -115,6 +115,42 @@ pub fn build_root(tmpfs_bytes: u64) -> Result<(), SandboxError> {
         None::<&str>,
     )
     .map_err(sys("remount /proc/cpuinfo read-only"))?;
+    // Device nodes (a GPU worker's), each bound at its own path; read-only binds without
+    // `nodev`, so that the node itself works while nothing can be created beside it.
+    for node in device_nodes {
+        let relative = node.strip_prefix("/").unwrap_or(node);
+        let target = new_root.join(relative);
+        if let Some(parent) = target.parent() {
+            std::fs::create_dir_all(parent).map_err(|source| SandboxError::Io {
+                step: "create a device directory in the new root",
+                source,
+            })?;
+        }
+        std::fs::write(&target, b"").map_err(|source| SandboxError::Io {
+            step: "create a device mount point in the new root",
+            source,
+        })?;
+        mount(
+            Some(node.as_path()),
+            &target,
+            None::<&str>,
+            MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .map_err(sys("bind a device node"))?;
+        mount(
+            None::<&str>,
+            &target,
+            None::<&str>,
+            MsFlags::MS_REMOUNT
+                | MsFlags::MS_BIND
+                | MsFlags::MS_RDONLY
+                | MsFlags::MS_NOSUID
+                | MsFlags::MS_NOEXEC,
+            None::<&str>,
+        )
+        .map_err(sys("remount a device node read-only"))?;
+    }
     pivot_root(new_root, &new_root.join(".old")).map_err(sys("pivot_root"))?;
     std::env::set_current_dir("/").map_err(|source| SandboxError::Io {
         step: "chdir to the new root",

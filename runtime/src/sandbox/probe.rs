@@ -59,6 +59,12 @@ pub struct Report {
     pub rlimit_as: Outcome,
     pub rlimit_core: Outcome,
     pub rlimit_nofile: Outcome,
+    pub dev_entries: Outcome,
+    /// Open the granted device node read-write and write to it.
+    pub device_write: Outcome,
+    /// An ioctl (`TCGETS`) on it, or on `/proc/cpuinfo` without one: `ENOTTY` from the
+    /// driver when ioctl is allowed, `EPERM` from the seccomp filter when not.
+    pub device_ioctl: Outcome,
 }
 
 /// What to try to reach from inside.
@@ -70,6 +76,8 @@ pub struct Targets {
     pub connect: Option<std::net::SocketAddr>,
     /// The address-space limit the worker was given.
     pub address_space_bytes: u64,
+    /// A device node to use (one the test granted, or one it did not).
+    pub device: Option<std::path::PathBuf>,
 }
 
 /// Runs every probe.
@@ -123,6 +131,28 @@ pub fn run(targets: &Targets) -> Report {
         rlimit_as: getrlimit(Resource::RLIMIT_AS).into(),
         rlimit_core: getrlimit(Resource::RLIMIT_CORE).into(),
         rlimit_nofile: getrlimit(Resource::RLIMIT_NOFILE).into(),
+        dev_entries: list("/dev").into(),
+        device_write: match &targets.device {
+            Some(node) => std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(node)
+                .and_then(|mut f| std::io::Write::write(&mut f, b"probe"))
+                .into(),
+            None => Outcome::Err("no device given".into()),
+        },
+        // Without a device, on the one file every worker sees: the question is only whether
+        // the call reaches the kernel's file code at all.
+        device_ioctl: std::fs::File::open(
+            targets
+                .device
+                .clone()
+                .unwrap_or_else(|| "/proc/cpuinfo".into()),
+        )
+        .map_err(|e| e.to_string())
+        .and_then(|f| nix::sys::termios::tcgetattr(&f).map_err(|e| e.to_string()))
+        .map(|_| "a terminal")
+        .into(),
     }
 }
 

@@ -16,6 +16,7 @@ struct AllowList {
     rules: Vec<serde_json::Value>,
     rules_x86_64: Vec<serde_json::Value>,
     rules_aarch64: Vec<serde_json::Value>,
+    rules_device: Vec<serde_json::Value>,
 }
 
 /// The two programs to install: the allow-list, and the calls that must look unimplemented.
@@ -24,8 +25,9 @@ pub struct Filters {
     enosys: BpfProgram,
 }
 
-/// Compiles the embedded allow-list for the running architecture.
-pub fn compile() -> Result<Filters, SandboxError> {
+/// Compiles the embedded allow-list for the running architecture; `devices`: with the calls a
+/// worker granted device nodes needs to drive them (`rules_device`).
+pub fn compile(devices: bool) -> Result<Filters, SandboxError> {
     let bad = |message: String| SandboxError::Seccomp { message };
     let list: AllowList =
         serde_json::from_str(POLICY).map_err(|e| bad(format!("seccomp.json: {e}")))?;
@@ -36,6 +38,9 @@ pub fn compile() -> Result<Filters, SandboxError> {
     };
     let mut rules = list.rules;
     rules.extend(extra);
+    if devices {
+        rules.extend(list.rules_device);
+    }
     let enosys: Vec<serde_json::Value> = list
         .enosys
         .iter()
@@ -83,21 +88,47 @@ pub fn install(filters: &Filters) -> Result<(), SandboxError> {
 mod tests {
     #[test]
     fn the_embedded_allow_list_compiles() {
-        let program = super::compile();
-        assert!(program.is_ok(), "{:?}", program.err());
+        for devices in [false, true] {
+            let program = super::compile(devices);
+            assert!(program.is_ok(), "{:?}", program.err());
+        }
     }
 
     #[test]
     fn dangerous_calls_are_not_allowed() {
-        let text = super::POLICY;
+        let list: super::AllowList = serde_json::from_str(super::POLICY).unwrap();
+        let names = |rules: &[serde_json::Value]| -> Vec<String> {
+            rules
+                .iter()
+                .map(|r| r["syscall"].as_str().unwrap().to_string())
+                .collect()
+        };
+        let base = [list.rules, list.rules_x86_64, list.rules_aarch64].concat();
+        let device = names(&list.rules_device);
         for name in [
-            "socket", "connect", "bind", "execve", "ptrace", "mount", "unshare", "setns", "keyctl",
-            "bpf", "ioctl",
+            "socket",
+            "connect",
+            "bind",
+            "execve",
+            "ptrace",
+            "mount",
+            "unshare",
+            "setns",
+            "keyctl",
+            "bpf",
+            "ioctl",
+            "perf_event_open",
         ] {
             assert!(
-                !text.contains(&format!("\"syscall\": \"{name}\"")),
+                !names(&base).contains(&name.to_string()),
                 "{name} must stay out of the allow-list"
             );
+            // A device worker may drive its devices (ioctl), nothing else of these.
+            assert!(
+                name == "ioctl" || !device.contains(&name.to_string()),
+                "{name} must stay out of the device additions"
+            );
         }
+        assert!(device.contains(&"ioctl".to_string()));
     }
 }

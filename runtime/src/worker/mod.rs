@@ -67,6 +67,8 @@ pub struct WorkerOptions {
     pub batching: Option<BatchPolicy>,
     /// The device the model should run on (default: the CPU).
     pub device: DeviceRequest,
+    /// Directories holding the CUDA/cuDNN/TensorRT libraries, for a GPU device.
+    pub cuda_library_dirs: Vec<PathBuf>,
 }
 
 impl WorkerOptions {
@@ -92,6 +94,7 @@ impl WorkerOptions {
             restart: RestartPolicy::default(),
             batching: None,
             device: DeviceRequest::default(),
+            cuda_library_dirs: Vec::new(),
         }
     }
 
@@ -111,6 +114,11 @@ impl WorkerOptions {
         }
         if self.device.cpu_fallback {
             device.push("--cpu-fallback".into());
+        }
+        if self.device.device.gpu().is_some() {
+            for dir in &self.cuda_library_dirs {
+                device.extend(["--cuda-library-dir".into(), dir.clone().into_os_string()]);
+            }
         }
         [
             "--model".into(),
