@@ -6,6 +6,9 @@
 #                                        # (for a GPU machine without a toolchain)
 #   WARDEN_BIN=path/to/warden gpu.sh     # also serves the demo (its sandboxed worker beside
 #                                        # `warden`) and checks that `warden status` lists the GPUs
+#   WARDEN_ORT_GPU_LIB=…/libonnxruntime.so.1.31.1  # onnxruntime-gpu's library: also runs
+#   WARDEN_CUDA_LIBRARY_DIRS=dir:dir               # runtime/tests/device.rs and the engines
+#                                                  # bench on the GPU (see README.md)
 set -euo pipefail
 if [ ! -e /dev/nvidiactl ] && ! command -v nvidia-smi >/dev/null 2>&1; then
     echo "SKIP gpu suite: no NVIDIA GPU here (no /dev/nvidiactl, no nvidia-smi)"
@@ -21,6 +24,16 @@ if [ -n "${WARDEN_ACCEL_TEST_BIN:-}" ]; then
 else
     cd "$(dirname "$0")/.."
     cargo test -p warden-runtime --test accel -- --nocapture --test-threads 1
+fi
+if [ -n "${WARDEN_ORT_GPU_LIB:-}" ]; then
+    (
+        export ORT_DYLIB_PATH=$WARDEN_ORT_GPU_LIB WARDEN_CUDA_LIBRARY_DIRS=${WARDEN_CUDA_LIBRARY_DIRS:-}
+        cd "$(dirname "$0")/.."
+        cargo test -p warden-runtime --test device -- --nocapture --test-threads 1
+        WARDEN_BENCH_GPU=cuda:0 cargo bench -p warden-runtime --bench engines
+    )
+else
+    echo "SKIP onnxruntime cuda: WARDEN_ORT_GPU_LIB does not name an onnxruntime-gpu library"
 fi
 if [ -n "${WARDEN_BIN:-}" ]; then
     demo=$(mktemp -d)

@@ -5,6 +5,11 @@
 //! batch 1 and throughput at batch 64, sequence 32; medians, and candle's ratio to ONNX
 //! Runtime.
 //!
+//! With `WARDEN_BENCH_GPU=cuda:0` (or `tensorrt:0`) and `ORT_DYLIB_PATH` naming an
+//! `onnxruntime-gpu` library (`WARDEN_CUDA_LIBRARY_DIRS`: where its CUDA libraries are), ONNX
+//! Runtime on that GPU is measured against ONNX Runtime on the CPU too, after checking that
+//! their logits agree (`hw-tests/gpu.sh` runs it so).
+//!
 //! `source .cache/env && cargo bench -p warden-runtime --bench engines`
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -14,6 +19,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use warden_runtime::candle::CandleEngine;
+use warden_runtime::device::{Device, DeviceRequest};
 use warden_runtime::engine::{EngineOptions, OrtEngine};
 use warden_runtime::tensor::{DataType, Tensor};
 
@@ -87,6 +93,18 @@ fn main() {
     let python = std::env::var_os("WARDEN_PYTHON")
         .expect("WARDEN_PYTHON is not set: run scripts/setup.sh --test");
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/python/bert_reference.py");
+    let gpu: Option<Device> = std::env::var("WARDEN_BENCH_GPU")
+        .ok()
+        .map(|d| d.parse().expect("WARDEN_BENCH_GPU: cuda:N or tensorrt:N"));
+    if let Some(device) = gpu {
+        let dirs: Vec<PathBuf> = std::env::var("WARDEN_CUDA_LIBRARY_DIRS")
+            .map(|v| v.split(':').map(PathBuf::from).collect())
+            .unwrap_or_default();
+        warden_runtime::engine::load_library(&ort_library).unwrap();
+        for missing in warden_runtime::engine::preload_gpu_libraries(&ort_library, device, &dirs) {
+            eprintln!("not loaded: {missing}");
+        }
+    }
     // The test BERT, and a larger one (BERT-mini-like) where matrix products weigh more.
     for (label, args) in [
         ("2 layers, hidden 64, 4 heads", &[][..]),
@@ -136,6 +154,59 @@ fn main() {
                 o.as_secs_f64() * 1e6,
                 rows(o),
                 c.as_secs_f64() / o.as_secs_f64()
+            );
+        }
+        let Some(device) = gpu else { continue };
+        let on_gpu = OrtEngine::load(
+            &ort_library,
+            &std::fs::read(dir.path().join("model.onnx")).unwrap(),
+            EngineOptions {
+                intra_op_threads: 1,
+                sessions: 1,
+                device: DeviceRequest {
+                    device,
+                    memory_budget_bytes: Some(2 << 30),
+                    cpu_fallback: false,
+                },
+            },
+        )
+        .expect("the model on the GPU");
+        for (batch, iterations) in [(1usize, 1000usize), (64, 200)] {
+            let x = inputs(batch);
+            let logits = |out: Vec<Tensor>| -> Vec<f32> {
+                out[0]
+                    .data
+                    .chunks_exact(4)
+                    .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                    .collect()
+            };
+            let (g, c) = (
+                logits(on_gpu.run(&x, &[]).unwrap()),
+                logits(ort.run(&x, &[]).unwrap()),
+            );
+            let worst = g
+                .iter()
+                .zip(&c)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0f32, f32::max);
+            assert!(
+                worst <= 1e-2,
+                "{device} logits differ from the CPU's by {worst}"
+            );
+            let (gd, cd) = time_pair(
+                iterations,
+                || on_gpu.run(&x, &[]).unwrap(),
+                || ort.run(&x, &[]).unwrap(),
+            );
+            let rows = |d: Duration| batch as f64 / d.as_secs_f64();
+            println!(
+                "  batch {batch:>2}: onnxruntime {device} p50 {:>9.1} µs ({:>7.0} rows/s)   cpu \
+                 p50 {:>9.1} µs ({:>6.0} rows/s)   cpu/gpu time ratio {:.2}   max |Δlogit| {worst:.1e}",
+                gd.as_secs_f64() * 1e6,
+                rows(gd),
+                cd.as_secs_f64() * 1e6,
+                rows(cd),
+                cd.as_secs_f64() / gd.as_secs_f64()
             );
         }
     }

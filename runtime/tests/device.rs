@@ -135,3 +135,77 @@ fn gpu_libraries_are_found_by_soname() {
     assert_eq!(find_soname(&dirs, "libcudnn.so"), None);
     assert_eq!(find_soname(&dirs, "libcublasLt.so"), None);
 }
+
+/// The real sandboxed worker asked for GPU 0: with a GPU build of ONNX Runtime on a GPU
+/// machine it serves there (device nodes, libraries and device calls granted, see
+/// `SANDBOX.md`) and agrees with the CPU; otherwise its start is refused with the provider's
+/// reason, or, where allowed, it serves on the CPU and says why. `WARDEN_CUDA_LIBRARY_DIRS`
+/// (colon-separated) names the CUDA libraries' directories for the GPU run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sandboxed_worker_serves_on_the_gpu_or_refuses_or_falls_back() {
+    use std::path::PathBuf;
+    use warden_runtime::worker::{Worker, WorkerError, WorkerOptions};
+    let options = |cpu_fallback| {
+        let mut o = WorkerOptions::new(
+            PathBuf::from(env!("CARGO_BIN_EXE_warden-runtime")),
+            ort_library(),
+            model_path(),
+            model_sha256(),
+        );
+        o.device = DeviceRequest {
+            device: Device::Cuda(0),
+            memory_budget_bytes: Some(512 << 20),
+            cpu_fallback,
+        };
+        o.cuda_library_dirs = std::env::var("WARDEN_CUDA_LIBRARY_DIRS")
+            .map(|v| v.split(':').map(PathBuf::from).collect())
+            .unwrap_or_default();
+        o
+    };
+    let expected = outputs(&load(Device::Cpu, false).unwrap());
+    let served = |worker: &Worker| {
+        let worker = worker.clone();
+        async move {
+            let out = worker
+                .infer(vec![sample_input()], vec!["probabilities".into()])
+                .await
+                .unwrap();
+            as_f32(&out[0])
+        }
+    };
+    if gpu_capable() {
+        let worker = Worker::start(options(false)).await.unwrap();
+        let p = worker.placement();
+        assert_eq!(
+            (p.device, p.fallback_reason.as_deref()),
+            (Device::Cuda(0), None)
+        );
+        for (g, c) in served(&worker).await.iter().zip(&expected) {
+            assert!((g - c).abs() <= 1e-3, "{g} vs {c}");
+        }
+        worker.shutdown().await;
+        return;
+    }
+    match Worker::start(options(false)).await {
+        Err(WorkerError::Unavailable { reason }) => {
+            assert!(reason.contains("worker refused to start"), "{reason}");
+            assert!(reason.contains("cuda:0 is not usable"), "{reason}");
+            assert!(
+                reason.contains("CUDAExecutionProvider on GPU 0"),
+                "{reason}"
+            );
+        }
+        Err(e) => panic!("wrong refusal: {e}"),
+        Ok(_) => panic!("a GPU worker started without a usable GPU provider"),
+    }
+    let worker = Worker::start(options(true)).await.unwrap();
+    let p = worker.placement();
+    assert_eq!(p.device, Device::Cpu);
+    assert!(
+        p.fallback_reason
+            .unwrap()
+            .contains("CUDAExecutionProvider on GPU 0")
+    );
+    assert_close(&served(&worker).await, &expected);
+    worker.shutdown().await;
+}
