@@ -876,6 +876,7 @@ impl Loader {
             batching: m.batching.as_ref().map(|b| b.policy()),
             device: granted.request,
             cuda_library_dirs: config.runtime.cuda_library_dirs.clone(),
+            poll_window: Duration::from_micros(config.runtime.worker_poll_us),
         })
         .await
         .map_err(|e| ModelError::Worker {

@@ -1,5 +1,6 @@
 //! The cost of the process hop: in-process `OrtEngine::run` against `Worker::infer` (socket to
-//! the `warden-runtime` worker and back) on the demo model at batch 1.
+//! the `warden-runtime` worker and back) on the demo model at batch 1; sandboxed and not, and
+//! with the worker's polling window (the default) and without it.
 //!
 //! `source .cache/env && cargo bench -p warden-runtime --bench worker_hop`
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -11,7 +12,7 @@ use bytes::Bytes;
 use warden_runtime::engine::{EngineOptions, OrtEngine};
 use warden_runtime::sandbox::SandboxPolicy;
 use warden_runtime::tensor::{DataType, Tensor};
-use warden_runtime::worker::{Worker, WorkerOptions};
+use warden_runtime::worker::{DEFAULT_POLL_WINDOW, Worker, WorkerOptions};
 
 const WARMUP: usize = 300;
 const ITERATIONS: usize = 3000;
@@ -25,7 +26,7 @@ fn report(name: &str, mut samples: Vec<Duration>) -> (Duration, Duration) {
     samples.sort();
     let (p50, p99) = (percentile(&samples, 0.50), percentile(&samples, 0.99));
     println!(
-        "{name:<22} p50 {:>9.1} µs   p99 {:>9.1} µs   (n = {})",
+        "{name:<26} p50 {:>9.1} µs   p99 {:>9.1} µs   (n = {})",
         p50.as_secs_f64() * 1e6,
         p99.as_secs_f64() * 1e6,
         samples.len()
@@ -84,7 +85,7 @@ fn main() {
         .unwrap();
     // The same hop through a sandboxed worker (the default) and an unsandboxed one: the
     // difference is the sandbox's cost per request (seccomp on each syscall, mostly).
-    let hop = |sandbox: SandboxPolicy| {
+    let hop = |sandbox: SandboxPolicy, poll_window: Duration| {
         rt.block_on(async {
             let mut o = WorkerOptions::new(
                 PathBuf::from(env!("CARGO_BIN_EXE_warden-runtime")),
@@ -95,6 +96,7 @@ fn main() {
             o.concurrency = 1;
             o.intra_op_threads = 1;
             o.sandbox = sandbox;
+            o.poll_window = poll_window;
             let worker = Worker::start(o).await.unwrap();
             for _ in 0..WARMUP {
                 worker.infer(vec![input.clone()], vec![]).await.unwrap();
@@ -110,15 +112,24 @@ fn main() {
             samples
         })
     };
-    let unsandboxed = hop(SandboxPolicy {
-        insecure_disable_sandbox: true,
-        ..SandboxPolicy::default()
-    });
-    let hop = hop(SandboxPolicy::default());
+    let unsandboxed = hop(
+        SandboxPolicy {
+            insecure_disable_sandbox: true,
+            ..SandboxPolicy::default()
+        },
+        DEFAULT_POLL_WINDOW,
+    );
+    let sleeping = hop(SandboxPolicy::default(), Duration::ZERO);
+    let hop = hop(SandboxPolicy::default(), DEFAULT_POLL_WINDOW);
 
-    println!("demo model, batch 1, one session, one intra-op thread");
+    println!(
+        "demo model, batch 1, one session, one intra-op thread; worker polling window {} µs \
+         unless said",
+        DEFAULT_POLL_WINDOW.as_micros()
+    );
     let (l50, l99) = report("OrtEngine::run", local);
     report("Worker::infer, no sandbox", unsandboxed);
+    report("Worker::infer, no polling", sleeping);
     let (w50, w99) = report("Worker::infer", hop);
     println!(
         "ratio worker/in-process: p50 {:.1}x, p99 {:.1}x; hop overhead p50 {:.1} µs",

@@ -6,7 +6,7 @@
 //! warden-runtime --model FILE --sha256 HEX [--onnxruntime LIB] [--threads N] [--concurrency N]
 //!                [--max-frame-bytes N] [--sandbox JSON]
 //!                [--device cpu|cuda:N|tensorrt:N] [--gpu-memory-bytes N] [--cpu-fallback]
-//!                [--cuda-library-dir DIR]...
+//!                [--cuda-library-dir DIR]... [--poll-us N]
 //! ```
 //!
 //! Its channel to the agent is a Unix stream socket passed as **stdin**. The engine follows
@@ -47,6 +47,9 @@ pub enum Mode {
     Probe,
 }
 
+/// The longest polling window a worker accepts (`--poll-us`).
+const MAX_POLL_US: usize = 10_000;
+
 struct Args {
     model: PathBuf,
     sha256: String,
@@ -61,13 +64,15 @@ struct Args {
     devices: DeviceAccess,
     /// Where the CUDA/cuDNN/TensorRT libraries are (`--cuda-library-dir`, repeatable).
     cuda_library_dirs: Vec<PathBuf>,
+    /// How long an idle reader polls for the next request before it sleeps (`--poll-us`).
+    poll_window: std::time::Duration,
     probe: probe::Targets,
 }
 
 const USAGE: &str = "usage: warden-runtime --model FILE --sha256 HEX [--onnxruntime LIB] \
                      [--threads N] [--concurrency N] [--max-frame-bytes N] [--sandbox JSON] \
                      [--device cpu|cuda:N|tensorrt:N] [--gpu-memory-bytes N] [--cpu-fallback] \
-                     [--cuda-library-dir DIR]...  (stdin: the agent's socket)";
+                     [--cuda-library-dir DIR]... [--poll-us N]  (stdin: the agent's socket)";
 
 fn parse_args(mode: Mode) -> Result<Args, String> {
     let mut model = None;
@@ -80,6 +85,7 @@ fn parse_args(mode: Mode) -> Result<Args, String> {
     let mut device = DeviceRequest::default();
     let mut devices = DeviceAccess::default();
     let mut cuda_library_dirs = Vec::new();
+    let mut poll_window = std::time::Duration::ZERO;
     let mut probe = probe::Targets::default();
     let mut it = std::env::args_os().skip(1);
     while let Some(flag) = it.next() {
@@ -112,6 +118,13 @@ fn parse_args(mode: Mode) -> Result<Args, String> {
             }
             "--cpu-fallback" => device.cpu_fallback = true,
             "--cuda-library-dir" => cuda_library_dirs.push(PathBuf::from(value()?)),
+            "--poll-us" => {
+                let us = number(value()?)?;
+                if us > MAX_POLL_US {
+                    return Err(format!("--poll-us: at most {MAX_POLL_US}"));
+                }
+                poll_window = std::time::Duration::from_micros(us as u64);
+            }
             "--probe-secret" if mode == Mode::Probe => {
                 probe.secret = Some(PathBuf::from(value()?));
             }
@@ -156,6 +169,7 @@ fn parse_args(mode: Mode) -> Result<Args, String> {
         device,
         devices,
         cuda_library_dirs,
+        poll_window,
         probe,
     })
 }
@@ -295,6 +309,7 @@ fn serve(stream: UnixStream, engine: Engine, args: &Args) -> ExitCode {
         Arc::new(engine),
         args.concurrency,
         args.max_frame_bytes,
+        args.poll_window,
     ) {
         Ok(StopReason::Shutdown) => {
             tracing::info!("stopped after shutdown");

@@ -122,6 +122,45 @@ async fn sixty_four_concurrent_requests_are_all_correct() {
     worker.shutdown().await;
 }
 
+/// Frames far larger than the socket's buffer, many at once, some cancelled half way: the
+/// part the socket does not take goes to the writer task, later frames queue behind it, and
+/// no frame is torn or reordered (every answer matches its own request).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_concurrent_and_cancelled_requests_never_tear_a_frame() {
+    let worker = Worker::start(options()).await.unwrap();
+    let engine = engine();
+    let mut tasks = Vec::new();
+    for i in 0..96usize {
+        let worker = worker.clone();
+        // 0.2 to 1.2 MB per request frame, more than the socket buffer takes at once.
+        let input = batch(2_000 + 4_000 * (i % 3), i as f32);
+        let expected = engine.run(std::slice::from_ref(&input), &[]).unwrap();
+        tasks.push(tokio::spawn(async move {
+            // Arrivals spread out, so that many meet a socket the worker is draining.
+            tokio::time::sleep(Duration::from_micros(300 * i as u64)).await;
+            if i % 4 == 3 {
+                // Given up right after sending: the frame must still go out whole.
+                let _ = tokio::time::timeout(
+                    Duration::from_micros(50),
+                    worker.infer(vec![input], vec![]),
+                )
+                .await;
+                return;
+            }
+            let out = worker.infer(vec![input], vec![]).await.unwrap();
+            assert_eq!(out, expected, "request {i}");
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    // The connection is intact afterwards.
+    let input = batch(3, 0.5);
+    let expected = engine.run(std::slice::from_ref(&input), &[]).unwrap();
+    assert_eq!(worker.infer(vec![input], vec![]).await.unwrap(), expected);
+    worker.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refuses_to_start_on_a_sha256_mismatch() {
     let mut o = options();

@@ -69,7 +69,14 @@ pub struct WorkerOptions {
     pub device: DeviceRequest,
     /// Directories holding the CUDA/cuDNN/TensorRT libraries, for a GPU device.
     pub cuda_library_dirs: Vec<PathBuf>,
+    /// How long the worker's idle reader polls for the next request before it sleeps (zero:
+    /// it sleeps at once). See [`DEFAULT_POLL_WINDOW`].
+    pub poll_window: Duration,
 }
+
+/// The worker's default polling window: 100 µs of CPU after a request, so that a request that
+/// follows within it is read without waiting for a sleeping thread to be woken.
+pub const DEFAULT_POLL_WINDOW: Duration = Duration::from_micros(100);
 
 impl WorkerOptions {
     /// Options with the defaults: 1 thread, concurrency 1, 30 s start, 64 MiB frames, the
@@ -95,6 +102,7 @@ impl WorkerOptions {
             batching: None,
             device: DeviceRequest::default(),
             cuda_library_dirs: Vec::new(),
+            poll_window: DEFAULT_POLL_WINDOW,
         }
     }
 
@@ -137,6 +145,8 @@ impl WorkerOptions {
             self.max_frame_bytes.to_string().into(),
             "--sandbox".into(),
             policy.into(),
+            "--poll-us".into(),
+            self.poll_window.as_micros().to_string().into(),
         ])
         .chain(device)
         .collect()

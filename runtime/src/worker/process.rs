@@ -2,9 +2,11 @@
 //! current one and replaces it when it dies).
 //!
 //! Concurrency: any number of [`Process::infer`] calls may be in flight on the one socket. Each
-//! call takes a fresh request id, registers a oneshot sender under that id, and queues its
-//! encoded frame to a **writer task** (the only writer of the socket; a channel rather than a
-//! lock, so a caller cancelled mid-write cannot leave half a frame behind). A **reader task**
+//! call takes a fresh request id, registers a oneshot sender under that id, and sends its
+//! encoded frame through the [`Outbox`]: written at once with one non-blocking `write` when
+//! nothing is queued, else (or for what the socket did not take) handed to a **writer task**
+//! that writes in order. Sending never awaits, so a caller cancelled at any point cannot leave
+//! half a frame behind. A **reader task**
 //! decodes frames and completes the waiting call by id. When the socket breaks (the worker
 //! exited, was killed, or sent something undecodable) the connection is marked closed, every
 //! waiting call is completed with [`WorkerError::Unavailable`] at once, and the `closed` watch
@@ -18,7 +20,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use tokio::io::AsyncWriteExt;
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::process::{Child, Command};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -27,9 +28,6 @@ use super::{WorkerError, WorkerOptions, unavailable};
 use crate::device::Placement;
 use crate::protocol::{ErrorClass, Message, PROTOCOL_VERSION, ReadError, read_frame_async};
 use crate::tensor::{ModelSignature, Tensor};
-
-/// Frames queued for the writer task before `infer` waits.
-const WRITE_QUEUE: usize = 256;
 
 type Reply = Result<Vec<Tensor>, WorkerError>;
 
@@ -90,7 +88,7 @@ struct Inner {
     signature: ModelSignature,
     placement: Placement,
     shared: Arc<Shared>,
-    frames: mpsc::Sender<Vec<u8>>,
+    outbox: Outbox,
     next_id: AtomicU64,
     max_frame_bytes: usize,
     child: Mutex<Child>,
@@ -197,8 +195,7 @@ impl Process {
             finished: tokio::sync::Notify::new(),
             closed: watch::channel(false).0,
         });
-        let (frames, queue) = mpsc::channel(WRITE_QUEUE);
-        tokio::spawn(write_loop(write_half, queue, Arc::clone(&shared)));
+        let outbox = Outbox::start(write_half, Arc::clone(&shared));
         tokio::spawn(read_loop(
             read_half,
             Arc::clone(&shared),
@@ -209,7 +206,7 @@ impl Process {
                 signature,
                 placement,
                 shared,
-                frames,
+                outbox,
                 next_id: AtomicU64::new(1),
                 max_frame_bytes: opts.max_frame_bytes,
                 child: Mutex::new(child),
@@ -255,7 +252,7 @@ impl Process {
             p.waiting.insert(id, tx);
         }
         let _guard = PendingGuard { shared, id };
-        if self.inner.frames.send(frame).await.is_err() {
+        if self.inner.outbox.send(frame).is_err() {
             return Err(unavailable(
                 shared
                     .closed()
@@ -276,7 +273,7 @@ impl Process {
     /// after `grace`. Later calls fail with `Unavailable`.
     pub(super) async fn shutdown_with_grace(&self, grace: Duration) {
         if let Ok(frame) = Message::Shutdown.encode(self.inner.max_frame_bytes) {
-            let _ = self.inner.frames.send(frame).await;
+            let _ = self.inner.outbox.send(frame);
         }
         let deadline = tokio::time::Instant::now() + grace;
         loop {
@@ -407,26 +404,111 @@ fn handshake(
     }
 }
 
+/// The way frames go to the worker. A frame is written straight from the calling task when
+/// nothing is waiting for the writer task (the common case: one non-blocking `write`, no task
+/// switch); otherwise, or for the part the socket did not take, it goes to the writer task,
+/// which writes in order. Both paths are synchronous for the caller, so a cancelled call can
+/// never leave half a frame on the socket.
+struct Outbox {
+    socket: Arc<OwnedWriteHalf>,
+    /// Frames (or frames' rests) handed to the writer task and not yet fully written. Direct
+    /// writes happen only at 0, under this lock, so bytes of two frames never interleave.
+    queued: Arc<Mutex<usize>>,
+    queue: mpsc::UnboundedSender<Queued>,
+}
+
+/// A frame for the writer task, from `offset` on.
+struct Queued {
+    frame: Vec<u8>,
+    offset: usize,
+}
+
+impl Outbox {
+    /// The outbox of `socket`, and its writer task.
+    fn start(socket: OwnedWriteHalf, shared: Arc<Shared>) -> Outbox {
+        let socket = Arc::new(socket);
+        let queued = Arc::new(Mutex::new(0));
+        let (queue_tx, queue) = mpsc::unbounded_channel();
+        tokio::spawn(write_loop(
+            Arc::clone(&socket),
+            queue,
+            Arc::clone(&queued),
+            shared,
+        ));
+        Outbox {
+            socket,
+            queued,
+            queue: queue_tx,
+        }
+    }
+
+    /// Sends `frame`, or fails when the connection is gone.
+    fn send(&self, frame: Vec<u8>) -> Result<(), ()> {
+        let mut queued = self.queued.lock().unwrap_or_else(|p| p.into_inner());
+        let mut offset = 0;
+        if *queued == 0 {
+            loop {
+                match self.socket.try_write(&frame[offset..]) {
+                    Ok(n) => {
+                        offset += n;
+                        if offset == frame.len() {
+                            return Ok(());
+                        }
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    // The writer task meets the same error and closes the connection.
+                    Err(_) => break,
+                }
+            }
+        }
+        self.queue.send(Queued { frame, offset }).map_err(|_| ())?;
+        *queued += 1;
+        Ok(())
+    }
+}
+
 async fn write_loop(
-    mut socket: OwnedWriteHalf,
-    mut queue: mpsc::Receiver<Vec<u8>>,
+    socket: Arc<OwnedWriteHalf>,
+    mut queue: mpsc::UnboundedReceiver<Queued>,
+    queued: Arc<Mutex<usize>>,
     shared: Arc<Shared>,
 ) {
     loop {
-        let frame = tokio::select! {
-            frame = queue.recv() => frame,
+        let next = tokio::select! {
+            next = queue.recv() => next,
             () = shared.finished.notified() => None,
         };
         // `None`: every handle is gone, or the connection is finished.
-        let Some(frame) = frame else { break };
-        if let Err(e) = socket.write_all(&frame).await {
-            tracing::warn!(error = %e, "cannot write to the worker");
-            shared.close(&format!("cannot write to the worker: {e}"));
-            return;
+        let Some(Queued { frame, mut offset }) = next else {
+            break;
+        };
+        while offset < frame.len() {
+            let written = match socket.writable().await {
+                Ok(()) => socket.try_write(&frame[offset..]),
+                Err(e) => Err(e),
+            };
+            match written {
+                Ok(n) => offset += n,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted
+                    ) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot write to the worker");
+                    shared.close(&format!("cannot write to the worker: {e}"));
+                    return;
+                }
+            }
         }
+        let mut queued = queued.lock().unwrap_or_else(|p| p.into_inner());
+        *queued = queued.saturating_sub(1);
     }
-    // Close our side so the worker sees end of stream.
-    let _ = socket.shutdown().await;
+    // Close our side so that a worker still running sees end of stream and exits.
+    use std::os::fd::AsRawFd;
+    let stream: &tokio::net::UnixStream = (*socket).as_ref();
+    let _ = nix::sys::socket::shutdown(stream.as_raw_fd(), nix::sys::socket::Shutdown::Write);
 }
 
 async fn read_loop(mut socket: OwnedReadHalf, shared: Arc<Shared>, max_frame_bytes: usize) {
@@ -481,5 +563,68 @@ mod tests {
             super::describe(ExitStatus::from_raw((128 + 11) << 8)),
             "killed by SIGSEGV"
         );
+    }
+
+    /// A frame the socket takes only in part leaves its rest to the writer task, which
+    /// finishes it from where the socket stopped; a frame sent meanwhile follows it whole.
+    /// Driven step by step on a single-threaded runtime, where the writer task runs only when
+    /// the test yields.
+    #[test]
+    fn a_partly_written_frame_is_finished_before_the_next() {
+        use super::*;
+        use std::io::Read;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let (ours, theirs) = tokio::net::UnixStream::pair().unwrap();
+            let theirs = theirs.into_std().unwrap();
+            theirs.set_nonblocking(false).unwrap();
+            let (_read_half, write_half) = ours.into_split();
+            let shared = Arc::new(Shared {
+                pending: Mutex::new(Pending {
+                    closed: None,
+                    waiting: HashMap::new(),
+                }),
+                finished: tokio::sync::Notify::new(),
+                closed: watch::channel(false).0,
+            });
+            let outbox = Outbox::start(write_half, shared);
+            let big: Vec<u8> = (0..4 << 20).map(|i| (i % 251) as u8).collect();
+            outbox.send(big.clone()).unwrap();
+            assert_eq!(*outbox.queued.lock().unwrap(), 1, "the socket took it all");
+            // Empty the socket, then send a small frame before the writer task has run.
+            let mut received = Vec::new();
+            theirs.set_nonblocking(true).unwrap();
+            let mut chunk = vec![0u8; 64 << 10];
+            loop {
+                match (&theirs).read(&mut chunk) {
+                    Ok(n) => received.extend_from_slice(&chunk[..n]),
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                    Err(e) => panic!("{e}"),
+                }
+            }
+            theirs.set_nonblocking(false).unwrap();
+            assert!(!received.is_empty() && received.len() < big.len());
+            outbox.send(b"second".to_vec()).unwrap();
+            let reader = std::thread::spawn(move || {
+                let mut rest = Vec::new();
+                (&theirs).read_to_end(&mut rest).unwrap();
+                rest
+            });
+            // Let the writer task drain the queue, then close our side.
+            while *outbox.queued.lock().unwrap() > 0 {
+                tokio::task::yield_now().await;
+            }
+            drop(outbox);
+            let rest = tokio::task::spawn_blocking(move || reader.join().unwrap())
+                .await
+                .unwrap();
+            received.extend(rest);
+            let mut expected = big;
+            expected.extend_from_slice(b"second");
+            assert!(received == expected, "frames interleaved or lost");
+        });
     }
 }
