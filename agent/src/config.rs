@@ -163,8 +163,9 @@ pub struct RuntimeConfig {
     #[serde(default = "default_worker_startup_timeout_ms")]
     pub worker_startup_timeout_ms: u64,
     /// How long a worker, having answered, polls for the next request before its thread
-    /// sleeps, in µs (0: sleep at once). CPU for latency: a request inside the window skips
-    /// the wake-up of a sleeping thread.
+    /// sleeps, in µs (0, the default: sleep at once). CPU for latency: a request inside the
+    /// window skips the wake-up of a sleeping thread; on a machine without spare cores it
+    /// costs throughput.
     #[serde(default = "default_worker_poll_us")]
     pub worker_poll_us: u64,
     /// Restarts of a worker that died, and when a model is quarantined instead.

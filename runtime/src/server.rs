@@ -137,8 +137,9 @@ fn take_turns(
 /// Waits up to `window` for the socket to become readable by polling it without sleeping, so
 /// that a request arriving soon after the last one is read at once instead of after the
 /// scheduler wakes a sleeping thread (tens of µs on a virtual machine). CPU for latency, as
-/// ONNX Runtime's own spinning thread pool trades it; 0 never polls. Whatever the outcome, the
-/// blocking read that follows does the reading.
+/// ONNX Runtime's own spinning thread pool trades it; between polls the thread yields, so that
+/// runnable threads on its core go first. 0 never polls. Whatever the outcome, the blocking
+/// read that follows does the reading.
 fn poll_briefly(stream: &UnixStream, window: Duration) {
     use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
     use std::os::fd::AsFd;
@@ -149,7 +150,7 @@ fn poll_briefly(stream: &UnixStream, window: Duration) {
     loop {
         let mut fds = [PollFd::new(stream.as_fd(), PollFlags::POLLIN)];
         match poll(&mut fds, PollTimeout::ZERO) {
-            Ok(0) if std::time::Instant::now() < deadline => std::hint::spin_loop(),
+            Ok(0) if std::time::Instant::now() < deadline => std::thread::yield_now(),
             // Readable, hung up, an error, or the window is over: read (and block) now.
             _ => return,
         }

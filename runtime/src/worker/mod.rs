@@ -69,14 +69,21 @@ pub struct WorkerOptions {
     pub device: DeviceRequest,
     /// Directories holding the CUDA/cuDNN/TensorRT libraries, for a GPU device.
     pub cuda_library_dirs: Vec<PathBuf>,
-    /// How long the worker's idle reader polls for the next request before it sleeps (zero:
-    /// it sleeps at once). See [`DEFAULT_POLL_WINDOW`].
+    /// How long the worker's idle reader polls for the next request before it sleeps (zero,
+    /// the default: it sleeps at once). Polling spends CPU to skip the wake-up of a sleeping
+    /// thread: worth it where cores are spare; on a busy machine it costs throughput.
     pub poll_window: Duration,
 }
 
-/// The worker's default polling window: 100 µs of CPU after a request, so that a request that
-/// follows within it is read without waiting for a sleeping thread to be woken.
-pub const DEFAULT_POLL_WINDOW: Duration = Duration::from_micros(100);
+/// The worker's default polling window: none. Measured on a 2-core machine, a 100 µs window
+/// cuts the hop from about 40 to 25 µs (`runtime/benches/worker_hop.rs`) and end to end at
+/// concurrency 1 by 3 to 20 µs, but at concurrency 8 it raised p99 about 1.7× and lowered
+/// throughput in two of three runs (`agent/benches/https_latency.rs`): an opt-in where cores
+/// are spare.
+pub const DEFAULT_POLL_WINDOW: Duration = Duration::ZERO;
+
+/// The polling window the benchmarks compare against the default.
+pub const BENCH_POLL_WINDOW: Duration = Duration::from_micros(100);
 
 impl WorkerOptions {
     /// Options with the defaults: 1 thread, concurrency 1, 30 s start, 64 MiB frames, the
