@@ -21,8 +21,9 @@
 //!   re-decided at once and the revoked ones are unloaded.
 //! - `GET /admin/v1/models`: what is loaded, active and withdrawn.
 //!
-//! Pushed versions must belong to a configured model name (its `file` and input ranges are
-//! the template). Errors are `{"error": "<class>: <short text>"}`; the detail goes to the log
+//! Pushed versions belong to a configured model name (its `file`, input ranges, batching and
+//! device are the template), or, with `admin.accept_new_models`, to a new name: the defaults,
+//! and the bundle's one model file. Errors are `{"error": "<class>: <short text>"}`; the detail goes to the log
 //! and the audit trail.
 
 // The OCI pull (crate::admin::oci): it hands its archive to the same unpack-and-load path.
@@ -464,13 +465,18 @@ impl Admin {
 
     /// The configured template for a new `version` of `name`, or the refusal.
     fn new_version(&self, name: &str, version: &str) -> Result<ModelConfig, Done> {
-        let Some(template) = self.models.configured(name) else {
-            return Err(Done::refuse(
-                StatusCode::NOT_FOUND,
-                "unknown_model",
-                "pushed versions must belong to a configured model",
-                format!("model {name} is not configured"),
-            ));
+        let template = match self.models.configured(name) {
+            Some(template) => template,
+            // A model pushed before (and kept) is no longer new, but its template is the same.
+            None if self.config.accept_new_models => crate::fleet::new_model_template(name),
+            None => {
+                return Err(Done::refuse(
+                    StatusCode::NOT_FOUND,
+                    "unknown_model",
+                    "pushed versions must belong to a configured model",
+                    format!("model {name} is not configured (admin.accept_new_models is off)"),
+                ));
+            }
         };
         if self.models.resolve(name, Some(version)).is_some() {
             return Err(Done::refuse(
@@ -572,7 +578,17 @@ impl Admin {
                 "no model.sig in the archive".into(),
             );
         }
-        let m = crate::fleet::bundle_config(&bundle, template, version);
+        let m = match crate::fleet::bundle_config(&bundle, template, version) {
+            Ok(m) => m,
+            Err(reason) => {
+                return Done::refuse(
+                    StatusCode::BAD_REQUEST,
+                    "archive_invalid",
+                    "a new model's bundle must hold exactly one model file",
+                    reason,
+                );
+            }
+        };
         // The current default stays the default until `activate`.
         self.models.pin_default(&m.name);
         match self.models.add(&m).await {

@@ -77,6 +77,12 @@ pub struct AdminConfig {
     /// Most entries in a pushed archive.
     #[serde(default = "default_admin_max_entries")]
     pub max_entries: usize,
+    /// Accept pushed versions of models this file does not name (default: refused). Such a
+    /// model runs with the defaults — the CPU, no batching, no value ranges — on the one
+    /// `.onnx` or `.safetensors` file at the top of the bundle's `model/`; every check a
+    /// configured model passes (signature, admission, revocation) applies the same.
+    #[serde(default)]
+    pub accept_new_models: bool,
 }
 
 fn default_admin_max_upload_bytes() -> u64 {

@@ -60,9 +60,58 @@ fn plain(s: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
 }
 
+/// The template for a pushed version of a model the configuration does not name
+/// (`admin.accept_new_models`): the defaults (CPU, no batching, no value ranges), and no file
+/// yet — [`bundle_config`] takes the bundle's one model file.
+pub fn new_model_template(name: &str) -> ModelConfig {
+    ModelConfig {
+        name: name.to_owned(),
+        version: String::new(),
+        directory: PathBuf::new(),
+        file: PathBuf::new(),
+        signature: None,
+        release: None,
+        attestations: Vec::new(),
+        inputs: Default::default(),
+        batching: None,
+        accelerator: None,
+    }
+}
+
+/// The one `.onnx` or `.safetensors` file at the top of `model_dir`, for a model whose
+/// configuration names no file.
+fn sole_model_file(model_dir: &Path) -> Result<PathBuf, String> {
+    let mut found: Vec<PathBuf> = std::fs::read_dir(model_dir)
+        .map_err(|e| format!("{}: {e}", model_dir.display()))?
+        .filter_map(Result::ok)
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
+        .map(|e| PathBuf::from(e.file_name()))
+        .filter(|name| warden_runtime::engine::ModelFormat::of(name).is_ok())
+        .collect();
+    found.sort();
+    match found.len() {
+        1 => Ok(found.remove(0)),
+        0 => Err("model/ holds no .onnx or .safetensors file".into()),
+        _ => Err(format!(
+            "model/ holds {} model files ({}); a new model's bundle must hold exactly one",
+            found.len(),
+            found
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )),
+    }
+}
+
 /// The model config of an unpacked bundle (`model/`, `model.sig`, `release.json`,
-/// `attestations/*.json`) as a version of `template`.
-pub fn bundle_config(bundle: &Path, template: ModelConfig, version: &str) -> ModelConfig {
+/// `attestations/*.json`) as a version of `template`; a template without a file (a new
+/// model) takes the bundle's one model file.
+pub fn bundle_config(
+    bundle: &Path,
+    template: ModelConfig,
+    version: &str,
+) -> Result<ModelConfig, String> {
     let release = bundle.join("release.json");
     let mut attestations: Vec<PathBuf> = std::fs::read_dir(bundle.join("attestations"))
         .map(|d| {
@@ -73,14 +122,21 @@ pub fn bundle_config(bundle: &Path, template: ModelConfig, version: &str) -> Mod
         })
         .unwrap_or_default();
     attestations.sort();
-    ModelConfig {
+    let directory = bundle.join("model");
+    let file = if template.file.as_os_str().is_empty() {
+        sole_model_file(&directory)?
+    } else {
+        template.file.clone()
+    };
+    Ok(ModelConfig {
         version: version.to_owned(),
-        directory: bundle.join("model"),
+        directory,
+        file,
         signature: Some(bundle.join("model.sig")),
         release: release.is_file().then_some(release),
         attestations,
         ..template
-    }
+    })
 }
 
 /// Moves a loaded version's unpacked bundle to where a restart finds it.
@@ -140,15 +196,26 @@ pub async fn restore(models: &ModelRegistry) -> Vec<String> {
     }
     kept.sort();
     for (name, version, dir) in kept {
-        let Some(template) = models.configured(&name) else {
-            tracing::warn!(model = %name, version = %version, "a kept pushed version belongs to a model no longer configured: not loaded");
-            continue;
+        let template = match models.configured(&name) {
+            Some(template) => template,
+            None if models.accepts_new_models() => new_model_template(&name),
+            None => {
+                tracing::warn!(model = %name, version = %version, "a kept pushed version belongs to a model no longer configured (and admin.accept_new_models is off): not loaded");
+                continue;
+            }
         };
         if models.resolve(&name, Some(&version)).is_some() {
             // The config names this version itself: the config's copy is the one served.
             continue;
         }
-        let m = bundle_config(&dir, template, &version);
+        let m = match bundle_config(&dir, template, &version) {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::error!(model = %name, version = %version, error = %e, "a kept pushed version no longer loads");
+                refused.push(format!("{name} {version}: {e}"));
+                continue;
+            }
+        };
         match models.add(&m).await {
             Ok(()) => {
                 tracing::info!(model = %name, version = %version, "restored a pushed version")

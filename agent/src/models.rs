@@ -693,6 +693,15 @@ impl ModelRegistry {
         serde_json::json!({"models": models, "withdrawn": withdrawn})
     }
 
+    /// Whether pushed versions of models the configuration does not name are accepted.
+    pub fn accepts_new_models(&self) -> bool {
+        self.loader
+            .config
+            .admin
+            .as_ref()
+            .is_some_and(|a| a.accept_new_models)
+    }
+
     /// The configured model of that name (its file and input ranges serve as the template
     /// for pushed versions).
     pub fn configured(&self, name: &str) -> Option<ModelConfig> {

@@ -2,7 +2,8 @@
 //! and a real mTLS admin client holding a certificate from the fleet CA: a push while a client
 //! loops inferences fails no request; bad pushes change nothing; foreign certificates are
 //! refused at the handshake; activate and rollback move the default; a pushed revocation list
-//! unloads what it revokes and an older one is refused.
+//! unloads what it revokes and an older one is refused; a model the configuration does not
+//! name is accepted only with `admin.accept_new_models`.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod fleet;
@@ -433,6 +434,87 @@ async fn pushed_versions_and_the_default_survive_a_restart_and_are_verified_agai
             .iter()
             .any(|e| e["kind"] == "admission" && e["version"] == "2" && e["outcome"] != "admitted"),
         "the refusal at start is audited"
+    );
+    r.stop().await;
+}
+
+/// A model the configuration does not name: refused unless `admin.accept_new_models`; then
+/// served on its bundle's one model file after the same signature and admission checks, and
+/// kept across a restart. A bundle with two model files is refused, not guessed at.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_new_model_is_accepted_only_when_allowed_and_is_kept() {
+    let grant = |w: &World| {
+        let path = w.config.gateway.authz.data.clone().unwrap();
+        std::fs::write(
+            &path,
+            r#"{"tenants": {"demo": {"models": {
+                "demo": {"versions": ["*"], "routes": ["infer", "metadata", "ready"]},
+                "fresh": {"versions": ["*"], "routes": ["infer", "metadata", "ready"]}}}}}"#,
+        )
+        .unwrap();
+    };
+    let w = World::new();
+    grant(&w);
+    let fresh = w.bundle_of("fresh", "1", None);
+    let r = Running::start(w).await;
+    let refused = r.push_to("fresh", "1", tar_of(&fresh)).await;
+    assert_eq!(refused.status, 404);
+    assert!(String::from_utf8_lossy(&refused.body).contains("unknown_model"));
+    assert_eq!(r.infer("/v2/models/fresh/infer").await.0, 404);
+    r.stop().await;
+
+    let mut w = World::new();
+    grant(&w);
+    w.config.admin.as_mut().unwrap().accept_new_models = true;
+    let fresh = w.bundle_of("fresh", "1", None);
+    // Two model files in one bundle: which one to serve is not guessed.
+    let two = w.bundle_of("fresh", "2", None);
+    std::fs::copy(two.model.join("model.onnx"), two.model.join("other.onnx")).unwrap();
+    let two = {
+        let _ = std::fs::remove_file(two.sig.as_ref().unwrap());
+        let signed = warden_attest::bundle::sign_model(
+            &two.model,
+            &w.model_signer,
+            &warden_attest::bundle::SignOptions {
+                model_name: Some("fresh".into()),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        signed.write_to(two.sig.as_ref().unwrap()).unwrap();
+        two
+    };
+    let unsigned_name = w.bundle_of("stranger", "1", Some(&fleet::key().0));
+    let r = Running::start(w).await;
+    let pushed = r.push_to("fresh", "1", tar_of(&fresh)).await;
+    assert_eq!(
+        pushed.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&pushed.body)
+    );
+    assert_eq!(r.infer("/v2/models/fresh/infer").await, (200, "1".into()));
+    assert_eq!(r.infer("/v2/models/demo/infer").await, (200, "1".into()));
+    let ambiguous = r.push_to("fresh", "2", tar_of(&two)).await;
+    assert_eq!(ambiguous.status, 400);
+    assert!(String::from_utf8_lossy(&ambiguous.body).contains("exactly one model file"));
+    // A new name gets no easier checks: a bundle from an unknown signer is refused.
+    let stranger = r.push_to("stranger", "1", tar_of(&unsigned_name)).await;
+    assert_eq!(
+        stranger.status,
+        422,
+        "{}",
+        String::from_utf8_lossy(&stranger.body)
+    );
+
+    let r = r.restart().await;
+    assert_eq!(r.infer("/v2/models/fresh/infer").await, (200, "1".into()));
+    assert_eq!(r.infer("/v2/models/fresh/versions/2/infer").await.0, 404);
+    assert!(
+        r.audit().iter().any(|e| e["kind"] == "admission"
+            && e["model"] == "fresh"
+            && e["outcome"] == "admitted"),
+        "the new model's admission is audited"
     );
     r.stop().await;
 }

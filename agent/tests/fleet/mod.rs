@@ -154,6 +154,7 @@ impl World {
             client_ca: Some(ca_path),
             max_upload_bytes: MAX_UPLOAD,
             max_entries: 64,
+            accept_new_models: false,
         });
 
         let mut w = World {
@@ -204,7 +205,7 @@ impl World {
         let path = self
             .files
             .dir
-            .join(format!("models/demo-{version}.release.json"));
+            .join(format!("models/{}-{version}.release.json", m.name));
         std::fs::write(&path, bytes).unwrap();
         path
     }
@@ -221,15 +222,22 @@ impl World {
         let path = self
             .files
             .dir
-            .join(format!("models/demo-{version}.slsa.json"));
+            .join(format!("models/{}-{version}.slsa.json", m.name));
         std::fs::write(&path, bytes).unwrap();
         path
     }
 
     /// A signed copy of the demo model as `version`, with release and attestation.
     pub fn bundle(&self, version: &str, signer: Option<&Signer>) -> Bundle {
+        self.bundle_of("demo", version, signer)
+    }
+
+    /// A signed copy of the demo model as `version` of model `name`, with release and
+    /// attestation for that name.
+    pub fn bundle_of(&self, name: &str, version: &str, signer: Option<&Signer>) -> Bundle {
         let mut m = self.config.models[0].clone();
-        m.directory = self.files.dir.join(format!("models/demo-v{version}"));
+        m.name = name.to_owned();
+        m.directory = self.files.dir.join(format!("models/{name}-v{version}"));
         copy_dir(&self.config.models[0].directory, &m.directory);
         // The copy may hold the demo's own signature; the pushed one travels as model.sig.
         let _ = std::fs::remove_file(m.directory.join("model.sig"));
@@ -237,12 +245,12 @@ impl World {
             &m.directory,
             signer.unwrap_or(&self.model_signer),
             &SignOptions {
-                model_name: Some("demo".into()),
+                model_name: Some(name.into()),
                 ..SignOptions::default()
             },
         )
         .unwrap();
-        let sig = self.files.dir.join(format!("models/demo-v{version}.sig"));
+        let sig = self.files.dir.join(format!("models/{name}-v{version}.sig"));
         signed.write_to(&sig).unwrap();
         Bundle {
             release: self.write_release(&m, &sig, version),
@@ -326,10 +334,14 @@ impl Running {
     }
 
     pub async fn push(&self, version: &str, tar: Vec<u8>) -> Reply {
+        self.push_to("demo", version, tar).await
+    }
+
+    pub async fn push_to(&self, name: &str, version: &str, tar: Vec<u8>) -> Reply {
         let mut c = self.admin().await;
         let req = c.build(
             "PUT",
-            &format!("/admin/v1/models/demo/versions/{version}"),
+            &format!("/admin/v1/models/{name}/versions/{version}"),
             tar,
             Some("application/x-tar"),
         );
