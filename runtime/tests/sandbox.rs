@@ -252,6 +252,15 @@ fn a_forbidden_syscall_fails_with_eperm() {
     p.finish();
 }
 
+/// The probe's arguments that grant it `/dev/null` as a device node.
+const GRANT_DEV_NULL: &[&str] = &["--probe-device", "/dev/null"];
+
+/// The probe saw `/dev/null` and no other device, and could write to it.
+fn assert_only_dev_null(p: &Probe) {
+    assert_eq!(p.ok("dev_entries"), r#"["null"]"#);
+    assert_eq!(p.ok("device_write"), "5");
+}
+
 /// A worker granted a device node (a GPU worker's `/dev/nvidia*`; here `/dev/null`, a real
 /// character device every host has) sees that node and no other, can use it, and may ioctl
 /// (the call reaches the driver: `ENOTTY` from /dev/null, not `EPERM` from the filter). The
@@ -261,15 +270,8 @@ fn a_forbidden_syscall_fails_with_eperm() {
 fn a_granted_device_node_is_the_only_device_inside() {
     let state = state_dir();
     let l = listener();
-    let p = Probe::start_as(
-        None,
-        sandboxed(),
-        &state,
-        &l,
-        &["--probe-device", "/dev/null"],
-    );
-    assert_eq!(p.ok("dev_entries"), r#"["null"]"#);
-    assert_eq!(p.ok("device_write"), "5");
+    let p = Probe::start_as(None, sandboxed(), &state, &l, GRANT_DEV_NULL);
+    assert_only_dev_null(&p);
     let e = p.err("device_ioctl");
     assert!(e.starts_with("ENOTTY"), "ioctl: {e}");
     for probe in ["syscall_socket", "syscall_unshare", "write_root"] {
@@ -339,15 +341,8 @@ fn an_unprivileged_agent_gets_the_same_sandbox() {
         .is_root()
         .then_some(unprivileged);
     // With a device node granted, as a GPU worker of an unprivileged agent gets its nodes.
-    let p = Probe::start_as(
-        as_uid,
-        sandboxed(),
-        &state,
-        &l,
-        &["--probe-device", "/dev/null"],
-    );
-    assert_eq!(p.ok("dev_entries"), r#"["null"]"#);
-    assert_eq!(p.ok("device_write"), "5");
+    let p = Probe::start_as(as_uid, sandboxed(), &state, &l, GRANT_DEV_NULL);
+    assert_only_dev_null(&p);
     assert_eq!(p.report["uid"], SANDBOX_UID);
     assert_eq!(p.report["pid"], 1);
     let caps = &p.report["capabilities"]["Ok"];

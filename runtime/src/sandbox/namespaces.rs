@@ -99,22 +99,12 @@ pub fn build_root(tmpfs_bytes: u64, device_nodes: &[PathBuf]) -> Result<(), Sand
         step: "create /proc/cpuinfo in the new root",
         source,
     })?;
-    mount(
-        Some("/proc/cpuinfo"),
+    bind_read_only(
+        Path::new("/proc/cpuinfo"),
         &cpuinfo,
-        None::<&str>,
-        MsFlags::MS_BIND,
-        None::<&str>,
-    )
-    .map_err(sys("bind /proc/cpuinfo"))?;
-    mount(
-        None::<&str>,
-        &cpuinfo,
-        None::<&str>,
-        MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_RDONLY | hardened,
-        None::<&str>,
-    )
-    .map_err(sys("remount /proc/cpuinfo read-only"))?;
+        hardened,
+        ("bind /proc/cpuinfo", "remount /proc/cpuinfo read-only"),
+    )?;
     // Device nodes (a GPU worker's), each bound at its own path; read-only binds without
     // `nodev`, so that the node itself works while nothing can be created beside it.
     for node in device_nodes {
@@ -130,26 +120,12 @@ pub fn build_root(tmpfs_bytes: u64, device_nodes: &[PathBuf]) -> Result<(), Sand
             step: "create a device mount point in the new root",
             source,
         })?;
-        mount(
-            Some(node.as_path()),
+        bind_read_only(
+            node,
             &target,
-            None::<&str>,
-            MsFlags::MS_BIND,
-            None::<&str>,
-        )
-        .map_err(sys("bind a device node"))?;
-        mount(
-            None::<&str>,
-            &target,
-            None::<&str>,
-            MsFlags::MS_REMOUNT
-                | MsFlags::MS_BIND
-                | MsFlags::MS_RDONLY
-                | MsFlags::MS_NOSUID
-                | MsFlags::MS_NOEXEC,
-            None::<&str>,
-        )
-        .map_err(sys("remount a device node read-only"))?;
+            MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+            ("bind a device node", "remount a device node read-only"),
+        )?;
     }
     pivot_root(new_root, &new_root.join(".old")).map_err(sys("pivot_root"))?;
     std::env::set_current_dir("/").map_err(|source| SandboxError::Io {
@@ -170,4 +146,32 @@ pub fn build_root(tmpfs_bytes: u64, device_nodes: &[PathBuf]) -> Result<(), Sand
     )
     .map_err(sys("remount the root read-only"))?;
     Ok(())
+}
+
+/// Binds `source` onto `target` (an existing file), then makes that mount read-only with
+/// `flags` added (a bind mount takes its flags only from a remount). `steps` name the two
+/// mounts in errors.
+fn bind_read_only(
+    source: &Path,
+    target: &Path,
+    flags: MsFlags,
+    steps: (&'static str, &'static str),
+) -> Result<(), SandboxError> {
+    let sys = |step: &'static str| move |errno| SandboxError::Sys { step, errno };
+    mount(
+        Some(source),
+        target,
+        None::<&str>,
+        MsFlags::MS_BIND,
+        None::<&str>,
+    )
+    .map_err(sys(steps.0))?;
+    mount(
+        None::<&str>,
+        target,
+        None::<&str>,
+        MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_RDONLY | flags,
+        None::<&str>,
+    )
+    .map_err(sys(steps.1))
 }

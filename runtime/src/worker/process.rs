@@ -49,6 +49,17 @@ struct Shared {
 }
 
 impl Shared {
+    fn new() -> Shared {
+        Shared {
+            pending: Mutex::new(Pending {
+                closed: None,
+                waiting: HashMap::new(),
+            }),
+            finished: tokio::sync::Notify::new(),
+            closed: watch::channel(false).0,
+        }
+    }
+
     fn lock(&self) -> MutexGuard<'_, Pending> {
         self.pending.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -187,14 +198,7 @@ impl Process {
             "worker started"
         );
 
-        let shared = Arc::new(Shared {
-            pending: Mutex::new(Pending {
-                closed: None,
-                waiting: HashMap::new(),
-            }),
-            finished: tokio::sync::Notify::new(),
-            closed: watch::channel(false).0,
-        });
+        let shared = Arc::new(Shared::new());
         let outbox = Outbox::start(write_half, Arc::clone(&shared));
         tokio::spawn(read_loop(
             read_half,
@@ -582,14 +586,7 @@ mod tests {
             let theirs = theirs.into_std().unwrap();
             theirs.set_nonblocking(false).unwrap();
             let (_read_half, write_half) = ours.into_split();
-            let shared = Arc::new(Shared {
-                pending: Mutex::new(Pending {
-                    closed: None,
-                    waiting: HashMap::new(),
-                }),
-                finished: tokio::sync::Notify::new(),
-                closed: watch::channel(false).0,
-            });
+            let shared = Arc::new(Shared::new());
             let outbox = Outbox::start(write_half, shared);
             let big: Vec<u8> = (0..4 << 20).map(|i| (i % 251) as u8).collect();
             outbox.send(big.clone()).unwrap();
