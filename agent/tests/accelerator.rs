@@ -11,7 +11,7 @@ mod support;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use support::serving::{Background, require_onnxruntime, warden, worker_binary};
+use support::serving::{Background, demo_client, require_onnxruntime, warden, worker_binary};
 use warden_agent::config::{AcceleratorConfig, Config};
 use warden_agent::demo::{self, DemoFiles};
 use warden_agent::serve;
@@ -61,15 +61,8 @@ async fn with_cpu_fallback_the_model_serves_on_the_cpu_and_says_why() {
     );
     let server = Background::start(prepared);
 
-    let tls = support::tls_config(
-        &files.ca,
-        Some((&files.client_cert, &files.client_key)),
-        false,
-    );
-    let mut c = support::Client::connect(server.addr, tls, false)
+    let r = demo_client(&files, &server)
         .await
-        .unwrap();
-    let r = c
         .post_json(
             "/v2/models/demo/infer",
             Bytes::from(std::fs::read(&files.request).unwrap()),

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use support::serving::{
-    Background, kill9, require_onnxruntime, sandboxed_pid, warden, worker_binary,
+    Background, demo_client, kill9, require_onnxruntime, sandboxed_pid, warden, worker_binary,
 };
 use warden_agent::config::Config;
 use warden_agent::demo::{self, DemoFiles};
@@ -23,17 +23,6 @@ fn demo_world(dir: &std::path::Path) -> (DemoFiles, Config) {
     config.runtime.worker_binary = Some(worker_binary());
     config.audit.path = Some(dir.join("audit.jsonl"));
     (files, config)
-}
-
-async fn client(files: &DemoFiles, server: &Background) -> support::Client {
-    let tls = support::tls_config(
-        &files.ca,
-        Some((&files.client_cert, &files.client_key)),
-        false,
-    );
-    support::Client::connect(server.addr, tls, false)
-        .await
-        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -96,7 +85,7 @@ async fn a_failing_worker_opens_the_circuit_and_a_trial_closes_it() {
     let prepared = serve::prepare(&config).await.unwrap();
     let model = prepared.models.resolve("demo", None).unwrap();
     let server = Background::start(prepared);
-    let mut c = client(&files, &server).await;
+    let mut c = demo_client(&files, &server).await;
     let body = Bytes::from(std::fs::read(&files.request).unwrap());
     let infer = "/v2/models/demo/infer";
     assert_eq!(c.post_json(infer, body.clone()).await.unwrap().status, 200);
@@ -204,7 +193,7 @@ async fn a_quarantined_model_is_reported_by_warden_status() {
         "{out}"
     );
 
-    let mut c = client(&files, &server).await;
+    let mut c = demo_client(&files, &server).await;
     let r = c
         .post_json(
             "/v2/models/demo/infer",

@@ -86,3 +86,18 @@ pub fn warden(args: &[&str], config: &Path) -> (bool, String) {
         ),
     )
 }
+
+/// An mTLS client of a served demo, with the demo client's certificate.
+pub async fn demo_client(
+    files: &warden_agent::demo::DemoFiles,
+    server: &Background,
+) -> super::Client {
+    let tls = super::tls_config(
+        &files.ca,
+        Some((&files.client_cert, &files.client_key)),
+        false,
+    );
+    super::Client::connect(server.addr, tls, false)
+        .await
+        .unwrap()
+}
