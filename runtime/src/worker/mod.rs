@@ -76,10 +76,10 @@ pub struct WorkerOptions {
 }
 
 /// The worker's default polling window: none. Measured on a 2-core machine, a 100 µs window
-/// cuts the hop from about 40 to 25 µs (`runtime/benches/worker_hop.rs`) and end to end at
-/// concurrency 1 by 3 to 20 µs, but at concurrency 8 it raised p99 about 1.7× and lowered
-/// throughput in two of three runs (`agent/benches/https_latency.rs`): an opt-in where cores
-/// are spare.
+/// cuts the hop from about 37 to 25 µs over in-process ONNX Runtime
+/// (`runtime/benches/worker_hop.rs`) and the end-to-end p50 at concurrency 1 by about 14 µs,
+/// but raised p99 at concurrency 8 in each of five runs (median 946 → 1491 µs,
+/// `agent/benches/https_latency.rs`): an opt-in where cores are spare.
 pub const DEFAULT_POLL_WINDOW: Duration = Duration::ZERO;
 
 /// The polling window the benchmarks compare against the default.
