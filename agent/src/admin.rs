@@ -19,6 +19,12 @@
 //! - `PUT /admin/v1/revocations`: a signed revocation list (fleet authority; an older serial
 //!   is refused), stored at `admission.revocation_list`, then every loaded version is
 //!   re-decided at once and the revoked ones are unloaded.
+//! - `PUT /admin/v1/policies`: a tar of `policies/` (`.rego` only) and `statement.json`, the
+//!   fleet authority's signed statement over the set's digest and a serial above the accepted
+//!   one (`warden_attest::policyset`; anti-rollback in the key store's counter). Compiled,
+//!   kept in the state directory, put in force, then every loaded version is decided again:
+//!   releases pin the policy-set digest, so versions released for the old set are unloaded
+//!   (`crate::policy_push`).
 //! - `GET /admin/v1/models`: what is loaded, active and withdrawn.
 //!
 //! Pushed versions belong to a configured model name (its `file`, input ranges, batching and
@@ -275,6 +281,12 @@ impl Admin {
                         done,
                     )
                 }
+                (&Method::PUT, ["admin", "v1", "policies"]) => (
+                    "PUT /admin/v1/policies",
+                    None,
+                    None,
+                    self.policies(req).await,
+                ),
                 (&Method::PUT, ["admin", "v1", "revocations"]) => (
                     "PUT /admin/v1/revocations",
                     None,
@@ -341,12 +353,7 @@ impl Admin {
                 "invalid model name or version".into(),
             );
         }
-        let is_tar = req
-            .headers()
-            .get(http::header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.trim() == "application/x-tar");
-        if !is_tar {
+        if !is_tar(&req) {
             return Done::refuse(
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
                 "unsupported_media_type",
@@ -536,7 +543,10 @@ impl Admin {
         let limits = (limit, self.config.max_entries);
         let unpacked = {
             let (archive, bundle) = (archive.to_owned(), bundle.clone());
-            tokio::task::spawn_blocking(move || unpack(&archive, &bundle, limits.0, limits.1)).await
+            tokio::task::spawn_blocking(move || {
+                unpack(&archive, &bundle, limits.0, limits.1, &BUNDLE_LAYOUT)
+            })
+            .await
         };
         match unpacked {
             Ok(Ok(())) => {}
@@ -800,6 +810,197 @@ impl Admin {
     }
 }
 
+impl Admin {
+    /// `PUT /admin/v1/policies`: a tar of `policies/` (`.rego` files) and `statement.json`,
+    /// the fleet authority's signed statement over the set's digest and a serial above the
+    /// accepted one. Verified and compiled first; then kept, made the policy in force, the
+    /// key store's counter advanced, and every loaded version decided again under it.
+    async fn policies(&self, req: Request<Incoming>) -> Done {
+        let Some(trust) = self.models.trust().cloned() else {
+            return Done::refuse(
+                StatusCode::CONFLICT,
+                "no_key_store",
+                "policy sets need a key store and admission",
+                "no [keystore] configured".into(),
+            );
+        };
+        if !is_tar(&req) {
+            return Done::refuse(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                "send one application/x-tar archive",
+                "content-type is not application/x-tar".into(),
+            );
+        }
+        let upload = self
+            .models
+            .state_dir()
+            .join(UPLOADS)
+            .join(uuid::Uuid::new_v4().to_string());
+        let done = match crate::state_files::create_private_dir(&upload) {
+            Err(e) => internal("creating the upload directory", &e),
+            Ok(()) => self.install_policies(&upload, req, &trust).await,
+        };
+        if let Err(e) = std::fs::remove_dir_all(&upload)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!(path = %upload.display(), error = %e, "admin: cannot remove an upload");
+        }
+        done
+    }
+
+    async fn install_policies(
+        &self,
+        upload: &Path,
+        req: Request<Incoming>,
+        trust: &Arc<crate::models::TrustContext>,
+    ) -> Done {
+        let archive = upload.join("archive.tar");
+        let limit = MAX_DOCUMENT_BYTES as u64;
+        if let Err(done) = spool_archive(req.into_body(), &archive, limit).await {
+            return done;
+        }
+        let set_dir = upload.join("set");
+        let unpacked = {
+            let (archive, set_dir) = (archive.clone(), set_dir.clone());
+            let entries = self.config.max_entries;
+            tokio::task::spawn_blocking(move || {
+                unpack(&archive, &set_dir, limit, entries, &POLICY_LAYOUT)?;
+                only_rego_files(&set_dir.join(crate::policy_push::POLICIES))
+            })
+            .await
+        };
+        match unpacked {
+            Ok(Ok(())) => {}
+            Ok(Err(UnpackError::TooLarge(reason))) => {
+                return Done::refuse(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "too_large",
+                    "the archive exceeds the size or entry limits",
+                    reason,
+                );
+            }
+            Ok(Err(UnpackError::Invalid(reason))) => {
+                return Done::refuse(
+                    StatusCode::BAD_REQUEST,
+                    "archive_invalid",
+                    "the archive must hold policies/ (.rego files only) and statement.json",
+                    reason,
+                );
+            }
+            Err(e) => return internal("unpacking", &e),
+        }
+        let refused = |status, class, public: &'static str, reason: String| {
+            Done::refuse(status, class, public, reason)
+        };
+        // Verified against the fleet authority and the accepted serial; an equal serial only
+        // for the set already in force (a retried push).
+        let store = trust.store.clone();
+        let running = trust.admission().policy_digest().to_owned();
+        let checked = {
+            let set_dir = set_dir.clone();
+            tokio::task::spawn_blocking(move || {
+                let current = store
+                    .counter(Counter::PolicySetSerial)
+                    .map_err(|e| crate::policy_push::PolicyPushError::Internal(e.to_string()))?;
+                let (set, digest) =
+                    crate::policy_push::verify_set(&set_dir, store.as_ref(), current)?;
+                if set.serial == current && current > 0 && digest != running {
+                    return Err(crate::policy_push::PolicyPushError::Replayed(format!(
+                        "policy set serial {} is already accepted for other policies",
+                        set.serial
+                    )));
+                }
+                Ok((set, digest))
+            })
+            .await
+        };
+        let (set, digest) = match checked {
+            Ok(Ok(v)) => v,
+            Ok(Err(crate::policy_push::PolicyPushError::Replayed(reason))) => {
+                return refused(
+                    StatusCode::CONFLICT,
+                    "policy_set_replayed",
+                    "the set's serial is not above the accepted one",
+                    reason,
+                );
+            }
+            Ok(Err(crate::policy_push::PolicyPushError::Invalid(reason))) => {
+                return refused(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "policy_set_invalid",
+                    "the set does not verify against the fleet authority",
+                    reason,
+                );
+            }
+            Ok(Err(crate::policy_push::PolicyPushError::Internal(reason))) => {
+                return internal("checking the policy set", &reason);
+            }
+            Err(e) => return internal("checking the policy set", &e),
+        };
+        // It must compile and pass the same checks as a configured set before it is kept.
+        let policies = set_dir.join(crate::policy_push::POLICIES);
+        let compiled = match trust.compile_policy(&policies) {
+            Ok(a) => a,
+            Err(e) => {
+                return refused(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "policy_set_invalid",
+                    "the set does not compile as an admission policy",
+                    e.to_string(),
+                );
+            }
+        };
+        let state_dir = self.models.state_dir().to_path_buf();
+        let kept = match crate::policy_push::keep_and_activate(&state_dir, &set_dir, set.serial) {
+            Ok(kept) => kept,
+            Err(e) => return internal("keeping the policy set", &e),
+        };
+        // The pointer is written before the counter moves: a crash in between leaves a set
+        // whose serial the next start records.
+        if let Err(e) = trust
+            .store
+            .advance_counter(Counter::PolicySetSerial, set.serial)
+        {
+            return internal("advancing the policy-set counter", &e);
+        }
+        trust.set_admission(Arc::new(compiled), kept.join(crate::policy_push::POLICIES));
+        tracing::info!(serial = set.serial, policy_digest = %digest, "admin: policy set in force");
+        let unloaded = self.models.refresh().await;
+        Done::ok(serde_json::json!({
+            "serial": set.serial,
+            "policy_set_digest": digest,
+            "unloaded": unloaded.iter().map(|u| serde_json::json!({
+                "name": u.name, "version": u.version,
+            })).collect::<Vec<_>>(),
+        }))
+    }
+}
+
+/// Refuses anything under a pushed `policies/` but directories and `.rego` files: every file
+/// of the set must be one its digest covers.
+fn only_rego_files(dir: &Path) -> Result<(), UnpackError> {
+    let entries = std::fs::read_dir(dir)
+        .map_err(|e| UnpackError::Invalid(format!("{}: {e}", dir.display())))?;
+    for e in entries {
+        let e = e.map_err(|e| UnpackError::Invalid(e.to_string()))?;
+        let path = e.path();
+        let kind = e
+            .file_type()
+            .map_err(|e| UnpackError::Invalid(e.to_string()))?;
+        if kind.is_dir() {
+            only_rego_files(&path)?;
+        } else if path.extension().is_none_or(|x| x != "rego") {
+            return Err(UnpackError::Invalid(format!(
+                "{}: only .rego files belong in a policy set",
+                path.file_name()
+                    .map_or_else(String::new, |n| n.to_string_lossy().into_owned())
+            )));
+        }
+    }
+    Ok(())
+}
+
 enum ListRefused {
     Older(String),
     Invalid(String),
@@ -878,6 +1079,14 @@ fn internal(what: &str, e: &dyn std::fmt::Display) -> Done {
     )
 }
 
+/// Whether the request says it carries a tar archive.
+fn is_tar(req: &Request<Incoming>) -> bool {
+    req.headers()
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim() == "application/x-tar")
+}
+
 /// [`spool`] with its refusals.
 async fn spool_archive(body: Incoming, to: &Path, limit: u64) -> Result<(), Done> {
     match spool(body, to, limit).await {
@@ -926,14 +1135,33 @@ enum UnpackError {
     Invalid(String),
 }
 
+/// The top-level names an archive may hold: directories and single files.
+struct Layout {
+    dirs: &'static [&'static str],
+    files: &'static [&'static str],
+}
+
+/// A model bundle (`PUT …/versions/{version}`, an OCI pull).
+const BUNDLE_LAYOUT: Layout = Layout {
+    dirs: &["model", "attestations"],
+    files: &["model.sig", "release.json"],
+};
+
+/// A policy set (`PUT /admin/v1/policies`).
+const POLICY_LAYOUT: Layout = Layout {
+    dirs: &[crate::policy_push::POLICIES],
+    files: &[crate::policy_push::STATEMENT],
+};
+
 /// Unpacks `archive` into `into`: regular files and directories only, relative paths without
-/// `..`, under the top-level names a push may hold; at most `max_bytes` unpacked and
+/// `..`, under the top-level names `layout` allows; at most `max_bytes` unpacked and
 /// `max_entries` entries.
 fn unpack(
     archive: &Path,
     into: &Path,
     max_bytes: u64,
     max_entries: usize,
+    layout: &Layout,
 ) -> Result<(), UnpackError> {
     use std::os::unix::fs::OpenOptionsExt;
     let invalid = |e: &dyn std::fmt::Display| UnpackError::Invalid(e.to_string());
@@ -968,15 +1196,23 @@ fn unpack(
             continue;
         };
         let top = top.as_os_str();
-        let is_file_top = top == "model.sig" || top == "release.json";
-        if !(top == "model" || top == "attestations" || is_file_top) {
+        let is_file_top = layout.files.iter().any(|f| top == *f);
+        let is_dir_top = layout.dirs.iter().any(|d| top == *d);
+        if !(is_dir_top || is_file_top) {
             return Err(UnpackError::Invalid(format!(
-                "{}: unexpected entry (model/, model.sig, release.json, attestations/ only)",
-                path.display()
+                "{}: unexpected entry (only {} and {})",
+                path.display(),
+                layout
+                    .dirs
+                    .iter()
+                    .map(|d| format!("{d}/"))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                layout.files.join(", ")
             )));
         }
-        // `model` and `attestations` are directories, never files themselves.
-        let dir_only = (top == "attestations" || top == "model") && rel.components().count() == 1;
+        // The directories are never files themselves, and the files never directories.
+        let dir_only = is_dir_top && rel.components().count() == 1;
         let target = into.join(&rel);
         match entry.header().entry_type() {
             tar::EntryType::Directory if !is_file_top => {

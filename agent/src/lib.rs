@@ -15,6 +15,7 @@ pub mod keyd;
 pub mod models;
 pub mod oci;
 pub mod pki;
+pub mod policy_push;
 pub mod serve;
 pub mod server;
 pub mod state_files;

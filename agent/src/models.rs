@@ -137,6 +137,8 @@ pub enum TrustError {
     Policy(#[from] AdmissionError),
     #[error("the application event log: {0}")]
     AppLog(warden_attest::boot::BootError),
+    #[error("{0}")]
+    PushedPolicy(String),
 }
 
 /// The key store and the admission policy, when `[keystore]` is configured.
@@ -145,6 +147,8 @@ pub struct TrustContext {
     pub config: AdmissionConfig,
     /// Swapped whole on refresh; evaluations clone the `Arc` and never hold the lock.
     admission: RwLock<Arc<Admission>>,
+    /// Where the policy set in force was read from (a pushed set, or the configured one).
+    policy_dir: RwLock<PathBuf>,
     app_log: AppEventLog,
 }
 
@@ -186,18 +190,31 @@ impl TrustContext {
         config: AdmissionConfig,
         state_dir: &Path,
     ) -> Result<Self, TrustError> {
+        // A policy set pushed by the fleet authority replaces the configured one, once it
+        // verifies again.
+        let pushed = crate::policy_push::verify_active(state_dir, store.as_ref())
+            .map_err(TrustError::PushedPolicy)?;
+        let policy_dir =
+            crate::policy_push::effective_policy_dir(state_dir, &config.policy_directory)
+                .map_err(TrustError::PushedPolicy)?;
         let admission = Admission::with_options(
-            &config.policy_directory,
+            &policy_dir,
             &config.allowed_stages,
             admission::DEFAULT_LIMIT,
         )?;
-        tracing::info!(policy_digest = %admission.policy_digest(), "admission policy loaded");
+        tracing::info!(
+            policy_digest = %admission.policy_digest(),
+            pushed_serial = pushed.as_ref().map(|s| s.serial),
+            directory = %policy_dir.display(),
+            "admission policy loaded"
+        );
         let app_log = AppEventLog::new(&state_dir.join(APP_EVENT_LOG));
         start_app_log(store.as_ref(), &app_log)?;
         Ok(Self {
             store,
             config,
             admission: RwLock::new(Arc::new(admission)),
+            policy_dir: RwLock::new(policy_dir),
             app_log,
         })
     }
@@ -210,20 +227,41 @@ impl TrustContext {
         }
     }
 
-    /// Re-reads the policy set. A set that no longer compiles leaves the previous one running
-    /// (its digest is what releases are compared with), and says so.
+    /// Re-reads the policy set in force (the pushed one, or `admission.policy_directory`). A
+    /// set that no longer compiles leaves the previous one running (its digest is what
+    /// releases are compared with), and says so.
     fn reload_policy(&self) -> Result<(), AdmissionError> {
-        let fresh = Admission::with_options(
-            &self.config.policy_directory,
-            &self.config.allowed_stages,
-            admission::DEFAULT_LIMIT,
-        )?;
-        let fresh = Arc::new(fresh);
-        match self.admission.write() {
-            Ok(mut a) => *a = fresh,
-            Err(poisoned) => *poisoned.into_inner() = fresh,
-        }
+        let dir = self.policy_dir();
+        let fresh =
+            Admission::with_options(&dir, &self.config.allowed_stages, admission::DEFAULT_LIMIT)?;
+        self.set_admission(Arc::new(fresh), dir);
         Ok(())
+    }
+
+    /// The directory of the policy set in force.
+    pub fn policy_dir(&self) -> PathBuf {
+        match self.policy_dir.read() {
+            Ok(d) => d.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// Compiles the policy set in `dir` as admission would run it (refusing what
+    /// [`Admission::with_options`] refuses), without putting it in force.
+    pub fn compile_policy(&self, dir: &Path) -> Result<Admission, AdmissionError> {
+        Admission::with_options(dir, &self.config.allowed_stages, admission::DEFAULT_LIMIT)
+    }
+
+    /// Puts `admission`, compiled from `dir`, in force.
+    pub fn set_admission(&self, admission: Arc<Admission>, dir: PathBuf) {
+        match self.admission.write() {
+            Ok(mut a) => *a = admission,
+            Err(poisoned) => *poisoned.into_inner() = admission,
+        }
+        match self.policy_dir.write() {
+            Ok(mut d) => *d = dir,
+            Err(poisoned) => *poisoned.into_inner() = dir,
+        }
     }
 
     /// The revocation list as it is now. An unreadable or absent file is offered as no list:

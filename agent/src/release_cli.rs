@@ -1,5 +1,5 @@
 //! `warden bundle release`: the release authority's and fleet authority's tools: sign and
-//! verify release statements, sign attestations, sign revocation lists. Every document is a
+//! verify release statements, sign attestations, sign revocation lists and policy sets. Every document is a
 //! signed in-toto statement in a Sigstore bundle, signed like OMS model bundles (see
 //! `warden_attest::release` and `warden_attest::revocation`).
 //!
@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
 use warden_attest::bundle::{Signer, Verifier};
+use warden_attest::policyset::{PolicySet, sign_policy_set};
 use warden_attest::release::{Release, Stage, sign_attestation, sign_release, verify_release};
 use warden_attest::revocation::{
     RevocationList, RevokedDigest, RevokedVersion, sign_revocation_list, verify_revocation_list,
@@ -94,6 +95,23 @@ pub enum ReleaseCommand {
         private_key: PathBuf,
         /// Where to write the signed list.
         #[arg(long, default_value = "revocations.sig")]
+        output: PathBuf,
+    },
+    /// Sign a policy set (as the fleet authority) and pack it for `PUT /admin/v1/policies`:
+    /// a tar of the set's `.rego` files under `policies/` and the signed statement over the
+    /// set's canonical digest and a serial as `statement.json`.
+    SignPolicies {
+        /// The policy directory (the one holding `serving/startup.rego`).
+        #[arg(long)]
+        policies: PathBuf,
+        /// The set's serial: higher than every set published before.
+        #[arg(long)]
+        serial: u64,
+        /// The fleet authority's PEM private key (ECDSA).
+        #[arg(long)]
+        private_key: PathBuf,
+        /// Where to write the archive.
+        #[arg(long, default_value = "policies.tar")]
         output: PathBuf,
     },
     /// Verify a revocation list against the fleet authority's key; prints its serial.
@@ -248,6 +266,29 @@ pub fn run(cmd: ReleaseCommand) -> anyhow::Result<()> {
             );
             Ok(())
         }
+        ReleaseCommand::SignPolicies {
+            policies,
+            serial,
+            private_key,
+            output,
+        } => {
+            let signer = signer(&private_key)?;
+            let digest = warden_agent::admission::policy_set_digest(&policies)?;
+            let bundle = sign_policy_set(
+                &PolicySet {
+                    serial,
+                    policy_set_digest: digest.clone(),
+                },
+                &signer,
+            )?;
+            write(&output, &policy_archive(&policies, &bundle)?)?;
+            println!(
+                "signed policy set {serial} ({digest}) of {} -> {}",
+                policies.display(),
+                output.display()
+            );
+            Ok(())
+        }
         ReleaseCommand::VerifyRevocations { list, public_key } => {
             let verifier = verifier(&public_key)?;
             let bundle = read(&list, "revocation list")?;
@@ -262,6 +303,31 @@ pub fn run(cmd: ReleaseCommand) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// The tar a policy-set push carries: every `.rego` file of `dir` (what the digest covers,
+/// read from the same listing) under `policies/`, and the statement.
+fn policy_archive(dir: &Path, statement: &[u8]) -> anyhow::Result<Vec<u8>> {
+    let manifest = warden_agent::admission::policy_set_manifest(dir)?;
+    let mut tar = tar::Builder::new(Vec::new());
+    let mut add = |name: &str, bytes: &[u8]| -> anyhow::Result<()> {
+        let mut header = tar::Header::new_gnu();
+        header.set_size(bytes.len() as u64);
+        header.set_mode(0o644);
+        header.set_cksum();
+        tar.append_data(&mut header, name, bytes)
+            .with_context(|| format!("packing {name}"))
+    };
+    // The manifest's lines are `<sha256>  <relative path>`.
+    for line in manifest.lines() {
+        let Some((_, rel)) = line.split_once("  ") else {
+            continue;
+        };
+        let bytes = read(&dir.join(rel), "policy file")?;
+        add(&format!("policies/{rel}"), &bytes)?;
+    }
+    add("statement.json", statement)?;
+    tar.into_inner().context("packing the policy set")
 }
 
 /// `value=reason` → (value, reason); no `=` → empty reason.

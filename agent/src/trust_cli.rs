@@ -539,6 +539,20 @@ pub fn status(args: &StatusArgs) -> anyhow::Result<()> {
     if let Some(config) = &args.config {
         let config = crate::config::Config::load(config)?;
         lines.extend(crate::status::report_lines(&config.state.directory));
+        match crate::policy_push::active_set(&config.state.directory) {
+            Ok(None) => {}
+            Ok(Some(set)) => {
+                let policies = set.join(crate::policy_push::POLICIES);
+                lines.push(match admission::policy_set_digest(&policies) {
+                    Ok(d) => Ok(format!(
+                        "policy set in force: pushed by the fleet authority, {d} ({})",
+                        set.display()
+                    )),
+                    Err(e) => Err(format!("pushed policy set {}: {e}", set.display())),
+                });
+            }
+            Err(e) => lines.push(Err(format!("pushed policy set: {e}"))),
+        }
     }
     let store: Option<Arc<dyn KeyStore>> = match (&args.keyd_socket, &args.keyd_config) {
         (Some(socket), _) => Some(Arc::new(KeydClient::connect(socket)?)),

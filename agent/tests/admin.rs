@@ -518,3 +518,140 @@ async fn a_new_model_is_accepted_only_when_allowed_and_is_kept() {
     );
     r.stop().await;
 }
+
+/// A policy set pushed by the fleet authority: refused when signed by anyone else, for other
+/// files, with a non-.rego file, when it does not compile, or older than the accepted one
+/// (each refusal changes nothing); accepted, it is kept and in force, versions released for
+/// the old set are unloaded and versions released for the new one load; it survives a
+/// restart; tampered with on disk, it stops the agent from starting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_pushed_policy_set_is_verified_kept_and_decides_again() {
+    use warden_agent::admission::policy_set_digest;
+    use warden_attest::policyset::{PolicySet, sign_policy_set};
+    let w = World::new();
+    let old_digest = policy_set_digest(&w.policy_dir).unwrap();
+    // The new set: the shipped policies with one more line.
+    let v2_dir = w.files.dir.join("policies-v2");
+    copy_dir(&w.policy_dir, &v2_dir);
+    let startup = v2_dir.join("serving/startup.rego");
+    let mut text = std::fs::read_to_string(&startup).unwrap();
+    text.push_str("\n# policy set 2\n");
+    std::fs::write(&startup, text).unwrap();
+    let new_digest = policy_set_digest(&v2_dir).unwrap();
+    assert_ne!(new_digest, old_digest);
+    let statement = |serial: u64, dir: &std::path::Path, signer: &warden_attest::bundle::Signer| {
+        sign_policy_set(
+            &PolicySet {
+                serial,
+                policy_set_digest: policy_set_digest(dir).unwrap(),
+            },
+            signer,
+        )
+        .unwrap()
+    };
+    let good = policy_tar(&v2_dir, &statement(2, &v2_dir, &w.fleet));
+    let stranger = policy_tar(&v2_dir, &statement(2, &v2_dir, &fleet::key().0));
+    let other_files = policy_tar(&w.policy_dir, &statement(2, &v2_dir, &w.fleet));
+    let older = policy_tar(&v2_dir, &statement(1, &v2_dir, &w.fleet));
+    let with_json = policy_tar_with(
+        &v2_dir,
+        &statement(2, &v2_dir, &w.fleet),
+        &[("data.json", b"{}")],
+    );
+    let broken = {
+        let d = w.files.dir.join("policies-broken");
+        copy_dir(&v2_dir, &d);
+        std::fs::write(
+            d.join("serving/startup.rego"),
+            "package warden\nthis is not rego\n",
+        )
+        .unwrap();
+        policy_tar(&d, &statement(3, &d, &w.fleet))
+    };
+    *w.pinned_policy_digest.lock().unwrap() = Some(new_digest.clone());
+    let v2 = w.bundle("2", None);
+
+    let r = Running::start(w).await;
+    for (tar, status, class) in [
+        (stranger, 422, "policy_set_invalid"),
+        (other_files, 422, "policy_set_invalid"),
+        (with_json, 400, "archive_invalid"),
+        (broken, 422, "policy_set_invalid"),
+    ] {
+        let reply = r.put_policies(tar).await;
+        let body = String::from_utf8_lossy(&reply.body).into_owned();
+        assert_eq!(reply.status, status, "{body}");
+        assert!(body.contains(class), "{body}");
+    }
+    assert_eq!(r.infer("/v2/models/demo/infer").await, (200, "1".into()));
+    assert!(uploads_empty(&r.state_dir()));
+    // Before the new set, a version released for it is refused.
+    assert_eq!(r.push("2", tar_of(&v2)).await.status, 422);
+
+    let accepted = r.put_policies(good.clone()).await;
+    assert_eq!(
+        accepted.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&accepted.body)
+    );
+    let a = accepted.json();
+    assert_eq!(a["serial"], 2);
+    assert_eq!(a["policy_set_digest"], new_digest.as_str());
+    assert_eq!(
+        a["unloaded"],
+        serde_json::json!([{"name": "demo", "version": "1"}])
+    );
+    assert_ne!(r.infer("/v2/models/demo/versions/1/infer").await.0, 200);
+    assert_eq!(r.push("2", tar_of(&v2)).await.status, 200);
+    assert_eq!(r.infer("/v2/models/demo/infer").await, (200, "2".into()));
+    // The same push again is fine; an older serial, or the same serial for other files, not.
+    assert_eq!(r.put_policies(good).await.status, 200);
+    let replayed = r.put_policies(older).await;
+    assert_eq!(replayed.status, 409);
+    assert!(String::from_utf8_lossy(&replayed.body).contains("policy_set_replayed"));
+    let v3_dir = r.world.files.dir.join("policies-v3");
+    copy_dir(&v2_dir, &v3_dir);
+    std::fs::write(v3_dir.join("serving/extra.rego"), "package warden.extra\n").unwrap();
+    let same_serial = policy_tar(&v3_dir, &statement(2, &v3_dir, &r.world.fleet));
+    assert_eq!(r.put_policies(same_serial).await.status, 409);
+    assert!(
+        r.audit()
+            .iter()
+            .any(|e| e["route"] == "PUT /admin/v1/policies" && e["status"] == 200),
+        "the push is audited"
+    );
+
+    // Restart: the pushed set is still in force (the configured v1 gets a release for it).
+    let mut w = r.into_world().await;
+    let v1 = w.config.models[0].clone();
+    w.config.models[0].release = Some(w.write_release(&v1, &v1.signature_path(), "1"));
+    let r = Running::start(w).await;
+    assert_eq!(
+        r.infer("/v2/models/demo/versions/1/infer").await,
+        (200, "1".into())
+    );
+    assert_eq!(
+        r.infer("/v2/models/demo/versions/2/infer").await,
+        (200, "2".into())
+    );
+
+    // A kept set changed on disk stops the next start, naming the set.
+    let w = r.into_world().await;
+    let kept = std::fs::read_dir(w.config.state.directory.join("policy-set"))
+        .unwrap()
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .find(|p| p.is_dir())
+        .unwrap();
+    let startup = kept.join("policies/serving/startup.rego");
+    let mut text = std::fs::read_to_string(&startup).unwrap();
+    text.push_str("# changed\n");
+    std::fs::write(&startup, text).unwrap();
+    let err = match warden_agent::serve::prepare(&w.config).await {
+        Ok(_) => panic!("started on a changed policy set"),
+        Err(e) => format!("{e:#}"),
+    };
+    assert!(err.contains("does not verify"), "{err}");
+    assert!(err.contains("policy-set/active"), "{err}");
+}

@@ -1,4 +1,5 @@
-//! Drives the built `warden` binary: `bundle sign`, `bundle verify`, and a tampered model.
+//! Drives the built `warden` binary: `bundle sign`, `bundle verify`, and a tampered model;
+//! `bundle release sign-policies`.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::path::Path;
@@ -101,4 +102,63 @@ fn sign_verify_and_refuse_a_tampered_model() {
         err.contains("model.onnx") && err.contains("changed"),
         "{err}"
     );
+}
+
+/// `bundle release sign-policies` packs exactly the set's `.rego` files (what its digest
+/// covers) and a statement that verifies with the fleet authority's key for that digest.
+#[test]
+fn sign_policies_packs_the_rego_files_and_a_statement_for_their_digest() {
+    use std::io::Read;
+    use warden_attest::bundle::{self, Curve, Verifier};
+    let dir = tempfile::tempdir().unwrap();
+    let policies = Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies");
+    let (private_pem, public_pem) = bundle::generate_private_key_pem(Curve::P256).unwrap();
+    std::fs::write(dir.path().join("fleet.key"), private_pem).unwrap();
+    let out = warden(
+        dir.path(),
+        &[
+            "bundle",
+            "release",
+            "sign-policies",
+            "--policies",
+            policies.to_str().unwrap(),
+            "--serial",
+            "7",
+            "--private-key",
+            "fleet.key",
+            "--output",
+            "set.tar",
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let digest = warden_agent::admission::policy_set_digest(&policies).unwrap();
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains(&digest),
+        "{}",
+        text(&out)
+    );
+
+    let mut archive = tar::Archive::new(std::fs::File::open(dir.path().join("set.tar")).unwrap());
+    let mut names = Vec::new();
+    let mut statement = Vec::new();
+    for entry in archive.entries().unwrap() {
+        let mut entry = entry.unwrap();
+        let name = entry.path().unwrap().display().to_string();
+        if name == "statement.json" {
+            entry.read_to_end(&mut statement).unwrap();
+        }
+        names.push(name);
+    }
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            "policies/serving/routes.rego",
+            "policies/serving/startup.rego",
+            "statement.json"
+        ]
+    );
+    let fleet = Verifier::from_public_key_pem(&public_pem).unwrap();
+    let set = warden_attest::policyset::verify_policy_set(&statement, &fleet, &digest, 0).unwrap();
+    assert_eq!(set.serial, 7);
 }

@@ -11,6 +11,7 @@
 pub mod boot;
 pub mod bundle;
 pub mod keystore;
+pub mod policyset;
 pub mod release;
 pub mod revocation;
 pub mod tpm;

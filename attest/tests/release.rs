@@ -10,6 +10,9 @@ use warden_attest::bundle::{BundleError, Signer, Verifier};
 use warden_attest::keystore::software::SoftwareKeyStore;
 use warden_attest::keystore::tpm::{TpmConfig, TpmKeyStore};
 use warden_attest::keystore::{Counter, KeyStore};
+use warden_attest::policyset::{
+    PolicySet, PolicySetError, accept_policy_set, sign_policy_set, verify_policy_set,
+};
 use warden_attest::release::{
     RELEASE_PREDICATE_TYPE, Release, ReleaseError, Stage, sign_attestation, sign_release,
     verify_attestations, verify_release,
@@ -316,4 +319,86 @@ fn revoked_digest_and_version_are_refused() {
         s["subject"] = serde_json::json!([])
     });
     assert!(verify_revocation_list(&mixed, &fleet_v, 0).is_err());
+}
+
+fn policy_set(serial: u64) -> PolicySet {
+    PolicySet {
+        serial,
+        policy_set_digest: digest("cd"),
+    }
+}
+
+/// A signed policy set: verifies only against the fleet authority, for the files it names,
+/// and never below the serial accepted; every refusal leaves the counter where it was.
+fn policy_set_anti_rollback(store: &dyn KeyStore) {
+    let (fleet, fleet_v) = keypair();
+    let (_, stranger) = keypair();
+    let s3 = sign_policy_set(&policy_set(3), &fleet).unwrap();
+    let s4 = sign_policy_set(&policy_set(4), &fleet).unwrap();
+    assert_eq!(
+        accept_policy_set(&s3, &fleet_v, &digest("cd"), store).unwrap(),
+        policy_set(3)
+    );
+    accept_policy_set(&s4, &fleet_v, &digest("cd"), store).unwrap();
+    accept_policy_set(&s4, &fleet_v, &digest("cd"), store).unwrap(); // again after a restart
+    let err = accept_policy_set(&s3, &fleet_v, &digest("cd"), store).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            PolicySetError::OlderSerial {
+                serial: 3,
+                current: 4
+            }
+        ),
+        "{err}"
+    );
+    let s9 = sign_policy_set(&policy_set(9), &fleet).unwrap();
+    assert!(matches!(
+        accept_policy_set(&s9, &fleet_v, &digest("ef"), store),
+        Err(PolicySetError::DigestMismatch { .. })
+    ));
+    assert!(matches!(
+        accept_policy_set(&s9, &stranger, &digest("cd"), store),
+        Err(PolicySetError::Statement(e)) if matches!(*e, ReleaseError::Signature { .. })
+    ));
+    // A changed statement no longer verifies.
+    let forked = tamper_payload(&s9, |s| {
+        s["predicate"]["policySetDigest"] = serde_json::json!(digest("ef"))
+    });
+    assert!(accept_policy_set(&forked, &fleet_v, &digest("ef"), store).is_err());
+    assert_eq!(store.counter(Counter::PolicySetSerial).unwrap(), 4);
+    assert!(matches!(
+        sign_policy_set(
+            &PolicySet {
+                serial: 1,
+                policy_set_digest: "sha256:xyz".into()
+            },
+            &fleet
+        ),
+        Err(PolicySetError::Malformed { .. })
+    ));
+    // Verification alone records nothing.
+    verify_policy_set(&s9, &fleet_v, &digest("cd"), 4).unwrap();
+    assert_eq!(store.counter(Counter::PolicySetSerial).unwrap(), 4);
+}
+
+#[test]
+fn policy_sets_refuse_strangers_other_files_and_older_serials_software() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SoftwareKeyStore::open(dir.path()).unwrap();
+    policy_set_anti_rollback(&store);
+}
+
+#[test]
+fn policy_sets_refuse_older_serials_tpm_counter() {
+    let tpm = devices::Swtpm::start();
+    let cfg = TpmConfig {
+        tcti: tpm.tcti.clone(),
+        seal_pcrs: vec![16],
+    };
+    let store = TpmKeyStore::open(&cfg).unwrap();
+    policy_set_anti_rollback(&store);
+    drop(store);
+    let store = TpmKeyStore::open(&cfg).unwrap();
+    assert_eq!(store.counter(Counter::PolicySetSerial).unwrap(), 4);
 }

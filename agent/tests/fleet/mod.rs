@@ -87,6 +87,8 @@ pub struct World {
     /// Admin client certificate and key (fleet CA).
     pub admin_cert: PathBuf,
     pub admin_key: PathBuf,
+    /// The policy-set digest releases pin; `None`: the configured policy directory's.
+    pub pinned_policy_digest: std::sync::Mutex<Option<String>>,
 }
 
 impl World {
@@ -168,6 +170,7 @@ impl World {
             revocations,
             admin_cert,
             admin_key,
+            pinned_policy_digest: std::sync::Mutex::new(None),
         };
         let v1 = w.config.models[0].clone();
         let release = w.write_release(&v1, &v1.signature_path(), "1");
@@ -194,8 +197,14 @@ impl World {
                 name: m.name.clone(),
                 version: version.to_owned(),
                 stage: Stage::Approved,
-                policy_set_digest: warden_agent::admission::policy_set_digest(&self.policy_dir)
-                    .unwrap(),
+                policy_set_digest: self
+                    .pinned_policy_digest
+                    .lock()
+                    .unwrap()
+                    .clone()
+                    .unwrap_or_else(|| {
+                        warden_agent::admission::policy_set_digest(&self.policy_dir).unwrap()
+                    }),
                 required_attestations: vec![SLSA.to_owned()],
             },
             &self.root_digest(&m.directory, sig),
@@ -292,6 +301,44 @@ pub fn tar_of(b: &Bundle) -> Vec<u8> {
     t.into_inner().unwrap()
 }
 
+/// A policy-set push: the `.rego` files of `dir` under `policies/`, `extra` files beside them
+/// (`policies/<name>`), and the signed statement as `statement.json`.
+pub fn policy_tar_with(dir: &Path, statement: &[u8], extra: &[(&str, &[u8])]) -> Vec<u8> {
+    fn rego_files(root: &Path, dir: &Path, out: &mut Vec<(String, Vec<u8>)>) {
+        for e in std::fs::read_dir(dir).unwrap().filter_map(Result::ok) {
+            let path = e.path();
+            if path.is_dir() {
+                rego_files(root, &path, out);
+            } else if path.extension().is_some_and(|x| x == "rego") {
+                let rel = path.strip_prefix(root).unwrap().display().to_string();
+                out.push((rel, std::fs::read(&path).unwrap()));
+            }
+        }
+    }
+    let mut files = Vec::new();
+    rego_files(dir, dir, &mut files);
+    files.extend(extra.iter().map(|(n, b)| (n.to_string(), b.to_vec())));
+    files.push(("../statement.json".into(), statement.to_vec()));
+    let mut t = tar::Builder::new(Vec::new());
+    for (rel, bytes) in files {
+        let name = match rel.strip_prefix("../") {
+            Some(top) => top.to_owned(),
+            None => format!("policies/{rel}"),
+        };
+        let mut header = tar::Header::new_gnu();
+        header.set_size(bytes.len() as u64);
+        header.set_mode(0o644);
+        header.set_cksum();
+        t.append_data(&mut header, name, bytes.as_slice()).unwrap();
+    }
+    t.into_inner().unwrap()
+}
+
+/// [`policy_tar_with`] and nothing extra.
+pub fn policy_tar(dir: &Path, statement: &[u8]) -> Vec<u8> {
+    policy_tar_with(dir, statement, &[])
+}
+
 pub struct Running {
     pub world: World,
     pub addr: std::net::SocketAddr,
@@ -335,6 +382,23 @@ impl Running {
 
     pub async fn push(&self, version: &str, tar: Vec<u8>) -> Reply {
         self.push_to("demo", version, tar).await
+    }
+
+    pub async fn put_policies(&self, tar: Vec<u8>) -> Reply {
+        let mut c = self.admin().await;
+        let req = c.build("PUT", "/admin/v1/policies", tar, Some("application/x-tar"));
+        c.send(req).await.unwrap()
+    }
+
+    /// Stops the agent and hands back its world (to change it before starting again).
+    pub async fn into_world(mut self) -> World {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.await.unwrap();
+        }
+        self.world
     }
 
     pub async fn push_to(&self, name: &str, version: &str, tar: Vec<u8>) -> Reply {

@@ -1,0 +1,166 @@
+//! Admission policy sets pushed by the fleet authority (`PUT /admin/v1/policies`).
+//!
+//! A pushed set is a tree of `.rego` files and the fleet authority's signed statement over
+//! its canonical digest and a monotonic serial (`warden_attest::policyset`). Accepted sets are
+//! kept in `<state>/policy-set/<serial>-<id>/` (`policies/`, `statement.json`); the file
+//! `<state>/policy-set/active` names the one in force. From then on that set, not
+//! `admission.policy_directory`, is the running policy, at every start and refresh. At start
+//! it is verified again (signature, digest of the files as they are now, serial against the
+//! key store's counter); a set that no longer verifies stops the agent from starting rather
+//! than silently falling back to an older policy.
+
+use std::path::{Path, PathBuf};
+
+use warden_attest::bundle::Verifier;
+use warden_attest::keystore::{Counter, KeyStore};
+use warden_attest::policyset::{PolicySet, PolicySetError, verify_policy_set};
+
+use crate::admission::{TrustAnchors, policy_set_digest};
+use crate::state_files::{Durability, write_atomically};
+
+/// Below the state directory: kept sets and the pointer to the active one.
+pub const POLICY_SET_DIR: &str = "policy-set";
+const ACTIVE_FILE: &str = "active";
+/// Inside a kept set.
+pub const POLICIES: &str = "policies";
+pub const STATEMENT: &str = "statement.json";
+
+/// Why a pushed policy set was refused or cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyPushError {
+    /// Older than (or, with other files, equal to) the accepted serial.
+    #[error("{0}")]
+    Replayed(String),
+    /// Signature, statement, digest, or the files themselves.
+    #[error("{0}")]
+    Invalid(String),
+    /// The key store or the state directory.
+    #[error("{0}")]
+    Internal(String),
+}
+
+/// The policy directory in force: the pushed set named by `<state>/policy-set/active`, or
+/// `configured` when none was pushed. An unreadable pointer is an error, not a fallback.
+pub fn effective_policy_dir(state_dir: &Path, configured: &Path) -> Result<PathBuf, String> {
+    match active_set(state_dir)? {
+        Some(set) => Ok(set.join(POLICIES)),
+        None => Ok(configured.to_path_buf()),
+    }
+}
+
+/// The kept set named by the pointer file, if any.
+pub fn active_set(state_dir: &Path) -> Result<Option<PathBuf>, String> {
+    let root = state_dir.join(POLICY_SET_DIR);
+    let pointer = root.join(ACTIVE_FILE);
+    let name = match std::fs::read_to_string(&pointer) {
+        Ok(name) => name.trim().to_owned(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(format!("{}: {e}", pointer.display())),
+    };
+    if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+        return Err(format!("{}: not a kept set's name", pointer.display()));
+    }
+    Ok(Some(root.join(name)))
+}
+
+/// Verifies the set in `set_dir` (`policies/` and `statement.json`) against the fleet
+/// authority's anchors in `store` and the serial `current`. Returns the statement and the
+/// digest of the files. Records nothing.
+pub fn verify_set(
+    set_dir: &Path,
+    store: &dyn KeyStore,
+    current: u64,
+) -> Result<(PolicySet, String), PolicyPushError> {
+    let digest = policy_set_digest(&set_dir.join(POLICIES))
+        .map_err(|e| PolicyPushError::Invalid(format!("the policy files: {e}")))?;
+    let statement_path = set_dir.join(STATEMENT);
+    let statement = std::fs::read(&statement_path)
+        .map_err(|e| PolicyPushError::Invalid(format!("{}: {e}", statement_path.display())))?;
+    let anchors = TrustAnchors::from_key_store(store)
+        .map_err(|e| PolicyPushError::Internal(e.to_string()))?;
+    let set = verify_with_any(&statement, &anchors.fleet_authority, &digest, current)?;
+    Ok((set, digest))
+}
+
+fn verify_with_any(
+    statement: &[u8],
+    fleet_authority: &[Verifier],
+    digest: &str,
+    current: u64,
+) -> Result<PolicySet, PolicyPushError> {
+    if fleet_authority.is_empty() {
+        return Err(PolicyPushError::Invalid(
+            "no fleet-authority anchors are installed".into(),
+        ));
+    }
+    let mut last = String::new();
+    for v in fleet_authority {
+        match verify_policy_set(statement, v, digest, current) {
+            Ok(set) => return Ok(set),
+            Err(e @ PolicySetError::OlderSerial { .. }) => {
+                return Err(PolicyPushError::Replayed(e.to_string()));
+            }
+            Err(e) => last = e.to_string(),
+        }
+    }
+    Err(PolicyPushError::Invalid(last))
+}
+
+/// At start: the active pushed set verified again, and the key store's counter brought up to
+/// its serial (a set written just before a crash, whose counter had not advanced yet).
+pub fn verify_active(state_dir: &Path, store: &dyn KeyStore) -> Result<Option<PolicySet>, String> {
+    let Some(set_dir) = active_set(state_dir)? else {
+        return Ok(None);
+    };
+    let current = store
+        .counter(Counter::PolicySetSerial)
+        .map_err(|e| e.to_string())?;
+    let (set, _) = verify_set(&set_dir, store, current).map_err(|e| {
+        format!(
+            "the pushed policy set {} does not verify: {e}; remove {} to fall back to \
+             admission.policy_directory",
+            set_dir.display(),
+            state_dir.join(POLICY_SET_DIR).join(ACTIVE_FILE).display()
+        )
+    })?;
+    store
+        .advance_counter(Counter::PolicySetSerial, set.serial)
+        .map_err(|e| e.to_string())?;
+    Ok(Some(set))
+}
+
+/// Moves an accepted set (`staged`, holding `policies/` and `statement.json`) to where it is
+/// kept, makes it the active one (the pointer is replaced atomically), and removes the sets
+/// it replaces. Returns its kept directory.
+pub fn keep_and_activate(
+    state_dir: &Path,
+    staged: &Path,
+    serial: u64,
+) -> Result<PathBuf, PolicyPushError> {
+    let internal =
+        |what: &str, e: &dyn std::fmt::Display| PolicyPushError::Internal(format!("{what}: {e}"));
+    let root = state_dir.join(POLICY_SET_DIR);
+    crate::state_files::create_private_dir(&root).map_err(|e| internal("creating", &e))?;
+    let name = format!("{serial}-{}", uuid::Uuid::new_v4().simple());
+    let kept = root.join(&name);
+    std::fs::rename(staged, &kept).map_err(|e| internal("keeping the set", &e))?;
+    write_atomically(
+        &root.join(ACTIVE_FILE),
+        format!("{name}\n").as_bytes(),
+        0o600,
+        Durability::Synced,
+    )
+    .map_err(|e| internal("activating the set", &e))?;
+    if let Ok(entries) = std::fs::read_dir(&root) {
+        for e in entries.filter_map(Result::ok) {
+            let path = e.path();
+            if path != kept
+                && path.is_dir()
+                && let Err(err) = std::fs::remove_dir_all(&path)
+            {
+                tracing::warn!(path = %path.display(), error = %err, "cannot remove a replaced policy set");
+            }
+        }
+    }
+    Ok(kept)
+}
