@@ -1,5 +1,6 @@
-//! The operator's trust commands: `warden provision`, `warden attest quote|verify`,
-//! `warden keyd`, `warden status`.
+//! The operator's trust commands: `warden provision`, `warden attest quote|verify`, the
+//! attestation key's enrolment (`warden attest identity|challenge|activate|enrol`: credential
+//! activation binds the AK to the TPM's endorsement key), `warden keyd`, `warden status`.
 //!
 //! `provision` opens the key store backend named in keyd.toml directly: run it as the key
 //! service's user while keyd is stopped (keyd is the only process that holds the hardware at
@@ -67,6 +68,104 @@ pub enum AttestCommand {
         #[arg(long, default_value_t = measure::DEFAULT_APP_PCR)]
         app_pcr: u32,
     },
+    /// On the device: write its identity for enrolment (the TPM's endorsement key and the
+    /// attestation key's public area), straight from the TPM.
+    Identity {
+        /// The TPM (TCTI), as for `quote`.
+        #[arg(long, default_value = "device:/dev/tpmrm0")]
+        tcti: String,
+        /// Where to write the identity (JSON).
+        #[arg(long, default_value = "identity.json")]
+        output: PathBuf,
+    },
+    /// On the verifier: check a device's identity against the endorsement key you trust (from
+    /// its manufacturer's EK certificate, or recorded at provisioning) and make a challenge
+    /// only that TPM can answer, and only for that attestation key. The expected answer and
+    /// the attestation key go to `--expected` (keep it private), the challenge to `--output`.
+    Challenge {
+        /// The device's identity (from `warden attest identity`).
+        #[arg(long)]
+        identity: PathBuf,
+        /// The endorsement key you trust for this device, PEM.
+        #[arg(long)]
+        ek: PathBuf,
+        /// Where to write the challenge for the device.
+        #[arg(long, default_value = "challenge.json")]
+        output: PathBuf,
+        /// Where to write what the answer must be (private, 0600).
+        #[arg(long, default_value = "expected.json")]
+        expected: PathBuf,
+    },
+    /// On the device: answer a challenge with the TPM (prints the recovered secret, hex).
+    Activate {
+        /// The TPM (TCTI), as for `quote`.
+        #[arg(long, default_value = "device:/dev/tpmrm0")]
+        tcti: String,
+        /// The challenge (from `warden attest challenge`).
+        #[arg(long)]
+        challenge: PathBuf,
+    },
+    /// On the verifier: accept the device's answer; writes the attestation key (PEM) that
+    /// `warden attest verify --ak` then trusts.
+    Enrol {
+        /// What `warden attest challenge` wrote to `--expected`.
+        #[arg(long)]
+        expected: PathBuf,
+        /// The device's answer (hex, from `warden attest activate`).
+        #[arg(long)]
+        answer: String,
+        /// Where to write the enrolled attestation key.
+        #[arg(long, default_value = "ak.pem")]
+        ak_output: PathBuf,
+    },
+}
+
+/// A device's identity on the wire (`warden attest identity`).
+#[derive(serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct IdentityFile {
+    /// The EK, PEM.
+    endorsement_key: String,
+    /// The AK's `TPMT_PUBLIC`, base64.
+    ak_public_area: String,
+}
+
+/// A challenge on the wire (`warden attest challenge` → `activate`).
+#[derive(serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ChallengeFile {
+    /// `TPM2B_ID_OBJECT` contents, base64.
+    credential_blob: String,
+    /// The seed encrypted to the EK (`TPMS_ECC_POINT`), base64.
+    encrypted_seed: String,
+}
+
+/// What the verifier keeps between `challenge` and `enrol`.
+#[derive(serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ExpectedFile {
+    /// The secret, hex.
+    secret: String,
+    /// The AK to enrol once the answer matches, PEM.
+    attestation_key: String,
+}
+
+fn read_json<T: serde::de::DeserializeOwned>(path: &Path, what: &str) -> anyhow::Result<T> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("{} is not {what}", path.display()))
+}
+
+fn b64(bytes: &[u8]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+fn unb64(text: &str, what: &str) -> anyhow::Result<Vec<u8>> {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD
+        .decode(text)
+        .with_context(|| format!("{what} is not base64"))
 }
 
 /// A role's anchors on the command line: `ROLE=FILE.pem`.
@@ -329,7 +428,110 @@ fn quote_source(
 
 /// Runs `warden attest …`.
 pub fn attest(cmd: AttestCommand) -> anyhow::Result<()> {
+    use p256::pkcs8::DecodePublicKey as _;
+    use warden_attest::boot::credential;
     match cmd {
+        AttestCommand::Identity { tcti, output } => {
+            let tpm = warden_attest::tpm::Tpm::open(&tcti)?;
+            let id = credential::device_identity(&tpm)?;
+            let file = IdentityFile {
+                endorsement_key: id.endorsement_key.to_public_key_pem(LineEnding::LF)?,
+                ak_public_area: b64(&id.ak_public_area),
+            };
+            std::fs::write(&output, serde_json::to_string_pretty(&file)? + "\n")
+                .with_context(|| format!("writing {}", output.display()))?;
+            println!(
+                "device identity -> {} (send it to the verifier)",
+                output.display()
+            );
+            Ok(())
+        }
+        AttestCommand::Challenge {
+            identity,
+            ek,
+            output,
+            expected,
+        } => {
+            let id: IdentityFile = read_json(&identity, "a device identity")?;
+            let trusted_pem = std::fs::read_to_string(&ek)
+                .with_context(|| format!("reading {}", ek.display()))?;
+            let trusted = p256::PublicKey::from_public_key_pem(&trusted_pem)
+                .with_context(|| format!("{} is not a P-256 public key", ek.display()))?;
+            let claimed = p256::PublicKey::from_public_key_pem(&id.endorsement_key)
+                .context("the identity's endorsement key is not a P-256 public key")?;
+            if claimed != trusted {
+                bail!(
+                    "the device's endorsement key is not the one in {}: not this device, or \
+                     not enrolled",
+                    ek.display()
+                );
+            }
+            let area = unb64(&id.ak_public_area, "the attestation key's public area")?;
+            let (ak, name) = credential::check_ak_public_area(&area)?;
+            let mut secret = [0u8; credential::SECRET_BYTES];
+            rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut secret);
+            let challenge = credential::make_credential(&trusted, &name, &secret)?;
+            let keep = ExpectedFile {
+                secret: hex::encode(secret),
+                attestation_key: ak.to_public_key_pem(LineEnding::LF)?,
+            };
+            crate::state_files::write_atomically(
+                &expected,
+                (serde_json::to_string_pretty(&keep)? + "\n").as_bytes(),
+                0o600,
+                crate::state_files::Durability::Synced,
+            )
+            .with_context(|| format!("writing {}", expected.display()))?;
+            let file = ChallengeFile {
+                credential_blob: b64(&challenge.credential_blob),
+                encrypted_seed: b64(&challenge.encrypted_seed),
+            };
+            std::fs::write(&output, serde_json::to_string_pretty(&file)? + "\n")
+                .with_context(|| format!("writing {}", output.display()))?;
+            println!(
+                "challenge -> {} (for the device); expected answer -> {} (keep it private)",
+                output.display(),
+                expected.display()
+            );
+            Ok(())
+        }
+        AttestCommand::Activate { tcti, challenge } => {
+            let c: ChallengeFile = read_json(&challenge, "a challenge")?;
+            let challenge = credential::Challenge {
+                credential_blob: unb64(&c.credential_blob, "the credential blob")?,
+                encrypted_seed: unb64(&c.encrypted_seed, "the encrypted seed")?,
+            };
+            let tpm = warden_attest::tpm::Tpm::open(&tcti)?;
+            let secret = credential::activate_credential(&tpm, &challenge)
+                .context("the TPM did not open the challenge: it is for another TPM or key")?;
+            println!("{}", hex::encode(secret));
+            Ok(())
+        }
+        AttestCommand::Enrol {
+            expected,
+            answer,
+            ak_output,
+        } => {
+            let keep: ExpectedFile = read_json(&expected, "an expected answer")?;
+            let want = hex::decode(&keep.secret).context("the expected secret is not hex")?;
+            let got = hex::decode(answer.trim()).context("the answer is not hex")?;
+            // Constant time: the comparison must not tell a guesser how close it came.
+            let equal = want.len() == got.len()
+                && want.iter().zip(&got).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0;
+            if !equal {
+                bail!(
+                    "the answer does not match: the attestation key is not in the TPM of the \
+                     trusted endorsement key; not enrolled"
+                );
+            }
+            std::fs::write(&ak_output, &keep.attestation_key)
+                .with_context(|| format!("writing {}", ak_output.display()))?;
+            println!(
+                "attestation key enrolled -> {} (bound to the trusted endorsement key)",
+                ak_output.display()
+            );
+            Ok(())
+        }
         AttestCommand::Quote {
             tcti,
             keyd_socket,

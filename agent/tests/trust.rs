@@ -683,3 +683,166 @@ fn status_through_a_running_keyd() {
     assert!(!out.status.success());
     assert!(t.contains("1 problem(s)"), "{t}");
 }
+
+/// The attestation key's enrolment through the binary, on swtpm: the device writes its
+/// identity; the verifier, trusting the TPM's endorsement key, makes a challenge; only that
+/// TPM answers it; the answer enrols the AK, whose quotes then verify. A device presenting
+/// another EK, or a wrong answer, is not enrolled.
+#[test]
+fn attestation_key_enrolment_by_credential_activation() {
+    use p256::pkcs8::{EncodePublicKey as _, LineEnding};
+    let tpm = Swtpm::start();
+    let other = Swtpm::start();
+    let dir = tempfile::tempdir().unwrap();
+    let path = |name: &str| dir.path().join(name).to_str().unwrap().to_owned();
+    let cfg = keyd_toml(
+        dir.path(),
+        &format!("backend = \"tpm\"\ntcti = \"{}\"", tpm.tcti),
+    );
+    let out = warden(&[
+        "provision",
+        "--keyd-config",
+        cfg.to_str().unwrap(),
+        "--ak",
+        &path("provisioned-ak.pem"),
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    // The EKs the verifier trusts (as a manufacturer's EK certificate would give them).
+    let ek_of = |tcti: &str, file: &str| {
+        let t = warden_attest::tpm::Tpm::open(tcti).unwrap();
+        let ek = warden_attest::boot::credential::endorsement_key(&t).unwrap();
+        std::fs::write(path(file), ek.to_public_key_pem(LineEnding::LF).unwrap()).unwrap();
+    };
+    ek_of(&tpm.tcti, "ek.pem");
+    ek_of(&other.tcti, "other-ek.pem");
+
+    let run = |args: &[&str]| {
+        let out = warden(args);
+        (out.status.success(), text(&out))
+    };
+    let (ok, t) = run(&[
+        "attest",
+        "identity",
+        "--tcti",
+        &tpm.tcti,
+        "--output",
+        &path("identity.json"),
+    ]);
+    assert!(ok, "{t}");
+    // Another device's EK: no challenge.
+    let (ok, t) = run(&[
+        "attest",
+        "challenge",
+        "--identity",
+        &path("identity.json"),
+        "--ek",
+        &path("other-ek.pem"),
+        "--output",
+        &path("c0.json"),
+        "--expected",
+        &path("e0.json"),
+    ]);
+    assert!(!ok && t.contains("is not the one in"), "{t}");
+    let (ok, t) = run(&[
+        "attest",
+        "challenge",
+        "--identity",
+        &path("identity.json"),
+        "--ek",
+        &path("ek.pem"),
+        "--output",
+        &path("challenge.json"),
+        "--expected",
+        &path("expected.json"),
+    ]);
+    assert!(ok, "{t}");
+    use std::os::unix::fs::PermissionsExt as _;
+    let mode = std::fs::metadata(path("expected.json"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+    // Another TPM cannot answer.
+    let (ok, t) = run(&[
+        "attest",
+        "activate",
+        "--tcti",
+        &other.tcti,
+        "--challenge",
+        &path("challenge.json"),
+    ]);
+    assert!(!ok, "{t}");
+    let out = warden(&[
+        "attest",
+        "activate",
+        "--tcti",
+        &tpm.tcti,
+        "--challenge",
+        &path("challenge.json"),
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    let answer = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    assert_eq!(answer.len(), 64);
+    let mut wrong = answer.clone().into_bytes();
+    wrong[0] = if wrong[0] == b'0' { b'1' } else { b'0' };
+    let (ok, t) = run(&[
+        "attest",
+        "enrol",
+        "--expected",
+        &path("expected.json"),
+        "--answer",
+        std::str::from_utf8(&wrong).unwrap(),
+        "--ak-output",
+        &path("bad-ak.pem"),
+    ]);
+    assert!(!ok && t.contains("does not match"), "{t}");
+    assert!(!dir.path().join("bad-ak.pem").exists());
+    let (ok, t) = run(&[
+        "attest",
+        "enrol",
+        "--expected",
+        &path("expected.json"),
+        "--answer",
+        &answer,
+        "--ak-output",
+        &path("ak.pem"),
+    ]);
+    assert!(ok, "{t}");
+    // The enrolled key is the AK `provision` created, and its quotes verify.
+    assert_eq!(
+        std::fs::read_to_string(path("ak.pem")).unwrap(),
+        std::fs::read_to_string(path("provisioned-ak.pem")).unwrap()
+    );
+    let nonce = "a1a2a3a4a5a6a7a8";
+    let (ok, t) = run(&[
+        "attest",
+        "quote",
+        "--tcti",
+        &tpm.tcti,
+        "--nonce",
+        nonce,
+        "--pcrs",
+        "16",
+        "--output",
+        &path("quote.json"),
+    ]);
+    assert!(ok, "{t}");
+    let pcr16 = {
+        let t = warden_attest::tpm::Tpm::open(&tpm.tcti).unwrap();
+        hex::encode(t.read_pcrs(&[16]).unwrap()[0].1)
+    };
+    std::fs::write(path("golden.json"), format!("{{\"16\": \"{pcr16}\"}}")).unwrap();
+    let (ok, t) = run(&[
+        "attest",
+        "verify",
+        "--quote",
+        &path("quote.json"),
+        "--ak",
+        &path("ak.pem"),
+        "--nonce",
+        nonce,
+        "--golden",
+        &path("golden.json"),
+    ]);
+    assert!(ok && t.contains("quote verifies"), "{t}");
+}

@@ -9,6 +9,10 @@ use std::collections::BTreeMap;
 
 use sha2::Digest as _;
 use warden_attest::boot::BootError;
+use warden_attest::boot::credential::{
+    Challenge, activate_credential, attestation_key_name, check_ak_public_area, device_identity,
+    endorsement_key, make_credential,
+};
 use warden_attest::boot::eventlog::{ALG_SHA1, ALG_SHA256, EV_NO_ACTION, Event, EventLog};
 use warden_attest::boot::measure::{
     AppEventLog, DEFAULT_APP_PCR, ModelLoadEvent, measure_model_load, predict, verify_app_log,
@@ -308,4 +312,73 @@ fn tpm_key_store_reads_and_extends_the_application_pcr_and_others_say_not_suppor
             ..
         })
     ));
+}
+
+/// The AK is bound to the EK by credential activation: a challenge made in software for this
+/// TPM's EK and this AK's name opens on this TPM, returning the secret; one made for another
+/// TPM's EK, for another name, or altered in transit does not. Sessions and the EK are flushed
+/// every time (swtpm holds three sessions).
+#[test]
+fn credential_activation_binds_the_attestation_key_to_the_endorsement_key() {
+    let (_sw, tpm) = fresh_tpm();
+    let ak = ensure_attestation_key(&tpm).unwrap();
+    let ek = endorsement_key(&tpm).unwrap();
+    assert_eq!(
+        endorsement_key(&tpm).unwrap(),
+        ek,
+        "the EK is derived, not random"
+    );
+    let name = attestation_key_name(&tpm).unwrap();
+    assert_eq!(name.len(), 34);
+    // What the verifier derives from the device's identity is the AK and its name.
+    let identity = device_identity(&tpm).unwrap();
+    assert_eq!(identity.endorsement_key, ek);
+    assert_eq!(
+        check_ak_public_area(&identity.ak_public_area).unwrap(),
+        (ak, name.clone())
+    );
+    // An area that is not a restricted key (bit 16 of the attributes cleared) is refused.
+    let mut unrestricted = identity.ak_public_area.clone();
+    unrestricted[5] ^= 0x01;
+    assert!(check_ak_public_area(&unrestricted).is_err());
+    assert!(check_ak_public_area(&identity.ak_public_area[..10]).is_err());
+    for round in 0..6u8 {
+        let secret: Vec<u8> = (0..32u8).map(|i| i ^ round.wrapping_mul(37)).collect();
+        let challenge = make_credential(&ek, &name, &secret).unwrap();
+        assert_eq!(activate_credential(&tpm, &challenge).unwrap(), secret);
+    }
+
+    let secret = b"warden enrolment".to_vec();
+    // Another TPM's EK: this TPM cannot open it.
+    let (_other_sw, other) = fresh_tpm();
+    let other_ek = endorsement_key(&other).unwrap();
+    assert_ne!(other_ek, ek);
+    let foreign = make_credential(&other_ek, &name, &secret).unwrap();
+    assert!(activate_credential(&tpm, &foreign).is_err());
+    // Bound to another name (another key): refused by the integrity check.
+    let mut other_name = name.clone();
+    other_name[33] ^= 1;
+    let misbound = make_credential(&ek, &other_name, &secret).unwrap();
+    assert!(activate_credential(&tpm, &misbound).is_err());
+    // Altered in transit.
+    let good = make_credential(&ek, &name, &secret).unwrap();
+    for i in [2, 20, good.credential_blob.len() - 1] {
+        let mut c = good.clone();
+        c.credential_blob[i] ^= 0x40;
+        assert!(activate_credential(&tpm, &c).is_err(), "blob byte {i}");
+    }
+    let mut c = good.clone();
+    c.encrypted_seed[10] ^= 0x01;
+    assert!(activate_credential(&tpm, &c).is_err());
+    let garbage = Challenge {
+        credential_blob: vec![0; 4],
+        encrypted_seed: vec![0; 4],
+    };
+    assert!(activate_credential(&tpm, &garbage).is_err());
+    // Still working after the refusals (nothing leaked).
+    assert_eq!(activate_credential(&tpm, &good).unwrap(), secret);
+    // Bad inputs to the verifier's side.
+    assert!(make_credential(&ek, &name, &[]).is_err());
+    assert!(make_credential(&ek, &name, &[0; 33]).is_err());
+    assert!(make_credential(&ek, &name[..20], &secret).is_err());
 }

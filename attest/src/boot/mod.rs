@@ -7,6 +7,7 @@
 //!   the model's root digest and the policy-set digest, an application event log beside it,
 //!   and the function that predicts the PCR from that log.
 
+pub mod credential;
 pub mod eventlog;
 pub mod measure;
 pub mod quote;
@@ -48,6 +49,12 @@ pub enum BootError {
         /// The file.
         path: std::path::PathBuf,
         /// What is wrong.
+        detail: String,
+    },
+    /// A credential (AK-to-EK binding) that cannot be made or opened.
+    #[error("credential refused: {detail}")]
+    CredentialRefused {
+        /// Why.
         detail: String,
     },
     /// The TPM.

@@ -2,10 +2,10 @@
 //! attestation key (AK); anyone with the AK's public key verifies the quote without a TPM.
 //!
 //! The AK is a restricted ECDSA P-256 signing key (fixedTPM), created as an owner-hierarchy
-//! primary and made persistent at [`AK_HANDLE`]. Binding the AK to the TPM's endorsement key
-//! (credential activation against the EK certificate) is the enrolment step of `warden
-//! provision` and is not done here: a verifier must learn the AK public key through a trusted
-//! enrolment.
+//! primary and made persistent at [`AK_HANDLE`]. A verifier enrols it by credential
+//! activation against the TPM's endorsement key ([`super::credential`]); checking the EK
+//! itself against the manufacturer's EK certificate is the verifier's part and not built
+//! yet.
 
 use std::collections::BTreeMap;
 
