@@ -354,12 +354,7 @@ impl Admin {
             );
         }
         if !is_tar(&req) {
-            return Done::refuse(
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                "unsupported_media_type",
-                "send one application/x-tar archive",
-                "content-type is not application/x-tar".into(),
-            );
+            return not_tar();
         }
         let template = match self.new_version(name, version) {
             Ok(t) => t,
@@ -503,6 +498,26 @@ impl Admin {
         F: FnOnce(PathBuf) -> Fut,
         Fut: std::future::Future<Output = Result<(), Done>>,
     {
+        self.in_upload_dir(|upload| async move {
+            let archive = upload.join("archive.tar");
+            match fetch(archive.clone()).await {
+                Ok(()) => {
+                    self.unpack_and_load(&upload, &archive, template, version)
+                        .await
+                }
+                Err(done) => done,
+            }
+        })
+        .await
+    }
+
+    /// Runs `work` in a fresh private directory under the state directory's uploads, and
+    /// removes the directory afterwards, whatever the outcome.
+    async fn in_upload_dir<F, Fut>(&self, work: F) -> Done
+    where
+        F: FnOnce(PathBuf) -> Fut,
+        Fut: std::future::Future<Output = Done>,
+    {
         let upload = self
             .models
             .state_dir()
@@ -510,16 +525,7 @@ impl Admin {
             .join(uuid::Uuid::new_v4().to_string());
         let done = match crate::state_files::create_private_dir(&upload) {
             Err(e) => internal("creating the upload directory", &e),
-            Ok(()) => {
-                let archive = upload.join("archive.tar");
-                match fetch(archive.clone()).await {
-                    Ok(()) => {
-                        self.unpack_and_load(&upload, &archive, template, version)
-                            .await
-                    }
-                    Err(done) => done,
-                }
-            }
+            Ok(()) => work(upload.clone()).await,
         };
         if let Err(e) = std::fs::remove_dir_all(&upload)
             && e.kind() != std::io::ErrorKind::NotFound
@@ -550,21 +556,8 @@ impl Admin {
         };
         match unpacked {
             Ok(Ok(())) => {}
-            Ok(Err(UnpackError::TooLarge(reason))) => {
-                return Done::refuse(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    "too_large",
-                    "the archive exceeds the size or entry limits",
-                    reason,
-                );
-            }
-            Ok(Err(UnpackError::Invalid(reason))) => {
-                return Done::refuse(
-                    StatusCode::BAD_REQUEST,
-                    "archive_invalid",
-                    "the archive is malformed or holds a refused entry",
-                    reason,
-                );
+            Ok(Err(e)) => {
+                return unpack_refused(e, "the archive is malformed or holds a refused entry");
             }
             Err(e) => return internal("unpacking", &e),
         }
@@ -825,28 +818,12 @@ impl Admin {
             );
         };
         if !is_tar(&req) {
-            return Done::refuse(
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                "unsupported_media_type",
-                "send one application/x-tar archive",
-                "content-type is not application/x-tar".into(),
-            );
+            return not_tar();
         }
-        let upload = self
-            .models
-            .state_dir()
-            .join(UPLOADS)
-            .join(uuid::Uuid::new_v4().to_string());
-        let done = match crate::state_files::create_private_dir(&upload) {
-            Err(e) => internal("creating the upload directory", &e),
-            Ok(()) => self.install_policies(&upload, req, &trust).await,
-        };
-        if let Err(e) = std::fs::remove_dir_all(&upload)
-            && e.kind() != std::io::ErrorKind::NotFound
-        {
-            tracing::warn!(path = %upload.display(), error = %e, "admin: cannot remove an upload");
-        }
-        done
+        self.in_upload_dir(
+            |upload| async move { self.install_policies(&upload, req, &trust).await },
+        )
+        .await
     }
 
     async fn install_policies(
@@ -872,27 +849,14 @@ impl Admin {
         };
         match unpacked {
             Ok(Ok(())) => {}
-            Ok(Err(UnpackError::TooLarge(reason))) => {
-                return Done::refuse(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    "too_large",
-                    "the archive exceeds the size or entry limits",
-                    reason,
-                );
-            }
-            Ok(Err(UnpackError::Invalid(reason))) => {
-                return Done::refuse(
-                    StatusCode::BAD_REQUEST,
-                    "archive_invalid",
+            Ok(Err(e)) => {
+                return unpack_refused(
+                    e,
                     "the archive must hold policies/ (.rego files only) and statement.json",
-                    reason,
                 );
             }
             Err(e) => return internal("unpacking", &e),
         }
-        let refused = |status, class, public: &'static str, reason: String| {
-            Done::refuse(status, class, public, reason)
-        };
         // Verified against the fleet authority and the accepted serial; an equal serial only
         // for the set already in force (a retried push).
         let store = trust.store.clone();
@@ -918,7 +882,7 @@ impl Admin {
         let (set, digest) = match checked {
             Ok(Ok(v)) => v,
             Ok(Err(crate::policy_push::PolicyPushError::Replayed(reason))) => {
-                return refused(
+                return Done::refuse(
                     StatusCode::CONFLICT,
                     "policy_set_replayed",
                     "the set's serial is not above the accepted one",
@@ -926,7 +890,7 @@ impl Admin {
                 );
             }
             Ok(Err(crate::policy_push::PolicyPushError::Invalid(reason))) => {
-                return refused(
+                return Done::refuse(
                     StatusCode::UNPROCESSABLE_ENTITY,
                     "policy_set_invalid",
                     "the set does not verify against the fleet authority",
@@ -943,7 +907,7 @@ impl Admin {
         let compiled = match trust.compile_policy(&policies) {
             Ok(a) => a,
             Err(e) => {
-                return refused(
+                return Done::refuse(
                     StatusCode::UNPROCESSABLE_ENTITY,
                     "policy_set_invalid",
                     "the set does not compile as an admission policy",
@@ -1077,6 +1041,31 @@ fn internal(what: &str, e: &dyn std::fmt::Display) -> Done {
         "the upload could not be staged",
         format!("{what}: {e}"),
     )
+}
+
+/// The refusal of a body that is not declared a tar archive.
+fn not_tar() -> Done {
+    Done::refuse(
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        "unsupported_media_type",
+        "send one application/x-tar archive",
+        "content-type is not application/x-tar".into(),
+    )
+}
+
+/// The refusal of an archive that could not be unpacked; `what` says what it must hold.
+fn unpack_refused(e: UnpackError, what: &'static str) -> Done {
+    match e {
+        UnpackError::TooLarge(reason) => Done::refuse(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            "the archive exceeds the size or entry limits",
+            reason,
+        ),
+        UnpackError::Invalid(reason) => {
+            Done::refuse(StatusCode::BAD_REQUEST, "archive_invalid", what, reason)
+        }
+    }
 }
 
 /// Whether the request says it carries a tar archive.
