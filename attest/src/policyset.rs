@@ -20,9 +20,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::bundle::{Signer, Verifier};
 use crate::keystore::{Counter, KeyStore, KeyStoreError};
-use crate::release::{
-    ReleaseError, STATEMENT_TYPE, Statement, Subject, sha256_hex, verify_statement,
-};
+use crate::release::{ReleaseError, Subject, sha256_hex, sign_predicate, verify_statement};
 
 /// The predicate type of a signed policy set.
 pub const POLICY_SET_PREDICATE_TYPE: &str = "https://warden.dev/policy-set/v1";
@@ -75,21 +73,14 @@ pub enum PolicySetError {
 pub fn sign_policy_set(set: &PolicySet, signer: &Signer) -> Result<Vec<u8>, PolicySetError> {
     let subject = Subject::for_digest("policy-set", &set.policy_set_digest)
         .map_err(|detail| PolicySetError::Malformed { detail })?;
-    let statement = Statement {
-        type_: STATEMENT_TYPE.to_owned(),
-        subject: vec![subject],
-        predicate_type: POLICY_SET_PREDICATE_TYPE.to_owned(),
-        predicate: set.clone(),
-    };
-    let payload = serde_json::to_vec(&statement).map_err(|e| PolicySetError::Malformed {
-        detail: e.to_string(),
-    })?;
-    signer.sign_statement(&payload).map_err(|e| {
-        PolicySetError::Statement(Box::new(ReleaseError::Signing {
-            what: "policy set",
-            source: Box::new(e),
-        }))
-    })
+    sign_predicate(
+        "policy set",
+        vec![subject],
+        POLICY_SET_PREDICATE_TYPE,
+        set,
+        signer,
+    )
+    .map_err(|e| PolicySetError::Statement(Box::new(e)))
 }
 
 /// Verifies a signed policy set: the fleet authority's signature, a well-formed statement,

@@ -305,6 +305,33 @@ fn check_subject(
     })
 }
 
+/// Signs an in-toto statement about `subject` with `predicate`: the one way every Warden
+/// document (release, attestation, revocation list, policy set) is made.
+pub(crate) fn sign_predicate<P: Serialize>(
+    what: &'static str,
+    subject: Vec<Subject>,
+    predicate_type: &str,
+    predicate: &P,
+    signer: &Signer,
+) -> Result<Vec<u8>, ReleaseError> {
+    let statement = Statement {
+        type_: STATEMENT_TYPE.to_owned(),
+        subject,
+        predicate_type: predicate_type.to_owned(),
+        predicate,
+    };
+    let payload = serde_json::to_vec(&statement).map_err(|e| ReleaseError::Malformed {
+        what,
+        detail: e.to_string(),
+    })?;
+    signer
+        .sign_statement(&payload)
+        .map_err(|e| ReleaseError::Signing {
+            what,
+            source: Box::new(e),
+        })
+}
+
 /// Signs a release statement for the model with `root_digest` (`sha256:<hex>`), as the
 /// release authority.
 pub fn sign_release(
@@ -317,19 +344,13 @@ pub fn sign_release(
         detail,
     };
     sha256_hex(&release.policy_set_digest).map_err(malformed)?;
-    let statement = Statement {
-        type_: STATEMENT_TYPE.to_owned(),
-        subject: vec![Subject::for_digest(&release.name, root_digest).map_err(malformed)?],
-        predicate_type: RELEASE_PREDICATE_TYPE.to_owned(),
-        predicate: release.clone(),
-    };
-    let payload = serde_json::to_vec(&statement).map_err(|e| malformed(e.to_string()))?;
-    signer
-        .sign_statement(&payload)
-        .map_err(|e| ReleaseError::Signing {
-            what: "release statement",
-            source: Box::new(e),
-        })
+    sign_predicate(
+        "release statement",
+        vec![Subject::for_digest(&release.name, root_digest).map_err(malformed)?],
+        RELEASE_PREDICATE_TYPE,
+        release,
+        signer,
+    )
 }
 
 /// Verifies a release statement against the release authority and the model's root digest.
@@ -363,19 +384,13 @@ pub fn sign_attestation(
         what: "attestation",
         detail,
     };
-    let statement = Statement {
-        type_: STATEMENT_TYPE.to_owned(),
-        subject: vec![Subject::for_digest(model_name, root_digest).map_err(malformed)?],
-        predicate_type: predicate_type.to_owned(),
-        predicate: predicate.clone(),
-    };
-    let payload = serde_json::to_vec(&statement).map_err(|e| malformed(e.to_string()))?;
-    signer
-        .sign_statement(&payload)
-        .map_err(|e| ReleaseError::Signing {
-            what: "attestation",
-            source: Box::new(e),
-        })
+    sign_predicate(
+        "attestation",
+        vec![Subject::for_digest(model_name, root_digest).map_err(malformed)?],
+        predicate_type,
+        predicate,
+        signer,
+    )
 }
 
 /// A verified attestation.

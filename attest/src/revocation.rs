@@ -23,9 +23,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::bundle::{Signer, Verifier};
 use crate::keystore::{Counter, KeyStore, KeyStoreError};
-use crate::release::{
-    ReleaseError, STATEMENT_TYPE, Statement, Subject, sha256_hex, verify_statement,
-};
+use crate::release::{ReleaseError, Subject, sha256_hex, sign_predicate, verify_statement};
 
 /// The predicate type of a revocation list.
 pub const REVOCATION_PREDICATE_TYPE: &str = "https://warden.dev/revocation/v1";
@@ -163,23 +161,17 @@ pub fn sign_revocation_list(
     list: &RevocationList,
     signer: &Signer,
 ) -> Result<Vec<u8>, RevocationError> {
-    let statement = Statement {
-        type_: STATEMENT_TYPE.to_owned(),
-        subject: list
-            .subjects()
-            .map_err(|detail| RevocationError::Malformed { detail })?,
-        predicate_type: REVOCATION_PREDICATE_TYPE.to_owned(),
-        predicate: list.clone(),
-    };
-    let payload = serde_json::to_vec(&statement).map_err(|e| RevocationError::Malformed {
-        detail: e.to_string(),
-    })?;
-    signer.sign_statement(&payload).map_err(|e| {
-        RevocationError::Statement(Box::new(ReleaseError::Signing {
-            what: "revocation list",
-            source: Box::new(e),
-        }))
-    })
+    let subject = list
+        .subjects()
+        .map_err(|detail| RevocationError::Malformed { detail })?;
+    sign_predicate(
+        "revocation list",
+        subject,
+        REVOCATION_PREDICATE_TYPE,
+        list,
+        signer,
+    )
+    .map_err(|e| RevocationError::Statement(Box::new(e)))
 }
 
 /// Verifies a revocation list's signature and content, and that its serial is not below
