@@ -71,9 +71,12 @@ pub enum AttestCommand {
     /// On the device: write its identity for enrolment (the TPM's endorsement key and the
     /// attestation key's public area), straight from the TPM.
     Identity {
-        /// The TPM (TCTI), as for `quote`.
-        #[arg(long, default_value = "device:/dev/tpmrm0")]
-        tcti: String,
+        /// The TPM (TCTI), as for `quote` (default `device:/dev/tpmrm0`).
+        #[arg(long, conflicts_with = "keyd_socket")]
+        tcti: Option<String>,
+        /// Ask the running key service on this socket (needs `attestation_identity`).
+        #[arg(long)]
+        keyd_socket: Option<PathBuf>,
         /// Where to write the identity (JSON).
         #[arg(long, default_value = "identity.json")]
         output: PathBuf,
@@ -98,9 +101,12 @@ pub enum AttestCommand {
     },
     /// On the device: answer a challenge with the TPM (prints the recovered secret, hex).
     Activate {
-        /// The TPM (TCTI), as for `quote`.
-        #[arg(long, default_value = "device:/dev/tpmrm0")]
-        tcti: String,
+        /// The TPM (TCTI), as for `quote` (default `device:/dev/tpmrm0`).
+        #[arg(long, conflicts_with = "keyd_socket")]
+        tcti: Option<String>,
+        /// Ask the running key service on this socket (needs `activate_credential`).
+        #[arg(long)]
+        keyd_socket: Option<PathBuf>,
         /// The challenge (from `warden attest challenge`).
         #[arg(long)]
         challenge: PathBuf,
@@ -118,6 +124,12 @@ pub enum AttestCommand {
         #[arg(long, default_value = "ak.pem")]
         ak_output: PathBuf,
     },
+}
+
+/// The TPM named by `--tcti`, or the kernel's resource manager.
+fn open_tpm(tcti: Option<String>) -> anyhow::Result<warden_attest::tpm::Tpm> {
+    let tcti = tcti.unwrap_or_else(|| "device:/dev/tpmrm0".to_owned());
+    warden_attest::tpm::Tpm::open(&tcti).with_context(|| format!("opening the TPM at {tcti}"))
 }
 
 /// A device's identity on the wire (`warden attest identity`).
@@ -431,9 +443,17 @@ pub fn attest(cmd: AttestCommand) -> anyhow::Result<()> {
     use p256::pkcs8::DecodePublicKey as _;
     use warden_attest::boot::credential;
     match cmd {
-        AttestCommand::Identity { tcti, output } => {
-            let tpm = warden_attest::tpm::Tpm::open(&tcti)?;
-            let id = credential::device_identity(&tpm)?;
+        AttestCommand::Identity {
+            tcti,
+            keyd_socket,
+            output,
+        } => {
+            let id = match keyd_socket {
+                Some(socket) => KeydClient::connect(&socket)?
+                    .attestation_identity()
+                    .with_context(|| format!("asking keyd at {}", socket.display()))?,
+                None => credential::device_identity(&open_tpm(tcti)?)?,
+            };
             let file = IdentityFile {
                 endorsement_key: id.endorsement_key.to_public_key_pem(LineEnding::LF)?,
                 ak_public_area: b64(&id.ak_public_area),
@@ -495,15 +515,24 @@ pub fn attest(cmd: AttestCommand) -> anyhow::Result<()> {
             );
             Ok(())
         }
-        AttestCommand::Activate { tcti, challenge } => {
+        AttestCommand::Activate {
+            tcti,
+            keyd_socket,
+            challenge,
+        } => {
             let c: ChallengeFile = read_json(&challenge, "a challenge")?;
             let challenge = credential::Challenge {
                 credential_blob: unb64(&c.credential_blob, "the credential blob")?,
                 encrypted_seed: unb64(&c.encrypted_seed, "the encrypted seed")?,
             };
-            let tpm = warden_attest::tpm::Tpm::open(&tcti)?;
-            let secret = credential::activate_credential(&tpm, &challenge)
-                .context("the TPM did not open the challenge: it is for another TPM or key")?;
+            let not_ours = "the TPM did not open the challenge: it is for another TPM or key";
+            let secret = match keyd_socket {
+                Some(socket) => KeydClient::connect(&socket)?
+                    .activate_credential(&challenge)
+                    .context(not_ours)?,
+                None => credential::activate_credential(&open_tpm(tcti)?, &challenge)
+                    .context(not_ours)?,
+            };
             println!("{}", hex::encode(secret));
             Ok(())
         }

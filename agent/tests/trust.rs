@@ -846,3 +846,145 @@ fn attestation_key_enrolment_by_credential_activation() {
     ]);
     assert!(ok && t.contains("quote verifies"), "{t}");
 }
+
+/// The same enrolment while keyd owns the TPM: `identity` and `activate` go through its
+/// socket, each only for a principal allowed that operation.
+#[test]
+fn attestation_key_enrolment_through_keyd() {
+    use p256::pkcs8::{EncodePublicKey as _, LineEnding};
+    let tpm = Swtpm::start();
+    let dir = tempfile::tempdir().unwrap();
+    let path = |name: &str| dir.path().join(name).to_str().unwrap().to_owned();
+    let cfg = keyd_toml(
+        dir.path(),
+        &format!("backend = \"tpm\"\ntcti = \"{}\"", tpm.tcti),
+    );
+    let out = warden(&[
+        "provision",
+        "--keyd-config",
+        cfg.to_str().unwrap(),
+        "--ak",
+        &path("provisioned-ak.pem"),
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    {
+        let t = warden_attest::tpm::Tpm::open(&tpm.tcti).unwrap();
+        let ek = warden_attest::boot::credential::endorsement_key(&t).unwrap();
+        std::fs::write(
+            path("ek.pem"),
+            ek.to_public_key_pem(LineEnding::LF).unwrap(),
+        )
+        .unwrap();
+    }
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    // One keyd at a time owns the TPM: first one whose principal may only read the identity.
+    let start_keyd = |socket: &Path, operations: Vec<Operation>| {
+        let config = KeydConfig {
+            schema_version: 1,
+            socket: socket.to_path_buf(),
+            socket_group: None,
+            keystore: BackendConfig::Tpm(TpmConfig {
+                tcti: tpm.tcti.clone(),
+                seal_pcrs: vec![16],
+            }),
+            principals: vec![Principal {
+                name: "operator".into(),
+                uid: current_uid(),
+                user: None,
+                operations,
+            }],
+        };
+        let store: Arc<dyn KeyStore> = Arc::new(
+            TpmKeyStore::open(&TpmConfig {
+                tcti: tpm.tcti.clone(),
+                seal_pcrs: vec![16],
+            })
+            .unwrap(),
+        );
+        let listener = {
+            let _g = rt.enter();
+            keyd::bind(socket).unwrap()
+        };
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let task = rt.spawn(keyd::serve(listener, Arc::new(config), store, async {
+            let _ = rx.await;
+        }));
+        (tx, task)
+    };
+    let run = |args: &[&str]| {
+        let out = warden(args);
+        (out.status.success(), text(&out), out.stdout)
+    };
+    let first = dir.path().join("keyd-1.sock");
+    let (stop, task) = start_keyd(
+        &first,
+        vec![Operation::Describe, Operation::AttestationIdentity],
+    );
+    let s1 = first.to_str().unwrap();
+    let (ok, t, _) = run(&[
+        "attest",
+        "identity",
+        "--keyd-socket",
+        s1,
+        "--output",
+        &path("identity.json"),
+    ]);
+    assert!(ok, "{t}");
+    let (ok, t, _) = run(&[
+        "attest",
+        "challenge",
+        "--identity",
+        &path("identity.json"),
+        "--ek",
+        &path("ek.pem"),
+        "--output",
+        &path("challenge.json"),
+        "--expected",
+        &path("expected.json"),
+    ]);
+    assert!(ok, "{t}");
+    let (ok, t, _) = run(&[
+        "attest",
+        "activate",
+        "--keyd-socket",
+        s1,
+        "--challenge",
+        &path("challenge.json"),
+    ]);
+    assert!(!ok && t.contains("may not call activate_credential"), "{t}");
+    let _ = stop.send(());
+    rt.block_on(task).unwrap();
+
+    let second = dir.path().join("keyd-2.sock");
+    let (stop, task) = start_keyd(
+        &second,
+        vec![Operation::Describe, Operation::ActivateCredential],
+    );
+    let (ok, t, stdout) = run(&[
+        "attest",
+        "activate",
+        "--keyd-socket",
+        second.to_str().unwrap(),
+        "--challenge",
+        &path("challenge.json"),
+    ]);
+    assert!(ok, "{t}");
+    let answer = String::from_utf8(stdout).unwrap().trim().to_owned();
+    let (ok, t, _) = run(&[
+        "attest",
+        "enrol",
+        "--expected",
+        &path("expected.json"),
+        "--answer",
+        &answer,
+        "--ak-output",
+        &path("ak.pem"),
+    ]);
+    assert!(ok, "{t}");
+    assert_eq!(
+        std::fs::read_to_string(path("ak.pem")).unwrap(),
+        std::fs::read_to_string(path("provisioned-ak.pem")).unwrap()
+    );
+    let _ = stop.send(());
+    rt.block_on(task).unwrap();
+}

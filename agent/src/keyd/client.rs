@@ -181,7 +181,9 @@ impl KeydClient {
             (ErrorKind::NotProvisioned, ..) => KeyStoreError::NotProvisioned {
                 what: match request {
                     Request::Unseal { .. } => "the seal key",
-                    Request::Quote { .. } => "the attestation key",
+                    Request::Quote { .. }
+                    | Request::AttestationIdentity {}
+                    | Request::ActivateCredential { .. } => "the attestation key",
                     _ => "device key",
                 },
             },
@@ -329,6 +331,45 @@ impl KeyStore for KeydClient {
                 signature,
                 pcrs,
             } => quote_from_wire(attest, signature, pcrs).map_err(|e| remote(&self.socket, e)),
+            other => Err(self.unexpected(&other)),
+        }
+    }
+
+    fn attestation_identity(
+        &self,
+    ) -> Result<warden_attest::boot::credential::DeviceIdentity, KeyStoreError> {
+        use p256::pkcs8::DecodePublicKey as _;
+        match self.call(&Request::AttestationIdentity {})? {
+            Response::Identity {
+                endorsement_key,
+                ak_public_area,
+            } => {
+                let der = unb64("endorsement_key", &endorsement_key)
+                    .map_err(|e| remote(&self.socket, e))?;
+                let endorsement_key = p256::PublicKey::from_public_key_der(&der)
+                    .map_err(|e| remote(&self.socket, format!("endorsement key: {e}")))?;
+                let ak_public_area = unb64("ak_public_area", &ak_public_area)
+                    .map_err(|e| remote(&self.socket, e))?;
+                Ok(warden_attest::boot::credential::DeviceIdentity {
+                    endorsement_key,
+                    ak_public_area,
+                })
+            }
+            other => Err(self.unexpected(&other)),
+        }
+    }
+
+    fn activate_credential(
+        &self,
+        challenge: &warden_attest::boot::credential::Challenge,
+    ) -> Result<Vec<u8>, KeyStoreError> {
+        match self.call(&Request::ActivateCredential {
+            credential_blob: b64(&challenge.credential_blob),
+            encrypted_seed: b64(&challenge.encrypted_seed),
+        })? {
+            Response::Credential { secret } => {
+                unb64("secret", &secret).map_err(|e| remote(&self.socket, e))
+            }
             other => Err(self.unexpected(&other)),
         }
     }

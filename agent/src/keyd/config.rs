@@ -19,7 +19,7 @@
 //! [[principal]]
 //! name = "attestation"
 //! uid = 0                              # the operator answering a verifier
-//! operations = ["describe", "read_pcr", "quote"]
+//! operations = ["describe", "read_pcr", "quote", "attestation_identity", "activate_credential"]
 //! ```
 //!
 //! Without `socket_group` the socket keeps keyd's primary group.
@@ -90,6 +90,10 @@ pub enum Operation {
     ReadPcr,
     /// Quote PCRs over a verifier's nonce with the attestation key.
     Quote,
+    /// The device's identity for enrolling its attestation key.
+    AttestationIdentity,
+    /// Answer an enrolment challenge with the TPM.
+    ActivateCredential,
 }
 
 impl Operation {
@@ -106,6 +110,8 @@ impl Operation {
             Operation::ExtendPcr => "extend_pcr",
             Operation::ReadPcr => "read_pcr",
             Operation::Quote => "quote",
+            Operation::AttestationIdentity => "attestation_identity",
+            Operation::ActivateCredential => "activate_credential",
         }
     }
 }

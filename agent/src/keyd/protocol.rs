@@ -18,6 +18,8 @@
 //! {"op": "extend_pcr", "pcr": 23, "digest": "<base64, exactly 32 bytes: a SHA-256 digest>"}
 //! {"op": "read_pcr", "pcr": 23}
 //! {"op": "quote", "nonce": "<base64, 1 to 64 bytes>", "pcrs": [0, 2, 4, 7, 23]}
+//! {"op": "attestation_identity"}
+//! {"op": "activate_credential", "credential_blob": "<base64>", "encrypted_seed": "<base64>"}
 //! ```
 //!
 //! Bounds checked by keyd before the key store sees a request: a PCR index is 0 to 23; only
@@ -37,6 +39,8 @@
 //! {"type": "extended"}
 //! {"type": "pcr", "value": "<base64, 32 bytes>"}
 //! {"type": "quote", "attest": "<base64>", "signature": "<base64>", "pcrs": {"23": "<hex>"}}
+//! {"type": "identity", "endorsement_key": "<base64 DER SubjectPublicKeyInfo>", "ak_public_area": "<base64>"}
+//! {"type": "credential", "secret": "<base64>"}
 //! {"type": "error", "kind": "unauthorized" | "forbidden" | "malformed_request" | "frame_too_large" | ..., "message": "..."}
 //! ```
 
@@ -119,6 +123,15 @@ pub enum Request {
         /// The PCRs, each 0 to [`MAX_PCR`], at most 24, no duplicates.
         pcrs: Vec<u32>,
     },
+    /// The device's identity for enrolling its attestation key (EK and the AK's public area).
+    AttestationIdentity {},
+    /// Answer an enrolment challenge with the TPM.
+    ActivateCredential {
+        /// Base64 `TPM2B_ID_OBJECT` contents.
+        credential_blob: String,
+        /// Base64 `TPMS_ECC_POINT`.
+        encrypted_seed: String,
+    },
 }
 
 impl Request {
@@ -135,6 +148,8 @@ impl Request {
             Request::ExtendPcr { .. } => Operation::ExtendPcr,
             Request::ReadPcr { .. } => Operation::ReadPcr,
             Request::Quote { .. } => Operation::Quote,
+            Request::AttestationIdentity {} => Operation::AttestationIdentity,
+            Request::ActivateCredential { .. } => Operation::ActivateCredential,
         }
     }
 }
@@ -335,6 +350,18 @@ pub enum Response {
         /// PCR number (decimal) to its SHA-256 value (hex).
         pcrs: std::collections::BTreeMap<String, String>,
     },
+    /// The device's identity.
+    Identity {
+        /// The EK, base64 DER SubjectPublicKeyInfo.
+        endorsement_key: String,
+        /// The AK's `TPMT_PUBLIC`, base64.
+        ak_public_area: String,
+    },
+    /// The secret an enrolment challenge carried (for the verifier; not a key).
+    Credential {
+        /// Base64.
+        secret: String,
+    },
     /// A refusal.
     Error {
         /// Its class.
@@ -363,6 +390,8 @@ impl std::fmt::Debug for Response {
             Response::Extended {} => f.write_str("Extended"),
             Response::Pcr { .. } => f.write_str("Pcr { .. }"),
             Response::Quote { .. } => f.write_str("Quote { .. }"),
+            Response::Identity { .. } => f.write_str("Identity { .. }"),
+            Response::Credential { .. } => f.write_str("Credential { .. }"),
             Response::Error { kind, message, .. } => {
                 write!(f, "Error {{ kind: {kind:?}, message: {message:?} }}")
             }

@@ -198,6 +198,9 @@ async fn handle(
         Request::Quote { pcrs, .. } => {
             tracing::info!(principal = %principal.name, uid, ?pcrs, "keyd: quote");
         }
+        Request::ActivateCredential { .. } | Request::AttestationIdentity {} => {
+            tracing::info!(principal = %principal.name, uid, operation = op.name(), "keyd: enrolment");
+        }
         _ => {
             tracing::debug!(principal = %principal.name, uid, operation = op.name(), "keyd: request");
         }
@@ -323,6 +326,37 @@ fn execute(request: Request, store: &dyn KeyStore) -> Response {
             }
             match store.quote(&nonce, &pcrs) {
                 Ok(quote) => quote_to_wire(quote),
+                Err(e) => ks(e),
+            }
+        }
+        Request::AttestationIdentity {} => match store.attestation_identity() {
+            Ok(id) => match id.endorsement_key.to_public_key_der() {
+                Ok(der) => Response::Identity {
+                    endorsement_key: b64(der.as_bytes()),
+                    ak_public_area: b64(&id.ak_public_area),
+                },
+                Err(e) => Response::error(ErrorKind::Internal, format!("encoding: {e}")),
+            },
+            Err(e) => ks(e),
+        },
+        Request::ActivateCredential {
+            credential_blob,
+            encrypted_seed,
+        } => {
+            let decoded = unb64("credential_blob", &credential_blob)
+                .and_then(|blob| unb64("encrypted_seed", &encrypted_seed).map(|seed| (blob, seed)));
+            let (credential_blob, encrypted_seed) = match decoded {
+                Ok(v) => v,
+                Err(e) => return Response::error(ErrorKind::MalformedRequest, e),
+            };
+            let challenge = warden_attest::boot::credential::Challenge {
+                credential_blob,
+                encrypted_seed,
+            };
+            match store.activate_credential(&challenge) {
+                Ok(secret) => Response::Credential {
+                    secret: b64(&secret),
+                },
                 Err(e) => ks(e),
             }
         }

@@ -264,6 +264,24 @@ pub trait KeyStore: Send + Sync + std::fmt::Debug {
         Err(self.not_supported("quote"))
     }
 
+    /// The device's identity for enrolling its attestation key
+    /// ([`crate::boot::credential::device_identity`]). Only a TPM backend has one.
+    fn attestation_identity(
+        &self,
+    ) -> Result<crate::boot::credential::DeviceIdentity, KeyStoreError> {
+        Err(self.not_supported("attestation_identity"))
+    }
+
+    /// Answers an enrolment challenge with the TPM
+    /// ([`crate::boot::credential::activate_credential`]). Only a TPM backend answers.
+    fn activate_credential(
+        &self,
+        challenge: &crate::boot::credential::Challenge,
+    ) -> Result<Vec<u8>, KeyStoreError> {
+        let _ = challenge;
+        Err(self.not_supported("activate_credential"))
+    }
+
     /// The error of an operation this backend does not support.
     fn not_supported(&self, operation: &'static str) -> KeyStoreError {
         KeyStoreError::NotSupported {

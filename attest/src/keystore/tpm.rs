@@ -740,12 +740,20 @@ impl KeyStore for TpmKeyStore {
     }
 
     fn quote(&self, nonce: &[u8], pcrs: &[u32]) -> Result<Quote, KeyStoreError> {
-        quote::quote(&self.tpm, nonce, pcrs).map_err(|e| match e {
-            BootError::QuoteRefused { detail } => KeyStoreError::InvalidInput { detail },
-            BootError::Tpm(e) => tpm_err(e),
-            BootError::KeyStore(e) => e,
-            other => KeyStoreError::tpm("Quote", other),
-        })
+        quote::quote(&self.tpm, nonce, pcrs).map_err(boot_err)
+    }
+
+    fn attestation_identity(
+        &self,
+    ) -> Result<crate::boot::credential::DeviceIdentity, KeyStoreError> {
+        crate::boot::credential::device_identity(&self.tpm).map_err(boot_err)
+    }
+
+    fn activate_credential(
+        &self,
+        challenge: &crate::boot::credential::Challenge,
+    ) -> Result<Vec<u8>, KeyStoreError> {
+        crate::boot::credential::activate_credential(&self.tpm, challenge).map_err(boot_err)
     }
 
     fn describe(&self) -> BackendInfo {
@@ -856,6 +864,18 @@ impl KeyStore for TpmKeyStore {
 }
 
 /// The template of an attestation key: a restricted ECDSA P-256 signing key (for quotes).
+/// A measured-boot error as the key store reports it: refusals are invalid input.
+fn boot_err(e: BootError) -> KeyStoreError {
+    match e {
+        BootError::QuoteRefused { detail } | BootError::CredentialRefused { detail } => {
+            KeyStoreError::InvalidInput { detail }
+        }
+        BootError::Tpm(e) => tpm_err(e),
+        BootError::KeyStore(e) => e,
+        other => KeyStoreError::tpm("attestation", other),
+    }
+}
+
 pub(crate) fn attestation_key_template() -> Result<Public, KeyStoreError> {
     ecc_signing_template(true)
 }
