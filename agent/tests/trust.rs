@@ -684,37 +684,85 @@ fn status_through_a_running_keyd() {
     assert!(t.contains("1 problem(s)"), "{t}");
 }
 
+/// A swtpm whose attestation key `warden provision` created (its public key in
+/// `<dir>/provisioned-ak.pem`), and its EK in `<dir>/ek.pem`, where a verifier keeps the EKs it
+/// trusts (as a manufacturer's EK certificate would give them).
+fn provisioned_for_enrolment(dir: &Path) -> Swtpm {
+    let tpm = Swtpm::start();
+    let cfg = keyd_toml(dir, &format!("backend = \"tpm\"\ntcti = \"{}\"", tpm.tcti));
+    let ak = dir.join("provisioned-ak.pem");
+    let out = warden(&[
+        "provision",
+        "--keyd-config",
+        cfg.to_str().unwrap(),
+        "--ak",
+        ak.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    write_endorsement_key(&tpm.tcti, &dir.join("ek.pem"));
+    tpm
+}
+
+/// `warden attest challenge` for `<dir>/identity.json` against the trusted `<dir>/ek.pem`:
+/// `<dir>/challenge.json` for the device, `<dir>/expected.json` kept.
+fn make_challenge(dir: &Path) {
+    let file = |name: &str| dir.join(name).to_str().unwrap().to_owned();
+    let out = warden(&[
+        "attest",
+        "challenge",
+        "--identity",
+        &file("identity.json"),
+        "--ek",
+        &file("ek.pem"),
+        "--output",
+        &file("challenge.json"),
+        "--expected",
+        &file("expected.json"),
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+}
+
+/// `warden attest enrol` with the device's `answer` to `<dir>/expected.json`; the enrolled
+/// key (`<dir>/ak.pem`) must be the one `provision` created.
+fn enrol_and_compare(dir: &Path, answer: &str) {
+    let expected = dir.join("expected.json");
+    let ak = dir.join("ak.pem");
+    let out = warden(&[
+        "attest",
+        "enrol",
+        "--expected",
+        expected.to_str().unwrap(),
+        "--answer",
+        answer,
+        "--ak-output",
+        ak.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(
+        std::fs::read_to_string(&ak).unwrap(),
+        std::fs::read_to_string(dir.join("provisioned-ak.pem")).unwrap()
+    );
+}
+
+/// The EK of the TPM at `tcti`, as PEM in `to`.
+fn write_endorsement_key(tcti: &str, to: &Path) {
+    use p256::pkcs8::{EncodePublicKey as _, LineEnding};
+    let t = warden_attest::tpm::Tpm::open(tcti).unwrap();
+    let ek = warden_attest::boot::credential::endorsement_key(&t).unwrap();
+    std::fs::write(to, ek.to_public_key_pem(LineEnding::LF).unwrap()).unwrap();
+}
+
 /// The attestation key's enrolment through the binary, on swtpm: the device writes its
 /// identity; the verifier, trusting the TPM's endorsement key, makes a challenge; only that
 /// TPM answers it; the answer enrols the AK, whose quotes then verify. A device presenting
 /// another EK, or a wrong answer, is not enrolled.
 #[test]
 fn attestation_key_enrolment_by_credential_activation() {
-    use p256::pkcs8::{EncodePublicKey as _, LineEnding};
-    let tpm = Swtpm::start();
-    let other = Swtpm::start();
     let dir = tempfile::tempdir().unwrap();
     let path = |name: &str| dir.path().join(name).to_str().unwrap().to_owned();
-    let cfg = keyd_toml(
-        dir.path(),
-        &format!("backend = \"tpm\"\ntcti = \"{}\"", tpm.tcti),
-    );
-    let out = warden(&[
-        "provision",
-        "--keyd-config",
-        cfg.to_str().unwrap(),
-        "--ak",
-        &path("provisioned-ak.pem"),
-    ]);
-    assert!(out.status.success(), "{}", text(&out));
-    // The EKs the verifier trusts (as a manufacturer's EK certificate would give them).
-    let ek_of = |tcti: &str, file: &str| {
-        let t = warden_attest::tpm::Tpm::open(tcti).unwrap();
-        let ek = warden_attest::boot::credential::endorsement_key(&t).unwrap();
-        std::fs::write(path(file), ek.to_public_key_pem(LineEnding::LF).unwrap()).unwrap();
-    };
-    ek_of(&tpm.tcti, "ek.pem");
-    ek_of(&other.tcti, "other-ek.pem");
+    let tpm = provisioned_for_enrolment(dir.path());
+    let other = Swtpm::start();
+    write_endorsement_key(&other.tcti, &dir.path().join("other-ek.pem"));
 
     let run = |args: &[&str]| {
         let out = warden(args);
@@ -743,19 +791,7 @@ fn attestation_key_enrolment_by_credential_activation() {
         &path("e0.json"),
     ]);
     assert!(!ok && t.contains("is not the one in"), "{t}");
-    let (ok, t) = run(&[
-        "attest",
-        "challenge",
-        "--identity",
-        &path("identity.json"),
-        "--ek",
-        &path("ek.pem"),
-        "--output",
-        &path("challenge.json"),
-        "--expected",
-        &path("expected.json"),
-    ]);
-    assert!(ok, "{t}");
+    make_challenge(dir.path());
     use std::os::unix::fs::PermissionsExt as _;
     let mode = std::fs::metadata(path("expected.json"))
         .unwrap()
@@ -797,22 +833,8 @@ fn attestation_key_enrolment_by_credential_activation() {
     ]);
     assert!(!ok && t.contains("does not match"), "{t}");
     assert!(!dir.path().join("bad-ak.pem").exists());
-    let (ok, t) = run(&[
-        "attest",
-        "enrol",
-        "--expected",
-        &path("expected.json"),
-        "--answer",
-        &answer,
-        "--ak-output",
-        &path("ak.pem"),
-    ]);
-    assert!(ok, "{t}");
     // The enrolled key is the AK `provision` created, and its quotes verify.
-    assert_eq!(
-        std::fs::read_to_string(path("ak.pem")).unwrap(),
-        std::fs::read_to_string(path("provisioned-ak.pem")).unwrap()
-    );
+    enrol_and_compare(dir.path(), &answer);
     let nonce = "a1a2a3a4a5a6a7a8";
     let (ok, t) = run(&[
         "attest",
@@ -851,31 +873,9 @@ fn attestation_key_enrolment_by_credential_activation() {
 /// socket, each only for a principal allowed that operation.
 #[test]
 fn attestation_key_enrolment_through_keyd() {
-    use p256::pkcs8::{EncodePublicKey as _, LineEnding};
-    let tpm = Swtpm::start();
     let dir = tempfile::tempdir().unwrap();
     let path = |name: &str| dir.path().join(name).to_str().unwrap().to_owned();
-    let cfg = keyd_toml(
-        dir.path(),
-        &format!("backend = \"tpm\"\ntcti = \"{}\"", tpm.tcti),
-    );
-    let out = warden(&[
-        "provision",
-        "--keyd-config",
-        cfg.to_str().unwrap(),
-        "--ak",
-        &path("provisioned-ak.pem"),
-    ]);
-    assert!(out.status.success(), "{}", text(&out));
-    {
-        let t = warden_attest::tpm::Tpm::open(&tpm.tcti).unwrap();
-        let ek = warden_attest::boot::credential::endorsement_key(&t).unwrap();
-        std::fs::write(
-            path("ek.pem"),
-            ek.to_public_key_pem(LineEnding::LF).unwrap(),
-        )
-        .unwrap();
-    }
+    let tpm = provisioned_for_enrolment(dir.path());
     let rt = tokio::runtime::Runtime::new().unwrap();
     // One keyd at a time owns the TPM: first one whose principal may only read the identity.
     let start_keyd = |socket: &Path, operations: Vec<Operation>| {
@@ -930,19 +930,7 @@ fn attestation_key_enrolment_through_keyd() {
         &path("identity.json"),
     ]);
     assert!(ok, "{t}");
-    let (ok, t, _) = run(&[
-        "attest",
-        "challenge",
-        "--identity",
-        &path("identity.json"),
-        "--ek",
-        &path("ek.pem"),
-        "--output",
-        &path("challenge.json"),
-        "--expected",
-        &path("expected.json"),
-    ]);
-    assert!(ok, "{t}");
+    make_challenge(dir.path());
     let (ok, t, _) = run(&[
         "attest",
         "activate",
@@ -970,21 +958,7 @@ fn attestation_key_enrolment_through_keyd() {
     ]);
     assert!(ok, "{t}");
     let answer = String::from_utf8(stdout).unwrap().trim().to_owned();
-    let (ok, t, _) = run(&[
-        "attest",
-        "enrol",
-        "--expected",
-        &path("expected.json"),
-        "--answer",
-        &answer,
-        "--ak-output",
-        &path("ak.pem"),
-    ]);
-    assert!(ok, "{t}");
-    assert_eq!(
-        std::fs::read_to_string(path("ak.pem")).unwrap(),
-        std::fs::read_to_string(path("provisioned-ak.pem")).unwrap()
-    );
+    enrol_and_compare(dir.path(), &answer);
     let _ = stop.send(());
     rt.block_on(task).unwrap();
 }
