@@ -257,13 +257,10 @@ fn check_with_key_store(config: &Config) -> anyhow::Result<()> {
             "the key store's device key"
         }
     );
+    // The set in force: a policy set pushed by the fleet authority, else the configured one.
     println!(
         "admission: policy set {} digest {}; {} model(s) decided at load",
-        config
-            .admission
-            .as_ref()
-            .map(|a| a.policy_directory.display().to_string())
-            .unwrap_or_default(),
+        trust.policy_dir().display(),
         trust.admission().policy_digest(),
         config.models.len()
     );
