@@ -307,6 +307,14 @@ pub fn policy_set_manifest(dir: &Path) -> Result<String, AdmissionError> {
     Ok(manifest_of(&read_policy_set(dir)?))
 }
 
+/// Every file of the set under `dir` (relative path → bytes), read once, and the set's
+/// canonical digest over exactly those bytes: for packing a set that must match its digest.
+pub fn policy_set_files(dir: &Path) -> Result<(BTreeMap<String, Vec<u8>>, String), AdmissionError> {
+    let files = read_policy_set(dir)?;
+    let digest = digest_of(&manifest_of(&files));
+    Ok((files, digest))
+}
+
 fn digest_of(manifest: &str) -> String {
     format!(
         "sha256:{}",

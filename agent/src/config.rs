@@ -691,10 +691,11 @@ impl Config {
                 "must be between 1 ms and one hour, and not below backoff_initial_ms".into(),
             ));
         }
-        if self.runtime.worker_poll_us > 10_000 {
+        let max_poll = warden_runtime::worker::MAX_POLL_WINDOW.as_micros();
+        if u128::from(self.runtime.worker_poll_us) > max_poll {
             return Err(invalid(
                 "runtime.worker_poll_us",
-                "must be at most 10000 (10 ms)".into(),
+                format!("must be at most {max_poll} ({} ms)", max_poll / 1000),
             ));
         }
         for m in &self.models {

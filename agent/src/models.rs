@@ -194,9 +194,10 @@ impl TrustContext {
         // verifies again.
         let pushed = crate::policy_push::verify_active(state_dir, store.as_ref())
             .map_err(TrustError::PushedPolicy)?;
-        let policy_dir =
-            crate::policy_push::effective_policy_dir(state_dir, &config.policy_directory)
-                .map_err(TrustError::PushedPolicy)?;
+        let (pushed, policy_dir) = match pushed {
+            Some((set, dir)) => (Some(set), dir),
+            None => (None, config.policy_directory.clone()),
+        };
         let admission = Admission::with_options(
             &policy_dir,
             &config.allowed_stages,

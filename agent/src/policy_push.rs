@@ -39,15 +39,6 @@ pub enum PolicyPushError {
     Internal(String),
 }
 
-/// The policy directory in force: the pushed set named by `<state>/policy-set/active`, or
-/// `configured` when none was pushed. An unreadable pointer is an error, not a fallback.
-pub fn effective_policy_dir(state_dir: &Path, configured: &Path) -> Result<PathBuf, String> {
-    match active_set(state_dir)? {
-        Some(set) => Ok(set.join(POLICIES)),
-        None => Ok(configured.to_path_buf()),
-    }
-}
-
 /// The kept set named by the pointer file, if any.
 pub fn active_set(state_dir: &Path) -> Result<Option<PathBuf>, String> {
     let root = state_dir.join(POLICY_SET_DIR);
@@ -108,7 +99,12 @@ fn verify_with_any(
 
 /// At start: the active pushed set verified again, and the key store's counter brought up to
 /// its serial (a set written just before a crash, whose counter had not advanced yet).
-pub fn verify_active(state_dir: &Path, store: &dyn KeyStore) -> Result<Option<PolicySet>, String> {
+/// Returns the set and its policy directory, which replaces `admission.policy_directory`;
+/// `None` when no set was pushed. An unreadable pointer is an error, not a fallback.
+pub fn verify_active(
+    state_dir: &Path,
+    store: &dyn KeyStore,
+) -> Result<Option<(PolicySet, PathBuf)>, String> {
     let Some(set_dir) = active_set(state_dir)? else {
         return Ok(None);
     };
@@ -126,7 +122,7 @@ pub fn verify_active(state_dir: &Path, store: &dyn KeyStore) -> Result<Option<Po
     store
         .advance_counter(Counter::PolicySetSerial, set.serial)
         .map_err(|e| e.to_string())?;
-    Ok(Some(set))
+    Ok(Some((set, set_dir.join(POLICIES))))
 }
 
 /// Moves an accepted set (`staged`, holding `policies/` and `statement.json`) to where it is

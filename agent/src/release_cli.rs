@@ -273,7 +273,8 @@ pub fn run(cmd: ReleaseCommand) -> anyhow::Result<()> {
             output,
         } => {
             let signer = signer(&private_key)?;
-            let digest = warden_agent::admission::policy_set_digest(&policies)?;
+            // The archive carries exactly the bytes the digest was computed over.
+            let (files, digest) = warden_agent::admission::policy_set_files(&policies)?;
             let bundle = sign_policy_set(
                 &PolicySet {
                     serial,
@@ -281,7 +282,7 @@ pub fn run(cmd: ReleaseCommand) -> anyhow::Result<()> {
                 },
                 &signer,
             )?;
-            write(&output, &policy_archive(&policies, &bundle)?)?;
+            write(&output, &policy_archive(&files, &bundle)?)?;
             println!(
                 "signed policy set {serial} ({digest}) of {} -> {}",
                 policies.display(),
@@ -305,10 +306,12 @@ pub fn run(cmd: ReleaseCommand) -> anyhow::Result<()> {
     }
 }
 
-/// The tar a policy-set push carries: every `.rego` file of `dir` (what the digest covers,
-/// read from the same listing) under `policies/`, and the statement.
-fn policy_archive(dir: &Path, statement: &[u8]) -> anyhow::Result<Vec<u8>> {
-    let manifest = warden_agent::admission::policy_set_manifest(dir)?;
+/// The tar a policy-set push carries: the set's `.rego` files under `policies/`, and the
+/// statement.
+fn policy_archive(
+    files: &std::collections::BTreeMap<String, Vec<u8>>,
+    statement: &[u8],
+) -> anyhow::Result<Vec<u8>> {
     let mut tar = tar::Builder::new(Vec::new());
     let mut add = |name: &str, bytes: &[u8]| -> anyhow::Result<()> {
         let mut header = tar::Header::new_gnu();
@@ -318,13 +321,8 @@ fn policy_archive(dir: &Path, statement: &[u8]) -> anyhow::Result<Vec<u8>> {
         tar.append_data(&mut header, name, bytes)
             .with_context(|| format!("packing {name}"))
     };
-    // The manifest's lines are `<sha256>  <relative path>`.
-    for line in manifest.lines() {
-        let Some((_, rel)) = line.split_once("  ") else {
-            continue;
-        };
-        let bytes = read(&dir.join(rel), "policy file")?;
-        add(&format!("policies/{rel}"), &bytes)?;
+    for (rel, bytes) in files {
+        add(&format!("policies/{rel}"), bytes)?;
     }
     add("statement.json", statement)?;
     tar.into_inner().context("packing the policy set")

@@ -47,9 +47,6 @@ pub enum Mode {
     Probe,
 }
 
-/// The longest polling window a worker accepts (`--poll-us`).
-const MAX_POLL_US: usize = 10_000;
-
 struct Args {
     model: PathBuf,
     sha256: String,
@@ -119,11 +116,14 @@ fn parse_args(mode: Mode) -> Result<Args, String> {
             "--cpu-fallback" => device.cpu_fallback = true,
             "--cuda-library-dir" => cuda_library_dirs.push(PathBuf::from(value()?)),
             "--poll-us" => {
-                let us = number(value()?)?;
-                if us > MAX_POLL_US {
-                    return Err(format!("--poll-us: at most {MAX_POLL_US}"));
+                let window = std::time::Duration::from_micros(number(value()?)? as u64);
+                if window > crate::worker::MAX_POLL_WINDOW {
+                    return Err(format!(
+                        "--poll-us: at most {}",
+                        crate::worker::MAX_POLL_WINDOW.as_micros()
+                    ));
                 }
-                poll_window = std::time::Duration::from_micros(us as u64);
+                poll_window = window;
             }
             "--probe-secret" if mode == Mode::Probe => {
                 probe.secret = Some(PathBuf::from(value()?));

@@ -517,18 +517,11 @@ pub fn verify_model_bytes(
     let algorithm = signed.serialization.resource_algorithm();
     manifest::compare(&signed.resources, &actual, &algorithm)?;
 
+    let files = resource_digests(&signed, &algorithm);
     Ok(VerifiedModel {
         model_name: signed.model_name,
         root_digest: format!("sha256:{}", signed.root_digest),
-        files: signed
-            .resources
-            .iter()
-            .map(|r| ResourceDigest {
-                name: r.name(),
-                algorithm: algorithm.clone(),
-                digest_hex: hex::encode(&r.digest),
-            })
-            .collect(),
+        files,
         signer,
         serialization: match signed.serialization.method {
             Serialization::Files => "files".to_owned(),
@@ -536,6 +529,19 @@ pub fn verify_model_bytes(
         },
         ignored_paths: ignore.recorded(),
     })
+}
+
+/// The signed resources as [`VerifiedModel::files`] lists them.
+fn resource_digests(signed: &statement::SignedManifest, algorithm: &str) -> Vec<ResourceDigest> {
+    signed
+        .resources
+        .iter()
+        .map(|r| ResourceDigest {
+            name: r.name(),
+            algorithm: algorithm.to_owned(),
+            digest_hex: hex::encode(&r.digest),
+        })
+        .collect()
 }
 
 /// The bundle's size bound, its envelope verified over the exact bytes, and only then its
@@ -562,15 +568,7 @@ pub fn reverify_model_bytes(
 ) -> Result<VerifiedModel, BundleError> {
     let (signed, signer) = open_signed(bundle_json, verifier)?;
     let algorithm = signed.serialization.resource_algorithm();
-    let files: Vec<ResourceDigest> = signed
-        .resources
-        .iter()
-        .map(|r| ResourceDigest {
-            name: r.name(),
-            algorithm: algorithm.clone(),
-            digest_hex: hex::encode(&r.digest),
-        })
-        .collect();
+    let files = resource_digests(&signed, &algorithm);
     let root_digest = format!("sha256:{}", signed.root_digest);
     if root_digest != loaded.root_digest {
         return Err(BundleError::NotAsLoaded {

@@ -82,6 +82,9 @@ pub struct WorkerOptions {
 /// `agent/benches/https_latency.rs`): an opt-in where cores are spare.
 pub const DEFAULT_POLL_WINDOW: Duration = Duration::ZERO;
 
+/// The longest polling window a worker accepts.
+pub const MAX_POLL_WINDOW: Duration = Duration::from_millis(10);
+
 /// The polling window the benchmarks compare against the default.
 pub const BENCH_POLL_WINDOW: Duration = Duration::from_micros(100);
 
