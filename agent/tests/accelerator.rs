@@ -11,16 +11,14 @@ mod support;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use support::serving::{Background, demo_client, require_onnxruntime, warden, worker_binary};
+use support::serving::{Background, demo_client, demo_world, warden};
 use warden_agent::config::{AcceleratorConfig, Config};
-use warden_agent::demo::{self, DemoFiles};
+use warden_agent::demo::DemoFiles;
 use warden_agent::serve;
 use warden_runtime::device::Device;
 
 fn gpu_world(dir: &std::path::Path, device: Device, cpu_fallback: bool) -> (DemoFiles, Config) {
-    require_onnxruntime();
-    let (files, mut config) = demo::prepare(dir, 0).unwrap();
-    config.runtime.worker_binary = Some(worker_binary());
+    let (files, mut config) = demo_world(dir);
     config.models[0].accelerator = Some(AcceleratorConfig {
         device,
         memory_budget_mib: Some(256),

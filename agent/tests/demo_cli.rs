@@ -28,16 +28,9 @@ fn python() -> String {
 }
 
 fn start_demo() -> Demo {
-    assert!(
-        std::env::var_os("ORT_DYLIB_PATH").is_some(),
-        "ORT_DYLIB_PATH is not set: run `scripts/setup.sh --test` and `source .cache/env`"
-    );
-    let worker = Path::new(env!("CARGO_BIN_EXE_warden")).with_file_name("warden-runtime");
-    assert!(
-        worker.is_file(),
-        "build the workspace first: {} is missing",
-        worker.display()
-    );
+    // `warden demo` runs the worker beside the binary.
+    support::serving::require_onnxruntime();
+    support::serving::worker_binary();
     let dir = tempfile::tempdir().unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_warden"))
         .args(["demo", "--port", "0", "--dir"])

@@ -27,20 +27,6 @@ use warden_agent::models::ModelRegistry;
 use warden_agent::pki::DevCa;
 use warden_agent::{demo, serve};
 
-fn worker_binary() -> PathBuf {
-    assert!(
-        std::env::var_os("ORT_DYLIB_PATH").is_some(),
-        "ORT_DYLIB_PATH is not set: run `scripts/setup.sh --test` and `source .cache/env`"
-    );
-    let bin = Path::new(env!("CARGO_BIN_EXE_warden")).with_file_name("warden-runtime");
-    assert!(
-        bin.is_file(),
-        "build the workspace first: {}",
-        bin.display()
-    );
-    bin
-}
-
 const ISSUER: &str = "https://idp.warden.test";
 const AUDIENCE: &str = "warden";
 
@@ -78,10 +64,8 @@ fn jwk(key: &EcdsaKeyPair, kid: &str) -> serde_json::Value {
 
 impl Running {
     async fn start(edit: impl FnOnce(&mut Config, &Path)) -> Running {
-        let worker = worker_binary();
         let dir = tempfile::tempdir().unwrap();
-        let (files, mut config) = demo::prepare(dir.path(), 0).unwrap();
-        config.runtime.worker_binary = Some(worker);
+        let (files, mut config) = support::serving::demo_world(dir.path());
 
         // A second CA for the test identities, trusted beside the demo's.
         let ca = DevCa::new("gateway test CA").unwrap();

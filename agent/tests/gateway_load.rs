@@ -7,13 +7,12 @@
 
 mod support;
 
-use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use support::{Client, serving, tls_config};
 use warden_agent::pki::DevCa;
-use warden_agent::{demo, serve};
+use warden_agent::serve;
 
 /// Tenant `other` calls at 40/s, under the 50/s quota each tenant has.
 const PACE: Duration = Duration::from_millis(25);
@@ -27,15 +26,8 @@ static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(())
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tenant_over_quota_does_not_hurt_another() {
     let _serial = ONE_AT_A_TIME.lock().await;
-    assert!(
-        std::env::var_os("ORT_DYLIB_PATH").is_some(),
-        "ORT_DYLIB_PATH is not set: run `scripts/setup.sh --test` and `source .cache/env`"
-    );
-    let worker = Path::new(env!("CARGO_BIN_EXE_warden")).with_file_name("warden-runtime");
-    assert!(worker.is_file(), "build the workspace first");
     let dir = tempfile::tempdir().unwrap();
-    let (files, mut config) = demo::prepare(dir.path(), 0).unwrap();
-    config.runtime.worker_binary = Some(worker);
+    let (files, mut config) = serving::demo_world(dir.path());
     let mut secret = config.models[0].clone();
     secret.name = "secret".into();
     config.models.push(secret);
@@ -198,8 +190,7 @@ async fn memory_stays_bounded_under_sustained_load() {
     let _serial = ONE_AT_A_TIME.lock().await;
     const ROUND: usize = 3000;
     let dir = tempfile::tempdir().unwrap();
-    let (files, mut config) = demo::prepare(dir.path(), 0).unwrap();
-    config.runtime.worker_binary = Some(serving::worker_binary());
+    let (files, mut config) = serving::demo_world(dir.path());
     config.audit.path = Some(dir.path().join("audit.jsonl"));
     // One identity's limit is hit in every round; the tenant's never is.
     config.gateway.limits.identity_rate_per_s = 200.0;

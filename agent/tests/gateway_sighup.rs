@@ -5,7 +5,6 @@
 mod support;
 
 use std::io::{BufRead, BufReader};
-use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 use support::{Client, tls_config};
@@ -21,12 +20,9 @@ impl Drop for Demo {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_reloads_the_route_policy_data() {
-    assert!(
-        std::env::var_os("ORT_DYLIB_PATH").is_some(),
-        "ORT_DYLIB_PATH is not set: run `scripts/setup.sh --test` and `source .cache/env`"
-    );
-    let worker = Path::new(env!("CARGO_BIN_EXE_warden")).with_file_name("warden-runtime");
-    assert!(worker.is_file(), "build the workspace first");
+    // `warden demo` runs the worker beside the binary.
+    support::serving::require_onnxruntime();
+    support::serving::worker_binary();
     let dir = tempfile::tempdir().unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_warden"))
         .args(["demo", "--port", "0", "--dir"])

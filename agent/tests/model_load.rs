@@ -2,19 +2,14 @@
 //! the engine loads must be one the signature covers.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::path::Path;
+mod support;
+
 use warden_agent::{config::Config, demo, serve};
 use warden_attest::bundle::{self, SignOptions, Signer};
 
 fn setup() -> (tempfile::TempDir, demo::DemoFiles, Config) {
-    assert!(
-        std::env::var_os("ORT_DYLIB_PATH").is_some(),
-        "ORT_DYLIB_PATH is not set: run `scripts/setup.sh --test` and `source .cache/env`"
-    );
     let dir = tempfile::tempdir().unwrap();
-    let (files, mut config) = demo::prepare(dir.path(), 0).unwrap();
-    config.runtime.worker_binary =
-        Some(Path::new(env!("CARGO_BIN_EXE_warden")).with_file_name("warden-runtime"));
+    let (files, config) = support::serving::demo_world(dir.path());
     (dir, files, config)
 }
 

@@ -9,27 +9,11 @@
 
 mod support;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use support::{Client, tls_config};
 use warden_agent::{demo, models::ModelRegistry, serve};
-
-fn require_env() {
-    if std::env::var_os("ORT_DYLIB_PATH").is_none() {
-        panic!("ORT_DYLIB_PATH is not set: run `scripts/setup.sh --test` and `source .cache/env`");
-    }
-}
-
-pub fn worker_binary() -> PathBuf {
-    let bin = Path::new(env!("CARGO_BIN_EXE_warden")).with_file_name("warden-runtime");
-    assert!(
-        bin.is_file(),
-        "{} is missing: build the workspace (`cargo build --workspace`) before the tests",
-        bin.display()
-    );
-    bin
-}
 
 struct Running {
     addr: std::net::SocketAddr,
@@ -46,10 +30,8 @@ impl Running {
     }
 
     async fn start_with(edit: impl FnOnce(&mut warden_agent::config::Config)) -> Running {
-        require_env();
         let dir = tempfile::tempdir().unwrap();
-        let (files, mut config) = demo::prepare(dir.path(), 0).unwrap();
-        config.runtime.worker_binary = Some(worker_binary());
+        let (files, mut config) = support::serving::demo_world(dir.path());
         edit(&mut config);
         let prepared = serve::prepare(&config).await.unwrap();
         let addr = prepared.local_addr;

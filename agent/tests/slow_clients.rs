@@ -5,7 +5,6 @@
 mod support;
 
 use rustls::pki_types::ServerName;
-use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -21,14 +20,8 @@ struct Server {
 
 /// The demo server with short limits: 1 s to finish a handshake, 1 s for a request.
 async fn start() -> Server {
-    assert!(
-        std::env::var_os("ORT_DYLIB_PATH").is_some(),
-        "ORT_DYLIB_PATH is not set: run `scripts/setup.sh --test` and `source .cache/env`"
-    );
     let dir = tempfile::tempdir().unwrap();
-    let (files, mut config) = demo::prepare(dir.path(), 0).unwrap();
-    config.runtime.worker_binary =
-        Some(Path::new(env!("CARGO_BIN_EXE_warden")).with_file_name("warden-runtime"));
+    let (files, mut config) = support::serving::demo_world(dir.path());
     config.server.handshake_timeout_ms = 1000;
     config.server.request_timeout_ms = 1000;
     config.server.max_header_bytes = 8 * 1024;

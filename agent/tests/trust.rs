@@ -434,21 +434,9 @@ fn status_of_a_software_store_is_loudly_development_only() {
 
 #[test]
 fn quote_and_verify_on_swtpm_with_the_application_log() {
-    let tpm = Swtpm::start();
     let dir = tempfile::tempdir().unwrap();
-    let cfg = keyd_toml(
-        dir.path(),
-        &format!("backend = \"tpm\"\ntcti = \"{}\"", tpm.tcti),
-    );
-    let ak = dir.path().join("ak.pem");
-    let out = warden(&[
-        "provision",
-        "--keyd-config",
-        cfg.to_str().unwrap(),
-        "--ak",
-        ak.to_str().unwrap(),
-    ]);
-    assert!(out.status.success(), "{}", text(&out));
+    let tpm = provisioned_tpm(dir.path());
+    let ak = dir.path().join("provisioned-ak.pem");
 
     // A model load measured into the application PCR.
     let log = dir.path().join("app-events.log");
@@ -685,9 +673,10 @@ fn status_through_a_running_keyd() {
 }
 
 /// A swtpm whose attestation key `warden provision` created (its public key in
-/// `<dir>/provisioned-ak.pem`), and its EK in `<dir>/ek.pem`, where a verifier keeps the EKs it
-/// trusts (as a manufacturer's EK certificate would give them).
-fn provisioned_for_enrolment(dir: &Path) -> Swtpm {
+/// `<dir>/provisioned-ak.pem`, its keyd config `<dir>/keyd.toml`), and its EK in `<dir>/ek.pem`,
+/// where a verifier keeps the EKs it trusts (as a manufacturer's EK certificate would give
+/// them).
+fn provisioned_tpm(dir: &Path) -> Swtpm {
     let tpm = Swtpm::start();
     let cfg = keyd_toml(dir, &format!("backend = \"tpm\"\ntcti = \"{}\"", tpm.tcti));
     let ak = dir.join("provisioned-ak.pem");
@@ -760,7 +749,7 @@ fn write_endorsement_key(tcti: &str, to: &Path) {
 fn attestation_key_enrolment_by_credential_activation() {
     let dir = tempfile::tempdir().unwrap();
     let path = |name: &str| dir.path().join(name).to_str().unwrap().to_owned();
-    let tpm = provisioned_for_enrolment(dir.path());
+    let tpm = provisioned_tpm(dir.path());
     let other = Swtpm::start();
     write_endorsement_key(&other.tcti, &dir.path().join("other-ek.pem"));
 
@@ -875,7 +864,7 @@ fn attestation_key_enrolment_by_credential_activation() {
 fn attestation_key_enrolment_through_keyd() {
     let dir = tempfile::tempdir().unwrap();
     let path = |name: &str| dir.path().join(name).to_str().unwrap().to_owned();
-    let tpm = provisioned_for_enrolment(dir.path());
+    let tpm = provisioned_tpm(dir.path());
     let rt = tokio::runtime::Runtime::new().unwrap();
     // One keyd at a time owns the TPM: first one whose principal may only read the identity.
     let start_keyd = |socket: &Path, operations: Vec<Operation>| {

@@ -21,12 +21,11 @@ use warden_agent::{demo, serve};
 use warden_attest::bundle::{self, SignOptions, Signer};
 use warden_attest::keystore::software::SoftwareKeyStore;
 use warden_attest::keystore::{BackendConfig, KeyStore, SoftwareConfig};
-use warden_attest::release::{Release, Stage, sign_attestation, sign_release};
-use warden_attest::revocation::{RevocationList, RevokedVersion, sign_revocation_list};
+use warden_attest::release::Stage;
 
 use support::{Client, tls_config};
 
-use fleet::{SLSA, copy_dir, key};
+use fleet::{copy_dir, key};
 
 /// The demo's files, with anchors in a key store and everything signed for admission.
 struct World {
@@ -49,14 +48,8 @@ enum Backend {
 
 impl World {
     fn new(backend: Backend, refresh_interval_s: u64) -> World {
-        assert!(
-            std::env::var_os("ORT_DYLIB_PATH").is_some(),
-            "ORT_DYLIB_PATH is not set: run `scripts/setup.sh --test` and `source .cache/env`"
-        );
         let dir = tempfile::tempdir().unwrap();
-        let (files, mut config) = demo::prepare(dir.path(), 0).unwrap();
-        config.runtime.worker_binary =
-            Some(Path::new(env!("CARGO_BIN_EXE_warden")).with_file_name("warden-runtime"));
+        let (files, mut config) = support::serving::demo_world(dir.path());
         let model_signer = Signer::from_private_key_pem(
             &std::fs::read_to_string(files.dir.join("trust/model-signer.key")).unwrap(),
         )
@@ -125,30 +118,19 @@ impl World {
     }
 
     fn root_digest(&self, m: &ModelConfig) -> String {
-        let sig = std::fs::read(m.signature_path()).unwrap();
-        let anchors = bundle::Verifier::from_public_key_pem(
-            &std::fs::read_to_string(self.files.dir.join("trust/model-signer.pub")).unwrap(),
-        )
-        .unwrap();
-        bundle::verify_model_bytes(&m.directory, &sig, None, &anchors, &Default::default())
-            .map(|v| v.root_digest)
-            .unwrap_or_else(|_| format!("sha256:{}", "00".repeat(32)))
+        fleet::root_digest(&self.files, &m.directory, &m.signature_path())
     }
 
     /// A release statement for `m`, written beside its directory.
     fn write_release(&self, m: &ModelConfig, stage: Stage, policy: Option<&str>) -> PathBuf {
-        let bytes = sign_release(
-            &Release {
-                name: m.name.clone(),
-                version: m.version.clone(),
-                stage,
-                policy_set_digest: policy.map_or_else(|| self.policy_digest(), str::to_owned),
-                required_attestations: vec![SLSA.to_owned()],
-            },
+        let bytes = fleet::signed_release(
+            &m.name,
+            &m.version,
+            stage,
+            policy.map_or_else(|| self.policy_digest(), str::to_owned),
             &self.root_digest(m),
             &self.release_authority,
-        )
-        .unwrap();
+        );
         let path = self
             .files
             .dir
@@ -158,14 +140,7 @@ impl World {
     }
 
     fn write_attestation(&self, m: &ModelConfig, signer: &Signer) -> PathBuf {
-        let bytes = sign_attestation(
-            SLSA,
-            &serde_json::json!({"builder": {"id": "ci"}}),
-            &m.name,
-            &self.root_digest(m),
-            signer,
-        )
-        .unwrap();
+        let bytes = fleet::signed_slsa(&m.name, &self.root_digest(m), signer);
         let path = self
             .files
             .dir
@@ -175,22 +150,7 @@ impl World {
     }
 
     fn write_revocations(&self, serial: u64, revoked: &[&str]) -> Vec<u8> {
-        let bytes = sign_revocation_list(
-            &RevocationList {
-                serial,
-                revoked_digests: vec![],
-                revoked_versions: revoked
-                    .iter()
-                    .map(|v| RevokedVersion {
-                        name: "demo".into(),
-                        version: (*v).into(),
-                        reason: format!("withdrawn by test (version {v})"),
-                    })
-                    .collect(),
-            },
-            &self.fleet,
-        )
-        .unwrap();
+        let bytes = fleet::signed_revocations(serial, revoked, &self.fleet);
         std::fs::write(&self.revocations, &bytes).unwrap();
         bytes
     }

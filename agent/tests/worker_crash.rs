@@ -8,19 +8,15 @@ mod support;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use support::serving::{
-    Background, demo_client, kill9, require_onnxruntime, sandboxed_pid, warden, worker_binary,
-};
+use support::serving::{Background, demo_client, kill9, sandboxed_pid, warden};
 use warden_agent::config::Config;
-use warden_agent::demo::{self, DemoFiles};
+use warden_agent::demo::DemoFiles;
 use warden_agent::serve;
 use warden_runtime::tensor::{DataType, Tensor};
 
 /// The demo's files and config, with this build's worker and an audit file.
 fn demo_world(dir: &std::path::Path) -> (DemoFiles, Config) {
-    require_onnxruntime();
-    let (files, mut config) = demo::prepare(dir, 0).unwrap();
-    config.runtime.worker_binary = Some(worker_binary());
+    let (files, mut config) = support::serving::demo_world(dir);
     config.audit.path = Some(dir.join("audit.jsonl"));
     (files, config)
 }

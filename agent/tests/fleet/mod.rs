@@ -28,6 +28,74 @@ pub fn key() -> (Signer, String) {
     )
 }
 
+/// The root digest of the model in `dir` signed by `sig`, verified with the demo's model
+/// signer (`files`); a zero digest when it does not verify (a release for it then fails).
+pub fn root_digest(files: &demo::DemoFiles, dir: &Path, sig: &Path) -> String {
+    let sig = std::fs::read(sig).unwrap();
+    let anchors = bundle::Verifier::from_public_key_pem(
+        &std::fs::read_to_string(files.dir.join("trust/model-signer.pub")).unwrap(),
+    )
+    .unwrap();
+    bundle::verify_model_bytes(dir, &sig, None, &anchors, &Default::default())
+        .map(|v| v.root_digest)
+        .unwrap_or_else(|_| format!("sha256:{}", "00".repeat(32)))
+}
+
+/// A release statement requiring the SLSA attestation, signed by `authority`.
+pub fn signed_release(
+    name: &str,
+    version: &str,
+    stage: Stage,
+    policy_set_digest: String,
+    root_digest: &str,
+    authority: &Signer,
+) -> Vec<u8> {
+    sign_release(
+        &Release {
+            name: name.to_owned(),
+            version: version.to_owned(),
+            stage,
+            policy_set_digest,
+            required_attestations: vec![SLSA.to_owned()],
+        },
+        root_digest,
+        authority,
+    )
+    .unwrap()
+}
+
+/// The SLSA attestation the releases require, signed by `signer`.
+pub fn signed_slsa(name: &str, root_digest: &str, signer: &Signer) -> Vec<u8> {
+    sign_attestation(
+        SLSA,
+        &serde_json::json!({"builder": {"id": "ci"}}),
+        name,
+        root_digest,
+        signer,
+    )
+    .unwrap()
+}
+
+/// A revocation list withdrawing versions of model `demo`, signed by `fleet`.
+pub fn signed_revocations(serial: u64, revoked: &[&str], fleet: &Signer) -> Vec<u8> {
+    sign_revocation_list(
+        &RevocationList {
+            serial,
+            revoked_digests: vec![],
+            revoked_versions: revoked
+                .iter()
+                .map(|v| RevokedVersion {
+                    name: "demo".into(),
+                    version: (*v).into(),
+                    reason: format!("withdrawn by test (version {v})"),
+                })
+                .collect(),
+        },
+        fleet,
+    )
+    .unwrap()
+}
+
 pub fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
     for e in std::fs::read_dir(from).unwrap() {
@@ -93,14 +161,8 @@ pub struct World {
 
 impl World {
     pub fn new() -> World {
-        assert!(
-            std::env::var_os("ORT_DYLIB_PATH").is_some(),
-            "ORT_DYLIB_PATH is not set: run `scripts/setup.sh --test` and `source .cache/env`"
-        );
         let dir = tempfile::tempdir().unwrap();
-        let (files, mut config) = demo::prepare(dir.path(), 0).unwrap();
-        config.runtime.worker_binary =
-            Some(Path::new(env!("CARGO_BIN_EXE_warden")).with_file_name("warden-runtime"));
+        let (files, mut config) = crate::support::serving::demo_world(dir.path());
         // Clients loop at full speed: the gateway's rate limits are not what is tested here.
         let limits = &mut config.gateway.limits;
         limits.identity_rate_per_s = 1e6;
@@ -181,36 +243,26 @@ impl World {
     }
 
     pub fn root_digest(&self, dir: &Path, sig: &Path) -> String {
-        let sig = std::fs::read(sig).unwrap();
-        let anchors = bundle::Verifier::from_public_key_pem(
-            &std::fs::read_to_string(self.files.dir.join("trust/model-signer.pub")).unwrap(),
-        )
-        .unwrap();
-        bundle::verify_model_bytes(dir, &sig, None, &anchors, &Default::default())
-            .map(|v| v.root_digest)
-            .unwrap_or_else(|_| format!("sha256:{}", "00".repeat(32)))
+        root_digest(&self.files, dir, sig)
     }
 
     pub fn write_release(&self, m: &ModelConfig, sig: &Path, version: &str) -> PathBuf {
-        let bytes = sign_release(
-            &Release {
-                name: m.name.clone(),
-                version: version.to_owned(),
-                stage: Stage::Approved,
-                policy_set_digest: self
-                    .pinned_policy_digest
-                    .lock()
-                    .unwrap()
-                    .clone()
-                    .unwrap_or_else(|| {
-                        warden_agent::admission::policy_set_digest(&self.policy_dir).unwrap()
-                    }),
-                required_attestations: vec![SLSA.to_owned()],
-            },
+        let policy = self
+            .pinned_policy_digest
+            .lock()
+            .unwrap()
+            .clone()
+            .unwrap_or_else(|| {
+                warden_agent::admission::policy_set_digest(&self.policy_dir).unwrap()
+            });
+        let bytes = signed_release(
+            &m.name,
+            version,
+            Stage::Approved,
+            policy,
             &self.root_digest(&m.directory, sig),
             &self.release_authority,
-        )
-        .unwrap();
+        );
         let path = self
             .files
             .dir
@@ -220,14 +272,11 @@ impl World {
     }
 
     pub fn write_attestation(&self, m: &ModelConfig, sig: &Path, version: &str) -> PathBuf {
-        let bytes = sign_attestation(
-            SLSA,
-            &serde_json::json!({"builder": {"id": "ci"}}),
+        let bytes = signed_slsa(
             &m.name,
             &self.root_digest(&m.directory, sig),
             &self.release_authority,
-        )
-        .unwrap();
+        );
         let path = self
             .files
             .dir
@@ -270,22 +319,7 @@ impl World {
     }
 
     pub fn revocations(&self, serial: u64, revoked: &[&str]) -> Vec<u8> {
-        sign_revocation_list(
-            &RevocationList {
-                serial,
-                revoked_digests: vec![],
-                revoked_versions: revoked
-                    .iter()
-                    .map(|v| RevokedVersion {
-                        name: "demo".into(),
-                        version: (*v).into(),
-                        reason: format!("withdrawn by test (version {v})"),
-                    })
-                    .collect(),
-            },
-            &self.fleet,
-        )
-        .unwrap()
+        signed_revocations(serial, revoked, &self.fleet)
     }
 }
 

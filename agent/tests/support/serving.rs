@@ -25,6 +25,15 @@ pub fn require_onnxruntime() {
     );
 }
 
+/// The demo's files and config in `dir`, with this build's worker; fails with the setup hint
+/// when the ONNX Runtime library is not configured.
+pub fn demo_world(dir: &Path) -> (warden_agent::demo::DemoFiles, warden_agent::config::Config) {
+    require_onnxruntime();
+    let (files, mut config) = warden_agent::demo::prepare(dir, 0).unwrap();
+    config.runtime.worker_binary = Some(worker_binary());
+    (files, config)
+}
+
 /// A prepared server serving in the background until [`Background::stop`].
 pub struct Background {
     pub addr: SocketAddr,
