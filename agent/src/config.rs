@@ -1183,6 +1183,19 @@ attestations = ["models/demo.slsa.json"]
     }
 
     #[test]
+    fn the_worker_polling_window_is_off_by_default_and_bounded() {
+        assert_eq!(parse(GOOD).unwrap().runtime.worker_poll_us, 0);
+        let c = parse(&format!("{GOOD}[runtime]\nworker_poll_us = 100\n")).unwrap();
+        assert_eq!(c.runtime.worker_poll_us, 100);
+        assert!(parse(&format!("{GOOD}[runtime]\nworker_poll_us = 10000\n")).is_ok());
+        let err = parse(&format!("{GOOD}[runtime]\nworker_poll_us = 10001\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("runtime.worker_poll_us"), "{err}");
+        assert!(err.contains("at most 10000"), "{err}");
+    }
+
+    #[test]
     fn restart_and_batching_are_read_and_checked() {
         let c = parse(GOOD).unwrap();
         assert_eq!(c.runtime.restart, RestartConfig::default());

@@ -102,6 +102,44 @@ async fn serves_the_model_like_the_engine() {
     worker.shutdown().await;
 }
 
+/// A worker that polls for its next request (`poll_window`) reads and answers exactly like one
+/// that sleeps: back-to-back requests, requests after a pause longer than the window, and
+/// concurrent ones. A window above the limit refuses the start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_polling_worker_answers_like_a_sleeping_one() {
+    let mut o = options();
+    o.poll_window = Duration::from_micros(200);
+    let worker = Worker::start(o).await.unwrap();
+    let engine = engine();
+    for i in 0..40usize {
+        let input = batch(1 + i % 3, i as f32);
+        let expected = engine.run(std::slice::from_ref(&input), &[]).unwrap();
+        assert_eq!(worker.infer(vec![input], vec![]).await.unwrap(), expected);
+        if i % 10 == 9 {
+            // Longer than the window: the reader has gone back to sleeping.
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+    let tasks: Vec<_> = (0..16usize)
+        .map(|i| {
+            let worker = worker.clone();
+            let input = batch(2, 100.0 + i as f32);
+            let expected = engine.run(std::slice::from_ref(&input), &[]).unwrap();
+            tokio::spawn(async move {
+                assert_eq!(worker.infer(vec![input], vec![]).await.unwrap(), expected);
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    worker.shutdown().await;
+
+    let mut o = options();
+    o.poll_window = warden_runtime::worker::MAX_POLL_WINDOW + Duration::from_micros(1);
+    assert!(Worker::start(o).await.is_err());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sixty_four_concurrent_requests_are_all_correct() {
     let worker = Worker::start(options()).await.unwrap();
