@@ -174,6 +174,10 @@ pub struct RuntimeConfig {
     /// costs throughput.
     #[serde(default = "default_worker_poll_us")]
     pub worker_poll_us: u64,
+    /// The shared-memory tensor arena of each worker process, in MiB (0: none, every tensor
+    /// crosses the worker's socket). Tensors of 16 KiB and more go through it.
+    #[serde(default = "default_shared_memory_mib")]
+    pub shared_memory_mib: u64,
     /// Restarts of a worker that died, and when a model is quarantined instead.
     #[serde(default)]
     pub restart: RestartConfig,
@@ -251,6 +255,7 @@ impl Default for RuntimeConfig {
             worker_concurrency: default_worker_concurrency(),
             worker_startup_timeout_ms: default_worker_startup_timeout_ms(),
             worker_poll_us: default_worker_poll_us(),
+            shared_memory_mib: default_shared_memory_mib(),
             restart: RestartConfig::default(),
         }
     }
@@ -475,6 +480,13 @@ fn default_worker_poll_us() -> u64 {
     warden_runtime::worker::DEFAULT_POLL_WINDOW.as_micros() as u64
 }
 
+fn default_shared_memory_mib() -> u64 {
+    (warden_runtime::worker::DEFAULT_SHARED_MEMORY_BYTES >> 20) as u64
+}
+
+/// The largest tensor arena a worker may get, in MiB.
+const MAX_SHARED_MEMORY_MIB: u64 = 1024;
+
 fn default_worker_startup_timeout_ms() -> u64 {
     30_000
 }
@@ -696,6 +708,20 @@ impl Config {
             return Err(invalid(
                 "runtime.worker_poll_us",
                 format!("must be at most {max_poll} ({} ms)", max_poll / 1000),
+            ));
+        }
+        // The arena is mapped into the worker, whose address space the sandbox limits.
+        let arena = self.runtime.shared_memory_mib << 20;
+        if self.runtime.shared_memory_mib > MAX_SHARED_MEMORY_MIB
+            || arena > self.sandbox.address_space_bytes / 2
+        {
+            return Err(invalid(
+                "runtime.shared_memory_mib",
+                format!(
+                    "must be at most {MAX_SHARED_MEMORY_MIB} and at most half of \
+                     sandbox.address_space_bytes ({} MiB)",
+                    self.sandbox.address_space_bytes >> 20
+                ),
             ));
         }
         for m in &self.models {
@@ -1193,6 +1219,21 @@ attestations = ["models/demo.slsa.json"]
             .to_string();
         assert!(err.contains("runtime.worker_poll_us"), "{err}");
         assert!(err.contains("at most 10000"), "{err}");
+    }
+
+    #[test]
+    fn the_tensor_arena_is_on_by_default_and_bounded() {
+        assert_eq!(parse(GOOD).unwrap().runtime.shared_memory_mib, 64);
+        let off = parse(&format!("{GOOD}[runtime]\nshared_memory_mib = 0\n")).unwrap();
+        assert_eq!(off.runtime.shared_memory_mib, 0);
+        assert!(parse(&format!("{GOOD}[runtime]\nshared_memory_mib = 1024\n")).is_ok());
+        for bad in [
+            "[runtime]\nshared_memory_mib = 1025\n",
+            "[runtime]\nshared_memory_mib = 512\n[sandbox]\naddress_space_bytes = 1000000000\n",
+        ] {
+            let err = parse(&format!("{GOOD}{bad}")).unwrap_err().to_string();
+            assert!(err.contains("runtime.shared_memory_mib"), "{err}");
+        }
     }
 
     #[test]

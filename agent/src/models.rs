@@ -925,6 +925,8 @@ impl Loader {
             device: granted.request,
             cuda_library_dirs: config.runtime.cuda_library_dirs.clone(),
             poll_window: Duration::from_micros(config.runtime.worker_poll_us),
+            shared_memory_bytes: usize::try_from(config.runtime.shared_memory_mib << 20)
+                .unwrap_or(usize::MAX),
         })
         .await
         .map_err(|e| ModelError::Worker {

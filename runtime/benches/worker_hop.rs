@@ -1,7 +1,8 @@
 //! The cost of the process hop: in-process `OrtEngine::run` against `Worker::infer` (socket to
 //! the `warden-runtime` worker and back) on the demo model at batch 1; sandboxed and not, and
 //! with the default configuration (the worker sleeps between requests) and with a 100 µs
-//! polling window (`runtime.worker_poll_us`).
+//! polling window (`runtime.worker_poll_us`), and without the tensor arena (its per-request slot
+//! is the only cost it adds to a small request).
 //!
 //! `source .cache/env && cargo bench -p warden-runtime --bench worker_hop`
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -13,7 +14,9 @@ use bytes::Bytes;
 use warden_runtime::engine::{EngineOptions, OrtEngine};
 use warden_runtime::sandbox::SandboxPolicy;
 use warden_runtime::tensor::{DataType, Tensor};
-use warden_runtime::worker::{BENCH_POLL_WINDOW, DEFAULT_POLL_WINDOW, Worker, WorkerOptions};
+use warden_runtime::worker::{
+    BENCH_POLL_WINDOW, DEFAULT_POLL_WINDOW, DEFAULT_SHARED_MEMORY_BYTES, Worker, WorkerOptions,
+};
 
 const WARMUP: usize = 300;
 const ITERATIONS: usize = 3000;
@@ -86,7 +89,7 @@ fn main() {
         .unwrap();
     // The same hop through a sandboxed worker (the default) and an unsandboxed one: the
     // difference is the sandbox's cost per request (seccomp on each syscall, mostly).
-    let hop = |sandbox: SandboxPolicy, poll_window: Duration| {
+    let hop = |sandbox: SandboxPolicy, poll_window: Duration, arena: usize| {
         rt.block_on(async {
             let mut o = WorkerOptions::new(
                 PathBuf::from(env!("CARGO_BIN_EXE_warden-runtime")),
@@ -98,6 +101,7 @@ fn main() {
             o.intra_op_threads = 1;
             o.sandbox = sandbox;
             o.poll_window = poll_window;
+            o.shared_memory_bytes = arena;
             let worker = Worker::start(o).await.unwrap();
             for _ in 0..WARMUP {
                 worker.infer(vec![input.clone()], vec![]).await.unwrap();
@@ -119,9 +123,19 @@ fn main() {
             ..SandboxPolicy::default()
         },
         DEFAULT_POLL_WINDOW,
+        DEFAULT_SHARED_MEMORY_BYTES,
     );
-    let default = hop(SandboxPolicy::default(), DEFAULT_POLL_WINDOW);
-    let polling = hop(SandboxPolicy::default(), BENCH_POLL_WINDOW);
+    let default = hop(
+        SandboxPolicy::default(),
+        DEFAULT_POLL_WINDOW,
+        DEFAULT_SHARED_MEMORY_BYTES,
+    );
+    let no_arena = hop(SandboxPolicy::default(), DEFAULT_POLL_WINDOW, 0);
+    let polling = hop(
+        SandboxPolicy::default(),
+        BENCH_POLL_WINDOW,
+        DEFAULT_SHARED_MEMORY_BYTES,
+    );
 
     println!("demo model, batch 1, one session, one intra-op thread");
     let (l50, l99) = report("OrtEngine::run", local);
@@ -129,6 +143,7 @@ fn main() {
     let poll = format!("Worker::infer, poll {} µs", BENCH_POLL_WINDOW.as_micros());
     for (name, samples) in [
         ("Worker::infer (default)", default),
+        ("Worker::infer, no arena", no_arena),
         (poll.as_str(), polling),
     ] {
         let (w50, w99) = report(name, samples);

@@ -6,7 +6,7 @@
 //! warden-runtime --model FILE --sha256 HEX [--onnxruntime LIB] [--threads N] [--concurrency N]
 //!                [--max-frame-bytes N] [--sandbox JSON]
 //!                [--device cpu|cuda:N|tensorrt:N] [--gpu-memory-bytes N] [--cpu-fallback]
-//!                [--cuda-library-dir DIR]... [--poll-us N]
+//!                [--cuda-library-dir DIR]... [--poll-us N] [--shared-memory-bytes N]
 //! ```
 //!
 //! Its channel to the agent is a Unix stream socket passed as **stdin**. The engine follows
@@ -18,6 +18,9 @@
 //! ([`crate::sandbox::enter`], policy from `--sandbox`), and only then let the engine parse
 //! the model. The model file is the only thing read from disk for the model: a candle model
 //! carries its hyper-parameters in its own safetensors header, so the one digest covers them.
+//! With `--shared-memory-bytes N` the worker first takes the agent's tensor arena from the
+//! socket (one byte carrying a sealed memfd of N bytes, [`crate::shm`]) and maps it, also
+//! before the sandbox.
 //! Logs go to stderr, never tensor contents.
 //!
 //! Exit codes: 0 after `Shutdown` or when the agent closed the socket; 2 for bad arguments or
@@ -37,6 +40,7 @@ use crate::engine::{self, Engine, EngineOptions, ModelFormat};
 use crate::protocol::{DEFAULT_MAX_FRAME_BYTES, ErrorClass, Message};
 use crate::sandbox::{self, DeviceAccess, SandboxPolicy, probe};
 use crate::server::{self, StopReason};
+use crate::shm;
 
 /// What the process does once it is up.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,13 +67,16 @@ struct Args {
     cuda_library_dirs: Vec<PathBuf>,
     /// How long an idle reader polls for the next request before it sleeps (`--poll-us`).
     poll_window: std::time::Duration,
+    /// The size of the tensor arena the agent sends (`--shared-memory-bytes`; 0: none).
+    shared_memory_bytes: usize,
     probe: probe::Targets,
 }
 
 const USAGE: &str = "usage: warden-runtime --model FILE --sha256 HEX [--onnxruntime LIB] \
                      [--threads N] [--concurrency N] [--max-frame-bytes N] [--sandbox JSON] \
                      [--device cpu|cuda:N|tensorrt:N] [--gpu-memory-bytes N] [--cpu-fallback] \
-                     [--cuda-library-dir DIR]... [--poll-us N]  (stdin: the agent's socket)";
+                     [--cuda-library-dir DIR]... [--poll-us N] [--shared-memory-bytes N] \
+                     (stdin: the agent's socket)";
 
 fn parse_args(mode: Mode) -> Result<Args, String> {
     let mut model = None;
@@ -83,6 +90,7 @@ fn parse_args(mode: Mode) -> Result<Args, String> {
     let mut devices = DeviceAccess::default();
     let mut cuda_library_dirs = Vec::new();
     let mut poll_window = std::time::Duration::ZERO;
+    let mut shared_memory_bytes = 0usize;
     let mut probe = probe::Targets::default();
     let mut it = std::env::args_os().skip(1);
     while let Some(flag) = it.next() {
@@ -125,6 +133,7 @@ fn parse_args(mode: Mode) -> Result<Args, String> {
                 }
                 poll_window = window;
             }
+            "--shared-memory-bytes" => shared_memory_bytes = number(value()?)?,
             "--probe-secret" if mode == Mode::Probe => {
                 probe.secret = Some(PathBuf::from(value()?));
             }
@@ -146,6 +155,14 @@ fn parse_args(mode: Mode) -> Result<Args, String> {
         return Err("--sha256 must be 64 hex digits".into());
     }
     device.validate().map_err(|e| format!("--device: {e}"))?;
+    // The arena is mapped into the worker's address space, which the sandbox limits.
+    if shared_memory_bytes as u64 > sandbox.address_space_bytes / 2 {
+        return Err(format!(
+            "--shared-memory-bytes {shared_memory_bytes} is over half the sandbox's address \
+             space limit ({} bytes)",
+            sandbox.address_space_bytes
+        ));
+    }
     probe.address_space_bytes = sandbox.address_space_bytes;
     let model: PathBuf = model.ok_or("--model is required")?;
     let format = ModelFormat::of(&model).map_err(|e| e.to_string())?;
@@ -170,6 +187,7 @@ fn parse_args(mode: Mode) -> Result<Args, String> {
         devices,
         cuda_library_dirs,
         poll_window,
+        shared_memory_bytes,
         probe,
     })
 }
@@ -255,10 +273,25 @@ pub fn main(mode: Mode) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    if let Err(e) = take_socket() {
-        tracing::error!("{e}");
-        return ExitCode::from(2);
-    }
+    let socket = match take_socket() {
+        Ok(socket) => socket,
+        Err(e) => {
+            tracing::error!("{e}");
+            return ExitCode::from(2);
+        }
+    };
+    // The arena comes first on the socket, before any frame.
+    let arena = if args.shared_memory_bytes > 0 {
+        match shm::receive_fd(&socket)
+            .and_then(|fd| shm::Mapping::open(fd, args.shared_memory_bytes))
+        {
+            Ok(mapping) => Some(Arc::new(mapping)),
+            Err(e) => return refuse(e.to_string(), args.max_frame_bytes),
+        }
+    } else {
+        None
+    };
+    drop(socket);
     let bytes = match open_resources(&args) {
         Ok(bytes) => bytes,
         Err(message) => return refuse(message, args.max_frame_bytes),
@@ -298,18 +331,26 @@ pub fn main(mode: Mode) -> ExitCode {
         "model loaded"
     );
     match mode {
-        Mode::Serve => serve(stream, engine, &args),
+        Mode::Serve => serve(stream, engine, &args, arena),
         Mode::Probe => report_probes(stream, &args),
     }
 }
 
-fn serve(stream: UnixStream, engine: Engine, args: &Args) -> ExitCode {
+fn serve(
+    stream: UnixStream,
+    engine: Engine,
+    args: &Args,
+    arena: Option<Arc<shm::Mapping>>,
+) -> ExitCode {
     match server::serve(
         stream,
         Arc::new(engine),
-        args.concurrency,
-        args.max_frame_bytes,
-        args.poll_window,
+        server::ServeOptions {
+            concurrency: args.concurrency,
+            max_frame_bytes: args.max_frame_bytes,
+            poll_window: args.poll_window,
+            arena,
+        },
     ) {
         Ok(StopReason::Shutdown) => {
             tracing::info!("stopped after shutdown");

@@ -10,6 +10,7 @@
 //!   ONNX Runtime through `ort` ([`engine::OrtEngine`]) and candle ([`candle::CandleEngine`]).
 //! - [`candle`]: safetensors models on `candle-core` + `candle-nn` (a BERT classifier).
 //! - [`protocol`]: the framed binary protocol on the agent ↔ worker socket (see `PROTOCOL.md`).
+//! - [`shm`]: the shared-memory tensor arena of one worker (large tensors skip the socket).
 //! - [`server`]: the worker side of that socket (used by the `warden-runtime` binary).
 //! - [`sandbox`]: the sandbox every worker enters at start-up (namespaces, read-only root,
 //!   seccomp, rlimits, cgroups, no capabilities).
@@ -24,6 +25,7 @@ pub mod engine;
 pub mod protocol;
 pub mod sandbox;
 pub mod server;
+pub mod shm;
 mod sys;
 pub mod tensor;
 pub mod worker;

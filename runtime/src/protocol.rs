@@ -4,14 +4,19 @@
 //! Decoding never panics and never allocates more than the frame's declared length, which is
 //! itself refused above the configured maximum before anything is allocated. Tensor data is not
 //! copied out of a received frame: decoded tensors hold slices of the frame's [`Bytes`].
+//! Large tensors may instead live in the worker's shared tensor arena ([`crate::shm`]): the
+//! frame then carries their offset, placed by the sender ([`Message::encode_placing`]) and
+//! resolved by the receiver ([`Message::decode_resolving`]).
 
 use bytes::Bytes;
 
 use crate::device::Placement;
+use crate::shm::Region;
 use crate::tensor::{DataType, ModelSignature, Tensor, byte_len};
 
 /// Version sent in `Hello`; a peer refuses any other. 2: `Hello` carries the placement.
-pub const PROTOCOL_VERSION: u16 = 2;
+/// 3: tensors may live in the shared tensor arena; requests carry a reply region.
+pub const PROTOCOL_VERSION: u16 = 3;
 /// Default hard limit on a frame (everything after the length prefix): 64 MiB.
 pub const DEFAULT_MAX_FRAME_BYTES: usize = 64 * 1024 * 1024;
 /// Bytes in the length prefix.
@@ -78,11 +83,13 @@ pub enum Message {
         signature: ModelSignature,
         placement: Placement,
     },
-    /// Agent → worker: run the model. `outputs` empty means every output.
+    /// Agent → worker: run the model. `outputs` empty means every output. `reply`: where in
+    /// the tensor arena the worker may put large outputs (none: all inline).
     InferRequest {
         id: u64,
         outputs: Vec<String>,
         tensors: Vec<Tensor>,
+        reply: Option<Region>,
     },
     /// Worker → agent: the outputs of request `id`.
     InferResponse { id: u64, tensors: Vec<Tensor> },
@@ -133,9 +140,21 @@ impl Message {
         }
     }
 
-    /// Encodes the whole frame, length prefix included. Refuses a frame whose body would exceed
-    /// `max_frame_bytes`, and counts or names too long for their fields.
+    /// Encodes the whole frame, length prefix included, every tensor inline. Refuses a frame
+    /// whose body would exceed `max_frame_bytes`, and counts or names too long for their
+    /// fields.
     pub fn encode(&self, max_frame_bytes: usize) -> Result<Vec<u8>, ProtocolError> {
+        self.encode_placing(max_frame_bytes, &mut |_| None)
+    }
+
+    /// [`Message::encode`], offering each tensor's bytes to `place` first: `Some(offset)` means
+    /// `place` wrote them into the tensor arena at that offset and the frame carries only the
+    /// offset; `None` sends them inline.
+    pub fn encode_placing(
+        &self,
+        max_frame_bytes: usize,
+        place: &mut dyn FnMut(&[u8]) -> Option<u64>,
+    ) -> Result<Vec<u8>, ProtocolError> {
         let mut out = Vec::with_capacity(LENGTH_PREFIX + HEADER_BYTES + self.payload_hint());
         out.extend_from_slice(&[0; LENGTH_PREFIX]);
         out.push(self.kind());
@@ -155,15 +174,21 @@ impl Message {
                 out.extend_from_slice(&json);
             }
             Message::InferRequest {
-                outputs, tensors, ..
+                outputs,
+                tensors,
+                reply,
+                ..
             } => {
                 put_count(&mut out, outputs.len(), "outputs")?;
                 for name in outputs {
                     put_name(&mut out, name)?;
                 }
-                put_tensors(&mut out, tensors)?;
+                let reply = reply.unwrap_or(Region { offset: 0, len: 0 });
+                out.extend_from_slice(&reply.offset.to_le_bytes());
+                out.extend_from_slice(&reply.len.to_le_bytes());
+                put_tensors(&mut out, tensors, place)?;
             }
-            Message::InferResponse { tensors, .. } => put_tensors(&mut out, tensors)?,
+            Message::InferResponse { tensors, .. } => put_tensors(&mut out, tensors, place)?,
             Message::Error { class, message, .. } => {
                 out.push(class.code());
                 out.extend_from_slice(message.as_bytes());
@@ -198,8 +223,20 @@ impl Message {
             .fold(2usize, usize::saturating_add)
     }
 
-    /// Decodes one frame body (everything after the length prefix).
+    /// Decodes one frame body (everything after the length prefix) on a connection without a
+    /// tensor arena: a tensor placed in one is malformed.
     pub fn decode(body: Bytes) -> Result<Message, ProtocolError> {
+        Self::decode_resolving(body, &mut |_, _| {
+            Err("tensor in shared memory, but this connection has no tensor arena".into())
+        })
+    }
+
+    /// [`Message::decode`], with `resolve(offset, len)` giving the bytes of a tensor placed in
+    /// the tensor arena (its error makes the frame malformed).
+    pub fn decode_resolving(
+        body: Bytes,
+        resolve: &mut dyn FnMut(u64, usize) -> Result<Bytes, String>,
+    ) -> Result<Message, ProtocolError> {
         if body.len() < HEADER_BYTES {
             return Err(ProtocolError::FrameTooShort(body.len()));
         }
@@ -211,6 +248,7 @@ impl Message {
             buf: body.slice(HEADER_BYTES..),
             pos: 0,
             id,
+            resolve,
         };
         let message = match kind {
             kind::HELLO => {
@@ -231,12 +269,17 @@ impl Message {
                 for _ in 0..n {
                     outputs.push(r.name()?);
                 }
+                let reply = match (r.u64()?, r.u64()?) {
+                    (_, 0) => None,
+                    (offset, len) => Some(Region { offset, len }),
+                };
                 let tensors = r.tensors()?;
                 r.end()?;
                 Message::InferRequest {
                     id,
                     outputs,
                     tensors,
+                    reply,
                 }
             }
             kind::INFER_RESPONSE => {
@@ -276,7 +319,17 @@ fn put_name(out: &mut Vec<u8>, name: &str) -> Result<(), ProtocolError> {
     Ok(())
 }
 
-fn put_tensors(out: &mut Vec<u8>, tensors: &[Tensor]) -> Result<(), ProtocolError> {
+/// How a tensor's bytes travel: inline in the frame, or in the tensor arena at an offset.
+mod storage {
+    pub const INLINE: u8 = 0;
+    pub const SHARED: u8 = 1;
+}
+
+fn put_tensors(
+    out: &mut Vec<u8>,
+    tensors: &[Tensor],
+    place: &mut dyn FnMut(&[u8]) -> Option<u64>,
+) -> Result<(), ProtocolError> {
     put_count(out, tensors.len(), "tensors")?;
     for t in tensors {
         put_name(out, &t.name)?;
@@ -302,19 +355,29 @@ fn put_tensors(out: &mut Vec<u8>, tensors: &[Tensor]) -> Result<(), ProtocolErro
             )));
         }
         out.extend_from_slice(&(t.data.len() as u64).to_le_bytes());
-        out.extend_from_slice(&t.data);
+        match place(&t.data) {
+            Some(offset) => {
+                out.push(storage::SHARED);
+                out.extend_from_slice(&offset.to_le_bytes());
+            }
+            None => {
+                out.push(storage::INLINE);
+                out.extend_from_slice(&t.data);
+            }
+        }
     }
     Ok(())
 }
 
 /// A bounds-checked cursor over a frame body.
-struct Reader {
+struct Reader<'r> {
     buf: Bytes,
     pos: usize,
     id: u64,
+    resolve: &'r mut dyn FnMut(u64, usize) -> Result<Bytes, String>,
 }
 
-impl Reader {
+impl Reader<'_> {
     fn malformed(&self, reason: impl Into<String>) -> ProtocolError {
         ProtocolError::Malformed {
             id: self.id,
@@ -379,8 +442,9 @@ impl Reader {
 
     fn tensors(&mut self) -> Result<Vec<Tensor>, ProtocolError> {
         let n = self.u16()? as usize;
-        // A tensor needs at least 2 (name) + 1 (dtype) + 1 (rank) + 8 (byte length) bytes.
-        let mut tensors = Vec::with_capacity(n.min(self.remaining() / 12));
+        // A tensor needs at least 2 (name) + 1 (dtype) + 1 (rank) + 8 (byte length) + 1
+        // (storage) bytes.
+        let mut tensors = Vec::with_capacity(n.min(self.remaining() / 13));
         for _ in 0..n {
             tensors.push(self.tensor()?);
         }
@@ -412,7 +476,18 @@ impl Reader {
                 expected.map_or_else(|| "too many".to_string(), |e| e.to_string())
             )));
         }
-        let data = self.take(usize::try_from(len).map_err(|_| self.malformed("length"))?)?;
+        let len = usize::try_from(len).map_err(|_| self.malformed("length"))?;
+        let data = match self.u8()? {
+            storage::INLINE => self.take(len)?,
+            storage::SHARED => {
+                let offset = self.u64()?;
+                (self.resolve)(offset, len)
+                    .map_err(|e| self.malformed(format!("tensor {name:?}: {e}")))?
+            }
+            other => {
+                return Err(self.malformed(format!("tensor {name:?}: unknown storage {other}")));
+            }
+        };
         Tensor::new(name, dtype, shape, data).map_err(|e| self.malformed(e.to_string()))
     }
 }
@@ -525,11 +600,16 @@ mod tests {
                 id: 7,
                 outputs: vec!["label".into(), "probabilities".into()],
                 tensors: sample_tensors(),
+                reply: None,
             },
             Message::InferRequest {
                 id: u64::MAX,
                 outputs: vec![],
                 tensors: vec![],
+                reply: Some(Region {
+                    offset: 4096,
+                    len: 1 << 20,
+                }),
             },
             Message::InferResponse {
                 id: 8,
@@ -714,6 +794,7 @@ mod tests {
             tensors: vec![
                 Tensor::new("x", DataType::Uint8, vec![1000], Bytes::from(vec![0; 1000])).unwrap(),
             ],
+            reply: None,
         };
         assert!(matches!(
             m.encode(512),
@@ -736,6 +817,74 @@ mod tests {
             }],
         };
         assert!(matches!(bad.encode(1 << 20), Err(ProtocolError::Encode(_))));
+    }
+
+    #[test]
+    fn tensors_placed_in_the_arena_travel_as_offsets() {
+        let big = Tensor::new(
+            "x",
+            DataType::Uint8,
+            vec![3, 1000],
+            Bytes::from((0..3000).map(|i| i as u8).collect::<Vec<_>>()),
+        )
+        .unwrap();
+        let small = sample_tensors().remove(1);
+        let m = Message::InferRequest {
+            id: 3,
+            outputs: vec![],
+            tensors: vec![small.clone(), big.clone()],
+            reply: Some(Region {
+                offset: 8192,
+                len: 4096,
+            }),
+        };
+        // A stand-in arena: placement writes at 64, resolution reads from there.
+        let mut arena = vec![0u8; 8192];
+        let frame = m
+            .encode_placing(DEFAULT_MAX_FRAME_BYTES, &mut |data| {
+                (data.len() >= 1000).then(|| {
+                    arena[64..64 + data.len()].copy_from_slice(data);
+                    64
+                })
+            })
+            .unwrap();
+        assert!(
+            frame.len() < 200,
+            "the big tensor's bytes are not in the frame"
+        );
+        let decoded = Message::decode_resolving(body(&frame), &mut |offset, len| {
+            assert_eq!((offset, len), (64, 3000));
+            Ok(Bytes::copy_from_slice(&arena[64..64 + len]))
+        })
+        .unwrap();
+        assert_eq!(decoded, m);
+
+        // Without an arena, or when the resolver refuses, the frame is malformed (with its id).
+        assert!(matches!(
+            Message::decode(body(&frame)),
+            Err(ProtocolError::Malformed { id: 3, ref reason }) if reason.contains("no tensor arena")
+        ));
+        assert!(matches!(
+            Message::decode_resolving(body(&frame), &mut |_, _| Err("outside".into())),
+            Err(ProtocolError::Malformed { id: 3, ref reason }) if reason.contains("outside")
+        ));
+        // Every truncation of a frame with an offset is refused too.
+        let full = body(&frame);
+        for cut in 0..full.len() {
+            let r = Message::decode_resolving(full.slice(..cut), &mut |_, len| {
+                Ok(Bytes::from(vec![0; len]))
+            });
+            assert!(r.is_err(), "cut at {cut} decoded");
+        }
+        // An unknown storage byte is refused.
+        let mut b = body(&frame).to_vec();
+        let storage_at = b.len() - 9;
+        assert_eq!(b[storage_at], storage::SHARED);
+        b[storage_at] = 7;
+        assert!(matches!(
+            Message::decode_resolving(Bytes::from(b), &mut |_, len| Ok(Bytes::from(vec![0; len]))),
+            Err(ProtocolError::Malformed { ref reason, .. }) if reason.contains("unknown storage 7")
+        ));
     }
 
     #[test]

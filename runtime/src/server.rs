@@ -8,6 +8,11 @@
 //! socket rather than growing memory. Responses are written under one writer mutex, so frames
 //! never interleave. `Shutdown` or end of stream stops the reading; requests already read are
 //! still answered (when the peer is still there) before [`serve`] returns.
+//!
+//! With a tensor arena ([`crate::shm`]), a request's large inputs are read in place (the
+//! engine decodes straight from the arena) and large outputs are written into the request's
+//! reply region when they fit. The views of a request's inputs are dropped before it is
+//! answered: once answered, the agent may reuse that range.
 
 use std::io::Write;
 use std::os::unix::net::UnixStream;
@@ -18,6 +23,7 @@ use crate::engine::{Engine, EngineError};
 use crate::protocol::{
     ErrorClass, Message, PROTOCOL_VERSION, ProtocolError, ReadError, read_frame,
 };
+use crate::shm::{Mapping, Region, ReplyWriter};
 use crate::tensor::Tensor;
 
 /// Why [`serve`] stopped with an error.
@@ -42,6 +48,16 @@ struct Job {
     id: u64,
     outputs: Vec<String>,
     tensors: Vec<Tensor>,
+    reply: Option<Region>,
+}
+
+/// What every executor thread shares.
+struct Context {
+    engine: Arc<Engine>,
+    writer: Mutex<UnixStream>,
+    arena: Option<Arc<Mapping>>,
+    max_frame_bytes: usize,
+    poll_window: Duration,
 }
 
 /// Writes one message as a whole frame under the writer lock.
@@ -50,24 +66,50 @@ pub fn send(
     message: &Message,
     max_frame_bytes: usize,
 ) -> Result<(), ServeError> {
-    let frame = message.encode(max_frame_bytes)?;
+    send_placing(writer, message, max_frame_bytes, &mut |_| None)
+}
+
+/// [`send`], offering tensors to `place` (the reply region) first.
+fn send_placing(
+    writer: &Mutex<UnixStream>,
+    message: &Message,
+    max_frame_bytes: usize,
+    place: &mut dyn FnMut(&[u8]) -> Option<u64>,
+) -> Result<(), ServeError> {
+    let frame = message.encode_placing(max_frame_bytes, place)?;
     let mut w = writer.lock().unwrap_or_else(|p| p.into_inner());
     w.write_all(&frame)?;
     Ok(())
+}
+
+/// How [`serve`] runs.
+pub struct ServeOptions {
+    pub concurrency: usize,
+    pub max_frame_bytes: usize,
+    /// See [`poll_briefly`].
+    pub poll_window: Duration,
+    /// The tensor arena the agent shared, if any.
+    pub arena: Option<Arc<Mapping>>,
 }
 
 /// Sends `Hello`, then serves requests until `Shutdown` or end of stream.
 pub fn serve(
     stream: UnixStream,
     engine: Arc<Engine>,
-    concurrency: usize,
-    max_frame_bytes: usize,
-    poll_window: Duration,
+    options: ServeOptions,
 ) -> Result<StopReason, ServeError> {
     let reader = stream.try_clone()?;
-    let writer = Arc::new(Mutex::new(stream));
+    let max_frame_bytes = options.max_frame_bytes;
+    let context = Arc::new(Context {
+        engine,
+        writer: Mutex::new(stream),
+        arena: options.arena,
+        max_frame_bytes,
+        poll_window: options.poll_window,
+    });
+    let engine = &context.engine;
     send(
-        &writer,
+        &context.writer,
         &Message::Hello {
             version: PROTOCOL_VERSION,
             signature: engine.signature().clone(),
@@ -79,17 +121,13 @@ pub fn serve(
         stream: reader,
         stopped: None,
     }));
-    let concurrency = concurrency.max(1);
+    let concurrency = options.concurrency.max(1);
     let mut threads = Vec::with_capacity(concurrency);
     for n in 0..concurrency {
-        let (reader, writer, engine) = (
-            Arc::clone(&reader),
-            Arc::clone(&writer),
-            Arc::clone(&engine),
-        );
+        let (reader, context) = (Arc::clone(&reader), Arc::clone(&context));
         let handle = std::thread::Builder::new()
             .name(format!("executor-{n}"))
-            .spawn(move || take_turns(&reader, &engine, &writer, max_frame_bytes, poll_window))?;
+            .spawn(move || take_turns(&reader, &context))?;
         threads.push(handle);
     }
     for handle in threads {
@@ -108,21 +146,15 @@ struct Reader {
 }
 
 /// One thread's life: read a request while holding the reader lock, run it without the lock.
-fn take_turns(
-    reader: &Mutex<Reader>,
-    engine: &Engine,
-    writer: &Mutex<UnixStream>,
-    max_frame_bytes: usize,
-    poll_window: Duration,
-) {
+fn take_turns(reader: &Mutex<Reader>, context: &Context) {
     loop {
         let job = {
             let mut r = reader.lock().unwrap_or_else(|p| p.into_inner());
             if r.stopped.is_some() {
                 return;
             }
-            poll_briefly(&r.stream, poll_window);
-            match next_job(&mut r.stream, writer, max_frame_bytes) {
+            poll_briefly(&r.stream, context.poll_window);
+            match next_job(&mut r.stream, context) {
                 Ok(job) => job,
                 Err(stop) => {
                     r.stopped = Some(stop);
@@ -130,7 +162,7 @@ fn take_turns(
                 }
             }
         };
-        execute(job, engine, writer, max_frame_bytes);
+        execute(job, context);
     }
 }
 
@@ -162,9 +194,15 @@ fn poll_briefly(stream: &UnixStream, window: Duration) {
 /// from.
 fn next_job(
     reader: &mut UnixStream,
-    writer: &Mutex<UnixStream>,
-    max_frame_bytes: usize,
+    context: &Context,
 ) -> Result<Job, Result<StopReason, ServeError>> {
+    let (writer, max_frame_bytes) = (&context.writer, context.max_frame_bytes);
+    let mut resolve = |offset: u64, len: usize| match &context.arena {
+        Some(arena) => usize::try_from(offset)
+            .map_err(|_| format!("offset {offset}"))
+            .and_then(|offset| arena.view(offset, len).map_err(|e| e.to_string())),
+        None => Err("tensor in shared memory, but this worker has no tensor arena".into()),
+    };
     loop {
         let body = match read_frame(reader, max_frame_bytes) {
             Ok(Some(body)) => body,
@@ -174,16 +212,18 @@ fn next_job(
             Err(ReadError::Io(e)) => return Err(Err(e.into())),
             Err(ReadError::Protocol(e)) => return Err(Err(e.into())),
         };
-        match Message::decode(body) {
+        match Message::decode_resolving(body, &mut resolve) {
             Ok(Message::InferRequest {
                 id,
                 outputs,
                 tensors,
+                reply,
             }) => {
                 return Ok(Job {
                     id,
                     outputs,
                     tensors,
+                    reply,
                 });
             }
             Ok(Message::Shutdown) => {
@@ -244,33 +284,47 @@ fn reply_error(
 }
 
 /// Runs one request and writes its answer.
-fn execute(job: Job, engine: &Engine, writer: &Mutex<UnixStream>, max_frame_bytes: usize) {
-    let reply = match engine.run(&job.tensors, &job.outputs) {
-        Ok(tensors) => Message::InferResponse {
-            id: job.id,
-            tensors,
-        },
+fn execute(job: Job, context: &Context) {
+    let (engine, writer, max_frame_bytes) =
+        (&context.engine, &context.writer, context.max_frame_bytes);
+    let Job {
+        id,
+        outputs,
+        tensors,
+        reply: region,
+    } = job;
+    let result = engine.run(&tensors, &outputs);
+    // The inputs may be views of the arena: they end here, before the answer lets the agent
+    // reuse their range.
+    drop(tensors);
+    let reply = match result {
+        Ok(tensors) => Message::InferResponse { id, tensors },
         Err(e) => {
             let class = match e {
                 EngineError::InvalidInput(_) => ErrorClass::InvalidInput,
                 _ => ErrorClass::EngineFailure,
             };
-            tracing::debug!(id = job.id, error = %e, "request failed");
+            tracing::debug!(id, error = %e, "request failed");
             Message::Error {
-                id: job.id,
+                id,
                 class,
                 message: e.to_string(),
             }
         }
     };
-    let sent = match send(writer, &reply, max_frame_bytes) {
+    let mut reply_writer = match (&context.arena, region) {
+        (Some(arena), Some(region)) => ReplyWriter::new(arena, region),
+        _ => None,
+    };
+    let mut place = |data: &[u8]| reply_writer.as_mut().and_then(|w| w.place(data));
+    let sent = match send_placing(writer, &reply, max_frame_bytes, &mut place) {
         Err(ServeError::Protocol(e)) => {
             // Typically: the outputs exceed the frame limit. Tell the agent instead.
-            tracing::warn!(id = job.id, error = %e, "cannot encode the response");
+            tracing::warn!(id = id, error = %e, "cannot encode the response");
             send(
                 writer,
                 &Message::Error {
-                    id: job.id,
+                    id,
                     class: ErrorClass::EngineFailure,
                     message: format!("cannot send the outputs: {e}"),
                 },
@@ -280,6 +334,6 @@ fn execute(job: Job, engine: &Engine, writer: &Mutex<UnixStream>, max_frame_byte
         other => other,
     };
     if let Err(e) = sent {
-        tracing::debug!(id = job.id, error = %e, "cannot send the response (agent gone?)");
+        tracing::debug!(id = id, error = %e, "cannot send the response (agent gone?)");
     }
 }

@@ -848,6 +848,8 @@ fn the_sandbox_holds_for_a_candle_worker() {
         .stdout(Stdio::null())
         .spawn()
         .unwrap();
+    // As the agent does: the tensor arena first, so the probe maps it like a worker.
+    let _arena = warden_runtime::shm::share(&ours, o.shared_memory_bytes).unwrap();
     ours.set_read_timeout(Some(Duration::from_secs(60)))
         .unwrap();
     let mut line = String::new();

@@ -106,6 +106,9 @@ impl Probe {
         // The command holds our copy of the worker's end: without this drop a worker that
         // dies early would never show as end of stream.
         drop(cmd);
+        // As the agent does: the tensor arena first, so the probe maps it like a worker.
+        let _arena = warden_runtime::shm::share(&ours, opts.shared_memory_bytes).unwrap();
+
         ours.set_read_timeout(Some(Duration::from_secs(60)))
             .unwrap();
         let mut line = String::new();
@@ -280,11 +283,13 @@ fn a_granted_device_node_is_the_only_device_inside() {
     p.finish();
 
     for refused in ["/etc/passwd", "/dev/../etc/passwd", "/tmp"] {
-        let opts = options(
+        let mut opts = options(
             env!("CARGO_BIN_EXE_warden-sandbox-probe"),
             &state.model,
             sandboxed(),
         );
+        // Nobody sends an arena on this socket.
+        opts.shared_memory_bytes = 0;
         let out = Command::new(&opts.worker_binary)
             .args(opts.args())
             .args(["--probe-device", refused])

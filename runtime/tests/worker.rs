@@ -427,6 +427,7 @@ fn the_worker_survives_garbage_from_its_peer() {
         id: 42,
         outputs: vec![],
         tensors: vec![sample_input()],
+        reply: None,
     };
     s.write_all(&request.encode(DEFAULT_MAX_FRAME_BYTES).unwrap())
         .unwrap();

@@ -12,6 +12,12 @@
 //! waiting call is completed with [`WorkerError::Unavailable`] at once, and the `closed` watch
 //! fires (the supervisor waits on it); later calls fail the same way without touching the
 //! socket.
+//!
+//! Tensor arena ([`crate::shm`]): the process gets its own arena at start. A call reserves a
+//! slot, writes its large inputs there and names its reply region in the request. The slot is
+//! kept under the request's id until the worker's answer to that id has been read (outputs
+//! copied out, checked against the reply region) or the connection is finished — not released
+//! when the caller gives up, since the worker may still be reading or writing it.
 
 use std::collections::HashMap;
 use std::os::fd::OwnedFd;
@@ -27,6 +33,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use super::{WorkerError, WorkerOptions, unavailable};
 use crate::device::Placement;
 use crate::protocol::{ErrorClass, Message, PROTOCOL_VERSION, ReadError, read_frame_async};
+use crate::shm::{Arena, Slot};
 use crate::tensor::{ModelSignature, Tensor};
 
 type Reply = Result<Vec<Tensor>, WorkerError>;
@@ -35,6 +42,8 @@ type Reply = Result<Vec<Tensor>, WorkerError>;
 struct Pending {
     closed: Option<String>,
     waiting: HashMap<u64, oneshot::Sender<Reply>>,
+    /// Arena slots of requests the worker has not answered yet (cancelled ones included).
+    slots: HashMap<u64, Slot>,
 }
 
 /// State shared with the reader and writer tasks (which do not hold the child process, so
@@ -54,6 +63,7 @@ impl Shared {
             pending: Mutex::new(Pending {
                 closed: None,
                 waiting: HashMap::new(),
+                slots: HashMap::new(),
             }),
             finished: tokio::sync::Notify::new(),
             closed: watch::channel(false).0,
@@ -66,13 +76,16 @@ impl Shared {
 
     /// Marks the connection finished and fails every waiting call. The first reason sticks.
     fn close(&self, reason: &str) {
-        let waiting = {
+        let (waiting, slots) = {
             let mut p = self.lock();
             if p.closed.is_none() {
                 p.closed = Some(reason.to_string());
             }
-            std::mem::take(&mut p.waiting)
+            (std::mem::take(&mut p.waiting), std::mem::take(&mut p.slots))
         };
+        // No request is sent on a finished connection, so these ranges are not reused while
+        // a worker that is still running could write them.
+        drop(slots);
         for (_, tx) in waiting {
             let _ = tx.send(Err(unavailable(reason)));
         }
@@ -103,6 +116,7 @@ struct Inner {
     next_id: AtomicU64,
     max_frame_bytes: usize,
     child: Mutex<Child>,
+    arena: Option<Arc<Arena>>,
 }
 
 /// A running worker process. The process is killed when this is dropped.
@@ -156,6 +170,17 @@ impl Process {
             })?
         };
         let pid = child.id();
+        // The arena goes first on the socket, before the worker reads anything else.
+        let arena = match opts.shared_memory_bytes {
+            0 => None,
+            len => match crate::shm::share(&ours, len) {
+                Ok(arena) => Some(arena),
+                Err(e) => {
+                    let _ = child.start_kill();
+                    return Err(unavailable(e.to_string()));
+                }
+            },
+        };
 
         ours.set_nonblocking(true)
             .map_err(|e| unavailable(format!("socket: {e}")))?;
@@ -205,6 +230,9 @@ impl Process {
             Arc::clone(&shared),
             opts.max_frame_bytes,
         ));
+        if let Some(arena) = &arena {
+            tracing::debug!(?pid, bytes = arena.free_bytes(), "tensor arena shared");
+        }
         Ok(Process {
             inner: Arc::new(Inner {
                 signature,
@@ -214,6 +242,7 @@ impl Process {
                 next_id: AtomicU64::new(1),
                 max_frame_bytes: opts.max_frame_bytes,
                 child: Mutex::new(child),
+                arena,
             }),
         })
     }
@@ -237,12 +266,20 @@ impl Process {
     ) -> Result<Vec<Tensor>, WorkerError> {
         let shared = &self.inner.shared;
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
+        let mut slot = self
+            .inner
+            .arena
+            .as_ref()
+            .and_then(|arena| arena.reserve(inputs.iter().map(|t| t.data.len())));
         let frame = Message::InferRequest {
             id,
             outputs,
+            reply: slot.as_ref().map(Slot::reply_region),
             tensors: inputs,
         }
-        .encode(self.inner.max_frame_bytes)
+        .encode_placing(self.inner.max_frame_bytes, &mut |data| {
+            slot.as_mut().and_then(|s| s.place(data))
+        })
         .map_err(|e| WorkerError::Protocol {
             message: e.to_string(),
         })?;
@@ -254,6 +291,9 @@ impl Process {
                 return Err(unavailable(reason.clone()));
             }
             p.waiting.insert(id, tx);
+            if let Some(slot) = slot {
+                p.slots.insert(id, slot);
+            }
         }
         let _guard = PendingGuard { shared, id };
         if self.inner.outbox.send(frame).is_err() {
@@ -515,6 +555,15 @@ async fn write_loop(
     let _ = nix::sys::socket::shutdown(stream.as_raw_fd(), nix::sys::socket::Shutdown::Write);
 }
 
+/// The request id in a frame body's header.
+fn frame_id(body: &[u8]) -> Option<u64> {
+    let id: [u8; 8] = body
+        .get(1..crate::protocol::HEADER_BYTES)?
+        .try_into()
+        .ok()?;
+    Some(u64::from_le_bytes(id))
+}
+
 async fn read_loop(mut socket: OwnedReadHalf, shared: Arc<Shared>, max_frame_bytes: usize) {
     let reason = loop {
         let body = match read_frame_async(&mut socket, max_frame_bytes).await {
@@ -523,7 +572,15 @@ async fn read_loop(mut socket: OwnedReadHalf, shared: Arc<Shared>, max_frame_byt
             Err(ReadError::Io(e)) => break format!("worker connection broken: {e}"),
             Err(ReadError::Protocol(e)) => break format!("worker broke the protocol: {e}"),
         };
-        match Message::decode(body) {
+        // The arena slot of the request this frame answers: outputs may only come from its
+        // reply region, and it is released once they are copied out.
+        let slot = frame_id(&body).and_then(|id| shared.lock().slots.remove(&id));
+        let decoded = Message::decode_resolving(body, &mut |offset, len| match &slot {
+            Some(slot) => slot.take_output(offset, len).map_err(|e| e.to_string()),
+            None => Err("output in shared memory, but the request has no reply region".into()),
+        });
+        drop(slot);
+        match decoded {
             Ok(Message::InferResponse { id, tensors }) => shared.complete(id, Ok(tensors)),
             Ok(Message::Error { id, class, message }) => {
                 let e = match class {

@@ -165,3 +165,43 @@ pub fn field(status: &str, name: &str) -> String {
         .trim()
         .to_string()
 }
+
+/// An `Identity` model over an FP32 `[n, m]` tensor (input `x`, output `y`), written with the
+/// `onnx` Python package into `dir`; returns its path and SHA-256. Its outputs are as large as
+/// its inputs, which is what the tensor arena's tests and bench need.
+pub fn identity_model(dir: &std::path::Path) -> (PathBuf, String) {
+    let script = r#"
+import sys, onnx
+from onnx import helper, TensorProto
+x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", "m"])
+y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", "m"])
+g = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "identity", [x], [y])
+m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+m.ir_version = 8
+onnx.checker.check_model(m)
+onnx.save(m, sys.argv[1])
+"#;
+    let path = dir.join("identity.onnx");
+    let status = Command::new(python())
+        .arg("-c")
+        .arg(script)
+        .arg(&path)
+        .status()
+        .expect("run WARDEN_PYTHON");
+    assert!(
+        status.success(),
+        "crafting the model failed: WARDEN_PYTHON needs `onnx` (scripts/setup.sh --test)"
+    );
+    use sha2::Digest;
+    let sha = sha2::Sha256::digest(std::fs::read(&path).unwrap())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    (path, sha)
+}
+
+/// `[1, n]` FP32 values `salt, salt + 1, …`: distinct per request.
+pub fn ramp(n: usize, salt: f32) -> Tensor {
+    let values: Vec<f32> = (0..n).map(|i| salt + i as f32).collect();
+    f32_tensor("x", vec![1, n], &values)
+}
