@@ -9,6 +9,10 @@
 #   WARDEN_ORT_GPU_LIB=…/libonnxruntime.so.1.31.1  # onnxruntime-gpu's library: also runs
 #   WARDEN_CUDA_LIBRARY_DIRS=dir:dir               # runtime/tests/device.rs and the engines
 #                                                  # bench on the GPU (see README.md)
+#   WARDEN_DEVICE_TEST_BIN, WARDEN_ENGINES_BENCH_BIN  # prebuilt device test and engines bench
+#                                                  # (with WARDEN_RUNTIME_BIN, WARDEN_REPO_ROOT
+#                                                  # and WARDEN_BENCH_MODELS: hw-tests/gpu-kit.sh
+#                                                  # sets them all)
 set -euo pipefail
 if [ ! -e /dev/nvidiactl ] && ! command -v nvidia-smi >/dev/null 2>&1; then
     echo "SKIP gpu suite: no NVIDIA GPU here (no /dev/nvidiactl, no nvidia-smi)"
@@ -29,8 +33,16 @@ if [ -n "${WARDEN_ORT_GPU_LIB:-}" ]; then
     (
         export ORT_DYLIB_PATH=$WARDEN_ORT_GPU_LIB WARDEN_CUDA_LIBRARY_DIRS=${WARDEN_CUDA_LIBRARY_DIRS:-}
         cd "$(dirname "$0")/.."
-        cargo test -p warden-runtime --test device -- --nocapture --test-threads 1
-        WARDEN_BENCH_GPU=cuda:0 cargo bench -p warden-runtime --bench engines
+        if [ -n "${WARDEN_DEVICE_TEST_BIN:-}" ]; then
+            "$WARDEN_DEVICE_TEST_BIN" --nocapture --test-threads 1
+        else
+            cargo test -p warden-runtime --test device -- --nocapture --test-threads 1
+        fi
+        if [ -n "${WARDEN_ENGINES_BENCH_BIN:-}" ]; then
+            WARDEN_BENCH_GPU=cuda:0 "$WARDEN_ENGINES_BENCH_BIN" --bench
+        else
+            WARDEN_BENCH_GPU=cuda:0 cargo bench -p warden-runtime --bench engines
+        fi
     )
 else
     echo "SKIP onnxruntime cuda: WARDEN_ORT_GPU_LIB does not name an onnxruntime-gpu library"

@@ -90,8 +90,11 @@ fn main() {
         std::env::var_os("ORT_DYLIB_PATH")
             .expect("ORT_DYLIB_PATH is not set: run scripts/setup.sh"),
     );
-    let python = std::env::var_os("WARDEN_PYTHON")
-        .expect("WARDEN_PYTHON is not set: run scripts/setup.sh --test");
+    // WARDEN_BENCH_MODELS: a directory with the two models already written by
+    // bert_reference.py (in `small/` and `mini/`), for a machine without the Python packages
+    // (the GPU kit, `hw-tests/gpu-kit.sh`).
+    let prepared = std::env::var_os("WARDEN_BENCH_MODELS").map(PathBuf::from);
+    let python = std::env::var_os("WARDEN_PYTHON");
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/python/bert_reference.py");
     let gpu: Option<Device> = std::env::var("WARDEN_BENCH_GPU")
         .ok()
@@ -113,22 +116,28 @@ fn main() {
             &["--layers", "4", "--hidden", "256"][..],
         ),
     ] {
-        let dir = tempfile::tempdir().unwrap();
-        let status = Command::new(&python)
-            .arg(&script)
-            .arg(dir.path())
-            .args(args)
-            .status()
-            .unwrap();
-        assert!(status.success(), "bert_reference.py failed");
-        let candle = CandleEngine::load(
-            &std::fs::read(dir.path().join("model.safetensors")).unwrap(),
-            1,
-        )
-        .unwrap();
+        let written = tempfile::tempdir().unwrap();
+        let dir = match &prepared {
+            Some(models) => models.join(if args.is_empty() { "small" } else { "mini" }),
+            None => {
+                let python = python
+                    .as_ref()
+                    .expect("WARDEN_PYTHON is not set: run scripts/setup.sh --test");
+                let status = Command::new(python)
+                    .arg(&script)
+                    .arg(written.path())
+                    .args(args)
+                    .status()
+                    .unwrap();
+                assert!(status.success(), "bert_reference.py failed");
+                written.path().to_path_buf()
+            }
+        };
+        let candle =
+            CandleEngine::load(&std::fs::read(dir.join("model.safetensors")).unwrap(), 1).unwrap();
         let ort = OrtEngine::load(
             &ort_library,
-            &std::fs::read(dir.path().join("model.onnx")).unwrap(),
+            &std::fs::read(dir.join("model.onnx")).unwrap(),
             EngineOptions {
                 intra_op_threads: 1,
                 sessions: 1,
@@ -159,7 +168,7 @@ fn main() {
         let Some(device) = gpu else { continue };
         let on_gpu = OrtEngine::load(
             &ort_library,
-            &std::fs::read(dir.path().join("model.onnx")).unwrap(),
+            &std::fs::read(dir.join("model.onnx")).unwrap(),
             EngineOptions {
                 intra_op_threads: 1,
                 sessions: 1,

@@ -147,7 +147,7 @@ async fn the_sandboxed_worker_serves_on_the_gpu_or_refuses_or_falls_back() {
     use warden_runtime::worker::{Worker, WorkerError, WorkerOptions};
     let options = |cpu_fallback| {
         let mut o = WorkerOptions::new(
-            PathBuf::from(env!("CARGO_BIN_EXE_warden-runtime")),
+            runtime_binary(),
             ort_library(),
             model_path(),
             model_sha256(),

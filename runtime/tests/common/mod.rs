@@ -22,8 +22,22 @@ pub fn python() -> PathBuf {
     }
 }
 
+/// The repository: where this was built, or `WARDEN_REPO_ROOT` for a prebuilt test binary run
+/// from another checkout (the GPU kit, `hw-tests/gpu-kit.sh`).
 pub fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+    match std::env::var_os("WARDEN_REPO_ROOT") {
+        Some(p) if !p.is_empty() => PathBuf::from(p),
+        _ => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".."),
+    }
+}
+
+/// The `warden-runtime` worker binary: the one built beside this test, or `WARDEN_RUNTIME_BIN`
+/// for a prebuilt test binary run elsewhere.
+pub fn runtime_binary() -> PathBuf {
+    match std::env::var_os("WARDEN_RUNTIME_BIN") {
+        Some(p) if !p.is_empty() => PathBuf::from(p),
+        _ => PathBuf::from(env!("CARGO_BIN_EXE_warden-runtime")),
+    }
 }
 
 pub fn model_path() -> PathBuf {
