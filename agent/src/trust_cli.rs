@@ -81,17 +81,24 @@ pub enum AttestCommand {
         #[arg(long, default_value = "identity.json")]
         output: PathBuf,
     },
-    /// On the verifier: check a device's identity against the endorsement key you trust (from
-    /// its manufacturer's EK certificate, or recorded at provisioning) and make a challenge
-    /// only that TPM can answer, and only for that attestation key. The expected answer and
-    /// the attestation key go to `--expected` (keep it private), the challenge to `--output`.
+    /// On the verifier: check a device's endorsement key — against the one you trust for it
+    /// (`--ek`, recorded at provisioning), or by its EK certificate, which must chain to a TPM
+    /// manufacturer's CA you trust (`--ek-ca`) — and make a challenge only that TPM can
+    /// answer, and only for that attestation key. The expected answer and the attestation key
+    /// go to `--expected` (keep it private), the challenge to `--output`.
     Challenge {
         /// The device's identity (from `warden attest identity`).
         #[arg(long)]
         identity: PathBuf,
         /// The endorsement key you trust for this device, PEM.
+        #[arg(long, required_unless_present = "ek_ca", conflicts_with = "ek_ca")]
+        ek: Option<PathBuf>,
+        /// TPM manufacturer CA certificates (PEM) the device's EK certificate must chain to.
         #[arg(long)]
-        ek: PathBuf,
+        ek_ca: Option<PathBuf>,
+        /// Intermediate CA certificates (PEM) between those and the EK certificate.
+        #[arg(long, requires = "ek_ca")]
+        ek_intermediates: Option<PathBuf>,
         /// Where to write the challenge for the device.
         #[arg(long, default_value = "challenge.json")]
         output: PathBuf,
@@ -140,6 +147,9 @@ struct IdentityFile {
     endorsement_key: String,
     /// The AK's `TPMT_PUBLIC`, base64.
     ak_public_area: String,
+    /// The EK's certificate from the TPM (NV 0x01c0000a), base64 DER; absent when it has none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    ek_certificate: Option<String>,
 }
 
 /// A challenge on the wire (`warden attest challenge` → `activate`).
@@ -457,6 +467,7 @@ pub fn attest(cmd: AttestCommand) -> anyhow::Result<()> {
             let file = IdentityFile {
                 endorsement_key: id.endorsement_key.to_public_key_pem(LineEnding::LF)?,
                 ak_public_area: b64(&id.ak_public_area),
+                ek_certificate: id.ek_certificate.as_deref().map(b64),
             };
             std::fs::write(&output, serde_json::to_string_pretty(&file)? + "\n")
                 .with_context(|| format!("writing {}", output.display()))?;
@@ -469,24 +480,57 @@ pub fn attest(cmd: AttestCommand) -> anyhow::Result<()> {
         AttestCommand::Challenge {
             identity,
             ek,
+            ek_ca,
+            ek_intermediates,
             output,
             expected,
         } => {
             let id: IdentityFile = read_json(&identity, "a device identity")?;
-            let trusted_pem = std::fs::read_to_string(&ek)
-                .with_context(|| format!("reading {}", ek.display()))?;
-            let trusted = p256::PublicKey::from_public_key_pem(&trusted_pem)
-                .with_context(|| format!("{} is not a P-256 public key", ek.display()))?;
             let claimed = p256::PublicKey::from_public_key_pem(&id.endorsement_key)
                 .context("the identity's endorsement key is not a P-256 public key")?;
-            if claimed != trusted {
-                bail!(
-                    "the device's endorsement key is not the one in {}: not this device, or \
-                     not enrolled",
-                    ek.display()
-                );
-            }
             let area = unb64(&id.ak_public_area, "the attestation key's public area")?;
+            let trusted = match (ek, ek_ca) {
+                (Some(ek), _) => {
+                    let trusted_pem = std::fs::read_to_string(&ek)
+                        .with_context(|| format!("reading {}", ek.display()))?;
+                    let trusted = p256::PublicKey::from_public_key_pem(&trusted_pem)
+                        .with_context(|| format!("{} is not a P-256 public key", ek.display()))?;
+                    if claimed != trusted {
+                        bail!(
+                            "the device's endorsement key is not the one in {}: not this \
+                             device, or not enrolled",
+                            ek.display()
+                        );
+                    }
+                    trusted
+                }
+                (None, Some(ca)) => {
+                    let read = |p: &PathBuf| {
+                        std::fs::read_to_string(p)
+                            .with_context(|| format!("reading {}", p.display()))
+                    };
+                    let roots = read(&ca)?;
+                    let intermediates = ek_intermediates.as_ref().map(read).transpose()?;
+                    let certificate = id
+                        .ek_certificate
+                        .as_deref()
+                        .map(|c| unb64(c, "the EK certificate"))
+                        .transpose()?;
+                    let issued = credential::certified_endorsement_key(
+                        &credential::DeviceIdentity {
+                            endorsement_key: claimed,
+                            ak_public_area: area.clone(),
+                            ek_certificate: certificate,
+                        },
+                        &roots,
+                        intermediates.as_deref(),
+                        rustls_pki_types::UnixTime::now(),
+                    )?;
+                    println!("endorsement key certified by its manufacturer: {issued}");
+                    claimed
+                }
+                (None, None) => bail!("name the trusted endorsement key (--ek) or CA (--ek-ca)"),
+            };
             let (ak, name) = credential::check_ak_public_area(&area)?;
             let mut secret = [0u8; credential::SECRET_BYTES];
             rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut secret);

@@ -858,6 +858,84 @@ fn attestation_key_enrolment_by_credential_activation() {
     assert!(ok && t.contains("quote verifies"), "{t}");
 }
 
+/// Enrolment on a TPM whose manufacturer certified its EK: the identity carries the EK
+/// certificate from NV, and a verifier that trusts the manufacturer's CA makes the challenge
+/// without knowing the EK beforehand. Another CA, or a missing intermediate, makes none; one
+/// of `--ek` and `--ek-ca` must be named, not both.
+#[test]
+fn attestation_key_enrolment_by_the_manufacturers_ek_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = |name: &str| dir.path().join(name).to_str().unwrap().to_owned();
+    let tpm = provisioned_tpm(dir.path());
+    let ek = {
+        let t = warden_attest::tpm::Tpm::open(&tpm.tcti).unwrap();
+        warden_attest::boot::credential::endorsement_key(&t).unwrap()
+    };
+    let maker = support_devices::EkManufacturer::issue(&ek, Default::default());
+    support_devices::write_ek_certificate(&tpm.tcti, &maker.ek_certificate);
+    std::fs::write(path("maker-root.pem"), &maker.root_pem).unwrap();
+    std::fs::write(path("maker-intermediate.pem"), &maker.intermediate_pem).unwrap();
+    let stranger = support_devices::EkManufacturer::issue(&ek, Default::default());
+    std::fs::write(path("stranger-root.pem"), &stranger.root_pem).unwrap();
+
+    let run = |args: &[&str]| {
+        let out = warden(args);
+        (out.status.success(), text(&out))
+    };
+    let (ok, t) = run(&[
+        "attest",
+        "identity",
+        "--tcti",
+        &tpm.tcti,
+        "--output",
+        &path("identity.json"),
+    ]);
+    assert!(ok, "{t}");
+    let identity: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path("identity.json")).unwrap()).unwrap();
+    assert!(identity["ek_certificate"].is_string(), "{identity}");
+
+    let challenge = |trust: &[&str]| {
+        let (id, out, exp) = (
+            path("identity.json"),
+            path("challenge.json"),
+            path("expected.json"),
+        );
+        let mut args = vec!["attest", "challenge", "--identity", &id];
+        args.extend_from_slice(trust);
+        args.extend(["--output", &out, "--expected", &exp]);
+        run(&args)
+    };
+    let (root, int, other) = (
+        path("maker-root.pem"),
+        path("maker-intermediate.pem"),
+        path("stranger-root.pem"),
+    );
+    let (ok, t) = challenge(&["--ek-ca", &other, "--ek-intermediates", &int]);
+    assert!(!ok && t.contains("not trusted"), "{t}");
+    let (ok, t) = challenge(&["--ek-ca", &root]);
+    assert!(!ok && t.contains("not trusted"), "{t}");
+    let (ok, t) = challenge(&[]);
+    assert!(!ok && t.contains("--ek"), "{t}");
+    let (ok, t) = challenge(&["--ek", &path("ek.pem"), "--ek-ca", &root]);
+    assert!(!ok && t.contains("cannot be used with"), "{t}");
+    assert!(!dir.path().join("challenge.json").exists());
+
+    let (ok, t) = challenge(&["--ek-ca", &root, "--ek-intermediates", &int]);
+    assert!(ok && t.contains("certified by its manufacturer"), "{t}");
+    let out = warden(&[
+        "attest",
+        "activate",
+        "--tcti",
+        &tpm.tcti,
+        "--challenge",
+        &path("challenge.json"),
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    let answer = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    enrol_and_compare(dir.path(), &answer);
+}
+
 /// The same enrolment while keyd owns the TPM: `identity` and `activate` go through its
 /// socket, each only for a principal allowed that operation.
 #[test]
@@ -865,6 +943,13 @@ fn attestation_key_enrolment_through_keyd() {
     let dir = tempfile::tempdir().unwrap();
     let path = |name: &str| dir.path().join(name).to_str().unwrap().to_owned();
     let tpm = provisioned_tpm(dir.path());
+    // The TPM's EK certificate must come through keyd too.
+    let ek = {
+        let t = warden_attest::tpm::Tpm::open(&tpm.tcti).unwrap();
+        warden_attest::boot::credential::endorsement_key(&t).unwrap()
+    };
+    let maker = support_devices::EkManufacturer::issue(&ek, Default::default());
+    support_devices::write_ek_certificate(&tpm.tcti, &maker.ek_certificate);
     let rt = tokio::runtime::Runtime::new().unwrap();
     // One keyd at a time owns the TPM: first one whose principal may only read the identity.
     let start_keyd = |socket: &Path, operations: Vec<Operation>| {
@@ -919,6 +1004,15 @@ fn attestation_key_enrolment_through_keyd() {
         &path("identity.json"),
     ]);
     assert!(ok, "{t}");
+    let identity: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path("identity.json")).unwrap()).unwrap();
+    use base64::Engine as _;
+    assert_eq!(
+        base64::engine::general_purpose::STANDARD
+            .decode(identity["ek_certificate"].as_str().unwrap())
+            .unwrap(),
+        maker.ek_certificate
+    );
     make_challenge(dir.path());
     let (ok, t, _) = run(&[
         "attest",

@@ -10,8 +10,8 @@ use std::collections::BTreeMap;
 use sha2::Digest as _;
 use warden_attest::boot::BootError;
 use warden_attest::boot::credential::{
-    Challenge, activate_credential, attestation_key_name, check_ak_public_area, device_identity,
-    endorsement_key, make_credential,
+    Challenge, activate_credential, attestation_key_name, certified_endorsement_key,
+    check_ak_public_area, device_identity, endorsement_key, make_credential,
 };
 use warden_attest::boot::eventlog::{ALG_SHA1, ALG_SHA256, EV_NO_ACTION, Event, EventLog};
 use warden_attest::boot::measure::{
@@ -381,4 +381,115 @@ fn credential_activation_binds_the_attestation_key_to_the_endorsement_key() {
     assert!(make_credential(&ek, &name, &[]).is_err());
     assert!(make_credential(&ek, &name, &[0; 33]).is_err());
     assert!(make_credential(&ek, &name[..20], &secret).is_err());
+}
+
+/// The EK certificate a manufacturer wrote into the TPM's NV travels with the identity, and a
+/// verifier trusting the manufacturer's CA accepts that EK — then enrols as with a recorded
+/// EK. Refused: no certificate, another CA, a missing intermediate, a certificate for another
+/// key, an altered, expired or non-EK certificate.
+#[test]
+fn the_manufacturers_ek_certificate_vouches_for_the_endorsement_key() {
+    use rustls_pki_types::UnixTime;
+    let (sw, tpm) = fresh_tpm();
+    ensure_attestation_key(&tpm).unwrap();
+    let ek = endorsement_key(&tpm).unwrap();
+    let now = UnixTime::now();
+
+    // No certificate in NV (swtpm has none by default): the identity says so.
+    let bare = device_identity(&tpm).unwrap();
+    assert_eq!(bare.ek_certificate, None);
+    let maker = devices::EkManufacturer::issue(&ek, devices::EkCertSpec::default());
+    let e = certified_endorsement_key(&bare, &maker.root_pem, Some(&maker.intermediate_pem), now)
+        .unwrap_err();
+    assert!(e.to_string().contains("no EK certificate"), "{e}");
+
+    drop(tpm);
+    devices::write_ek_certificate(&sw.tcti, &maker.ek_certificate);
+    let tpm = Tpm::open(&sw.tcti).unwrap();
+    let identity = device_identity(&tpm).unwrap();
+    assert_eq!(
+        identity.ek_certificate.as_deref(),
+        Some(&maker.ek_certificate[..])
+    );
+    let issued = certified_endorsement_key(
+        &identity,
+        &maker.root_pem,
+        Some(&maker.intermediate_pem),
+        now,
+    )
+    .unwrap();
+    assert!(issued.contains("Test TPM EK CA"), "{issued}");
+
+    let refused = |id: &warden_attest::boot::credential::DeviceIdentity,
+                   roots: &str,
+                   intermediates: Option<&str>,
+                   at: UnixTime,
+                   why: &str| {
+        let e = certified_endorsement_key(id, roots, intermediates, at).unwrap_err();
+        assert!(e.to_string().contains(why), "{e} (expected: {why})");
+    };
+    // Another manufacturer's CA; the intermediate missing.
+    let other = devices::EkManufacturer::issue(&ek, devices::EkCertSpec::default());
+    refused(
+        &identity,
+        &other.root_pem,
+        Some(&other.intermediate_pem),
+        now,
+        "not trusted",
+    );
+    refused(&identity, &maker.root_pem, None, now, "not trusted");
+    // The certificate presented with another TPM's EK.
+    let (_other_sw, other_tpm) = fresh_tpm();
+    let mut swapped = identity.clone();
+    swapped.endorsement_key = endorsement_key(&other_tpm).unwrap();
+    refused(
+        &swapped,
+        &maker.root_pem,
+        Some(&maker.intermediate_pem),
+        now,
+        "another key",
+    );
+    // Altered: a byte of the signature, a byte of the key.
+    let cert = identity.ek_certificate.clone().unwrap();
+    for i in [cert.len() - 5, cert.len() / 2] {
+        let mut altered = identity.clone();
+        altered.ek_certificate.as_mut().unwrap()[i] ^= 0x01;
+        assert!(
+            certified_endorsement_key(
+                &altered,
+                &maker.root_pem,
+                Some(&maker.intermediate_pem),
+                now
+            )
+            .is_err(),
+            "byte {i}"
+        );
+    }
+    // Expired, and a certificate whose extended key usage is not the EK certificate's.
+    for spec in [
+        devices::EkCertSpec {
+            expired: true,
+            ..Default::default()
+        },
+        devices::EkCertSpec {
+            wrong_eku: true,
+            ..Default::default()
+        },
+    ] {
+        let m = devices::EkManufacturer::issue(&ek, spec);
+        let mut id = identity.clone();
+        id.ek_certificate = Some(m.ek_certificate);
+        refused(
+            &id,
+            &m.root_pem,
+            Some(&m.intermediate_pem),
+            now,
+            "not trusted",
+        );
+    }
+
+    // The certified EK is the one the TPM activates credentials with.
+    let name = attestation_key_name(&tpm).unwrap();
+    let challenge = make_credential(&identity.endorsement_key, &name, b"certified").unwrap();
+    assert_eq!(activate_credential(&tpm, &challenge).unwrap(), b"certified");
 }

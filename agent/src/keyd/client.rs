@@ -343,6 +343,7 @@ impl KeyStore for KeydClient {
             Response::Identity {
                 endorsement_key,
                 ak_public_area,
+                ek_certificate,
             } => {
                 let der = unb64("endorsement_key", &endorsement_key)
                     .map_err(|e| remote(&self.socket, e))?;
@@ -350,9 +351,14 @@ impl KeyStore for KeydClient {
                     .map_err(|e| remote(&self.socket, format!("endorsement key: {e}")))?;
                 let ak_public_area = unb64("ak_public_area", &ak_public_area)
                     .map_err(|e| remote(&self.socket, e))?;
+                let ek_certificate = ek_certificate
+                    .map(|c| unb64("ek_certificate", &c))
+                    .transpose()
+                    .map_err(|e| remote(&self.socket, e))?;
                 Ok(warden_attest::boot::credential::DeviceIdentity {
                     endorsement_key,
                     ak_public_area,
+                    ek_certificate,
                 })
             }
             other => Err(self.unexpected(&other)),

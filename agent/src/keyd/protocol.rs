@@ -39,7 +39,8 @@
 //! {"type": "extended"}
 //! {"type": "pcr", "value": "<base64, 32 bytes>"}
 //! {"type": "quote", "attest": "<base64>", "signature": "<base64>", "pcrs": {"23": "<hex>"}}
-//! {"type": "identity", "endorsement_key": "<base64 DER SubjectPublicKeyInfo>", "ak_public_area": "<base64>"}
+//! {"type": "identity", "endorsement_key": "<base64 DER SubjectPublicKeyInfo>", "ak_public_area": "<base64>",
+//!  "ek_certificate": "<base64 DER, absent when the TPM has none>"}
 //! {"type": "credential", "secret": "<base64>"}
 //! {"type": "error", "kind": "unauthorized" | "forbidden" | "malformed_request" | "frame_too_large" | ..., "message": "..."}
 //! ```
@@ -356,6 +357,9 @@ pub enum Response {
         endorsement_key: String,
         /// The AK's `TPMT_PUBLIC`, base64.
         ak_public_area: String,
+        /// The EK's certificate from the TPM's NV, base64 DER; absent when it has none.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        ek_certificate: Option<String>,
     },
     /// The secret an enrolment challenge carried (for the verifier; not a key).
     Credential {

@@ -334,6 +334,7 @@ fn execute(request: Request, store: &dyn KeyStore) -> Response {
                 Ok(der) => Response::Identity {
                     endorsement_key: b64(der.as_bytes()),
                     ak_public_area: b64(&id.ak_public_area),
+                    ek_certificate: id.ek_certificate.as_deref().map(b64),
                 },
                 Err(e) => Response::error(ErrorKind::Internal, format!("encoding: {e}")),
             },

@@ -11,13 +11,18 @@
 //! The EK is the TCG default ECC P-256 EK (template L-2: restricted decryption key,
 //! AES-128-CFB, SHA-256, policy `PolicySecret(TPM_RH_ENDORSEMENT)`), recreated from the
 //! endorsement seed when needed and flushed after use.
+//!
+//! Which EK to trust: either one the verifier recorded for the device, or any EK whose
+//! certificate — written by the TPM's manufacturer into NV index 0x01c0000a, and sent with the
+//! device's identity — chains to a manufacturer CA the verifier trusts
+//! ([`certified_endorsement_key`]).
 
 use aes::cipher::{BlockEncrypt as _, KeyInit as _};
 use hmac::Mac as _;
 use sha2::Digest as _;
 use tss_esapi::Context;
 use tss_esapi::abstraction::AsymmetricAlgorithmSelection;
-use tss_esapi::abstraction::ek::create_ek_object_2;
+use tss_esapi::abstraction::ek::{create_ek_object_2, retrieve_ek_pubcert};
 use tss_esapi::handles::{AuthHandle, KeyHandle, ObjectHandle};
 use tss_esapi::interface_types::ecc::EccCurve;
 use tss_esapi::interface_types::session_handles::AuthSession;
@@ -75,14 +80,21 @@ fn ak_public(tpm: &Tpm) -> Result<(Vec<u8>, Vec<u8>), BootError> {
     })??)
 }
 
-/// What a device tells a verifier to be enrolled: its EK and its AK's public area.
+/// What a device tells a verifier to be enrolled: its EK, the EK's certificate when the TPM
+/// has one, and its AK's public area.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeviceIdentity {
     pub endorsement_key: p256::PublicKey,
     /// The AK's `TPMT_PUBLIC`, marshalled: the verifier derives the AK's key and name from it
     /// and checks its attributes ([`check_ak_public_area`]).
     pub ak_public_area: Vec<u8>,
+    /// The P-256 EK's certificate (DER) from NV index [`EK_CERTIFICATE_NV_INDEX`], as the
+    /// manufacturer wrote it; `None` when the TPM has none there.
+    pub ek_certificate: Option<Vec<u8>>,
 }
+
+/// Where the TCG EK Credential Profile puts the certificate of the default ECC P-256 EK.
+pub const EK_CERTIFICATE_NV_INDEX: u32 = 0x01c0_000a;
 
 /// The device's identity for enrolment (the AK must exist: `warden provision --ak`).
 pub fn device_identity(tpm: &Tpm) -> Result<DeviceIdentity, BootError> {
@@ -90,7 +102,92 @@ pub fn device_identity(tpm: &Tpm) -> Result<DeviceIdentity, BootError> {
     Ok(DeviceIdentity {
         endorsement_key: endorsement_key(tpm)?,
         ak_public_area,
+        ek_certificate: ek_certificate(tpm)?,
     })
+}
+
+/// The EK certificate in NV, if the index exists. Any other failure is an error: a verifier
+/// that needs the certificate must not be told there is none because a read failed.
+fn ek_certificate(tpm: &Tpm) -> Result<Option<Vec<u8>>, BootError> {
+    use tss_esapi::constants::response_code::Tss2ResponseCodeKind;
+    Ok(tpm.run(|ctx| {
+        match retrieve_ek_pubcert(ctx, AsymmetricAlgorithmSelection::Ecc(EccCurve::NistP256)) {
+            Ok(der) => Ok(Some(der)),
+            Err(tss_esapi::Error::Tss2Error(code))
+                if code.kind() == Some(Tss2ResponseCodeKind::Handle) =>
+            {
+                Ok(None)
+            }
+            Err(e) => Err(KeyStoreError::tpm("reading the EK certificate", e)),
+        }
+    })??)
+}
+
+/// TCG's EK certificate extended key usage (2.23.133.8.1), DER content octets.
+const EKU_EK_CERTIFICATE: &[u8] = &[0x67, 0x81, 0x05, 0x08, 0x01];
+/// The longest manufacturer chain accepted (EK certificate, intermediates, root).
+const MAX_EK_CHAIN: usize = 4;
+
+/// On the verifier: checks that `identity` carries an EK certificate that chains, now, to one
+/// of the manufacturer CAs in `roots_pem` (through the CA certificates in `intermediates_pem`,
+/// if needed), whose extended key usage, if it has one, is the TCG EK certificate's, and whose
+/// key is the identity's EK. Returns the certificate's issuer and serial, for the log.
+/// Chain building, signatures, validity and basic constraints are rustls-webpki's.
+pub fn certified_endorsement_key(
+    identity: &DeviceIdentity,
+    roots_pem: &str,
+    intermediates_pem: Option<&str>,
+    now: rustls_pki_types::UnixTime,
+) -> Result<String, BootError> {
+    use rustls_pki_types::CertificateDer;
+    use x509_parser::prelude::FromDer as _;
+    let certificate = identity.ek_certificate.as_deref().ok_or_else(|| {
+        refused(
+            "the device's identity carries no EK certificate (its TPM has none at \
+             0x01c0000a): name the trusted EK instead"
+                .into(),
+        )
+    })?;
+    let roots = crate::bundle::certificate::Roots::from_pem(roots_pem)
+        .map_err(|e| refused(format!("manufacturer CAs: {e}")))?;
+    let intermediates = match intermediates_pem {
+        Some(pem) => crate::bundle::certificate::parse_pem_certs(pem, "intermediate CA")
+            .map_err(|e| refused(format!("intermediate CAs: {e}")))?,
+        None => Vec::new(),
+    };
+    if intermediates.len() + 2 > MAX_EK_CHAIN {
+        return Err(refused(format!(
+            "at most {} intermediate CA certificates",
+            MAX_EK_CHAIN - 2
+        )));
+    }
+    let der = CertificateDer::from(certificate);
+    let leaf = webpki::EndEntityCert::try_from(&der)
+        .map_err(|e| refused(format!("the EK certificate does not parse: {e}")))?;
+    leaf.verify_for_usage(
+        crate::bundle::certificate::ALGORITHMS,
+        roots.anchors(),
+        &intermediates,
+        now,
+        webpki::KeyUsage::required_if_present(EKU_EK_CERTIFICATE),
+        None,
+        None,
+    )
+    .map_err(|e| refused(format!("the EK certificate is not trusted: {e}")))?;
+    let (_, parsed) = x509_parser::certificate::X509Certificate::from_der(certificate)
+        .map_err(|e| refused(format!("the EK certificate does not parse: {e}")))?;
+    let certified = p256::PublicKey::from_sec1_bytes(&parsed.public_key().subject_public_key.data)
+        .map_err(|_| refused("the EK certificate is not for a P-256 key".into()))?;
+    if certified != identity.endorsement_key {
+        return Err(refused(
+            "the EK certificate is for another key than the device's endorsement key".into(),
+        ));
+    }
+    Ok(format!(
+        "issued by {}, serial {}",
+        parsed.issuer(),
+        parsed.raw_serial_as_string()
+    ))
 }
 
 /// An AK as a verifier accepts it: from its public area, the P-256 key quotes are verified

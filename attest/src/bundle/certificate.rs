@@ -31,7 +31,7 @@ const EKU_CODE_SIGNING: &[u8] = &[0x2b, 0x06, 0x01, 0x05, 0x05, 0x07, 0x03, 0x03
 pub(crate) const MAX_CHAIN_LEN: usize = 8;
 
 /// CA signature algorithms accepted in a chain. ring has no P-521, so that one is ours.
-static ALGORITHMS: &[&dyn SignatureVerificationAlgorithm] = &[
+pub(crate) static ALGORITHMS: &[&dyn SignatureVerificationAlgorithm] = &[
     webpki::ring::ECDSA_P256_SHA256,
     webpki::ring::ECDSA_P256_SHA384,
     webpki::ring::ECDSA_P384_SHA256,
@@ -92,6 +92,10 @@ pub(crate) struct Roots {
 }
 
 impl Roots {
+    pub(crate) fn anchors(&self) -> &[TrustAnchor<'static>] {
+        &self.anchors
+    }
+
     pub(crate) fn from_pem(pem: &str) -> Result<Self, BundleError> {
         let certs = parse_pem_certs(pem, "root certificate")?;
         if certs.is_empty() {

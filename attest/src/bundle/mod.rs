@@ -14,7 +14,7 @@
 //! by the caller, or the signature file itself) are not covered: callers must only use the
 //! files listed in [`VerifiedModel::files`].
 
-mod certificate;
+pub(crate) mod certificate;
 mod digest;
 mod dsse;
 mod error;

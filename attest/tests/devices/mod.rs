@@ -245,3 +245,127 @@ pub fn current_uid() -> u32 {
     let f = tempfile::NamedTempFile::new().unwrap();
     f.as_file().metadata().unwrap().uid()
 }
+
+/// How a test manufacturer issues an EK certificate.
+#[derive(Clone, Copy, Default)]
+pub struct EkCertSpec {
+    /// Valid in 2020 only.
+    pub expired: bool,
+    /// Extended key usage serverAuth instead of the TCG EK certificate's (2.23.133.8.1).
+    pub wrong_eku: bool,
+}
+
+/// A TPM manufacturer, for tests: a root CA, an intermediate CA under it, and an EK certificate
+/// from the intermediate for the key `ek`, shaped like the TCG EK Credential
+/// Profile's (no subject, key agreement, the EK extended key usage).
+pub struct EkManufacturer {
+    pub root_pem: String,
+    pub intermediate_pem: String,
+    pub ek_certificate: Vec<u8>,
+}
+
+impl EkManufacturer {
+    pub fn issue(ek: &p256::PublicKey, spec: EkCertSpec) -> Self {
+        use p256::elliptic_curve::sec1::ToEncodedPoint as _;
+        let ek = ek.to_encoded_point(false);
+        let ek = ek.as_bytes();
+        use rcgen::{
+            BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
+            KeyPair, KeyUsagePurpose,
+        };
+        struct Point(Vec<u8>);
+        impl rcgen::PublicKeyData for Point {
+            fn der_bytes(&self) -> &[u8] {
+                &self.0
+            }
+            fn algorithm(&self) -> &'static rcgen::SignatureAlgorithm {
+                &rcgen::PKCS_ECDSA_P256_SHA256
+            }
+        }
+        let ca = |cn: &str| {
+            let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+            p.distinguished_name.push(DnType::CommonName, cn);
+            p.distinguished_name
+                .push(DnType::OrganizationName, "Test TPM Manufacturer");
+            p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+            p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+            p
+        };
+        let root_key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P384_SHA384).unwrap();
+        let root_params = ca("Test TPM Root CA");
+        let root_cert = root_params.self_signed(&root_key).unwrap();
+        let root = Issuer::new(root_params, root_key);
+        let int_key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let int_params = ca("Test TPM EK CA");
+        let int_cert = int_params.signed_by(&int_key, &root).unwrap();
+        let intermediate = Issuer::new(int_params, int_key);
+
+        let mut ek_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ek_params.is_ca = IsCa::ExplicitNoCa;
+        ek_params.key_usages = vec![KeyUsagePurpose::KeyAgreement];
+        ek_params.extended_key_usages = if spec.wrong_eku {
+            vec![ExtendedKeyUsagePurpose::ServerAuth]
+        } else {
+            vec![ExtendedKeyUsagePurpose::Other(vec![2, 23, 133, 8, 1])]
+        };
+        if spec.expired {
+            ek_params.not_before = rcgen::date_time_ymd(2020, 1, 1);
+            ek_params.not_after = rcgen::date_time_ymd(2021, 1, 1);
+        }
+        let ek_cert = ek_params
+            .signed_by(&Point(ek.to_vec()), &intermediate)
+            .unwrap();
+        Self {
+            root_pem: root_cert.pem(),
+            intermediate_pem: int_cert.pem(),
+            ek_certificate: ek_cert.der().to_vec(),
+        }
+    }
+}
+
+/// Writes `certificate` into the TPM's NV index 0x01c0000a (the P-256 EK certificate's) with
+/// platform authorization, as a manufacturer does; readable with the index's empty
+/// authorization, like real EK certificate indices.
+pub fn write_ek_certificate(tcti: &str, certificate: &[u8]) {
+    use tss_esapi::attributes::NvIndexAttributesBuilder;
+    use tss_esapi::handles::NvIndexTpmHandle;
+    use tss_esapi::interface_types::algorithm::HashingAlgorithm;
+    use tss_esapi::interface_types::resource_handles::{NvAuth, Provision};
+    use tss_esapi::interface_types::session_handles::AuthSession;
+    use tss_esapi::structures::{MaxNvBuffer, NvPublicBuilder};
+    let tpm = warden_attest::tpm::Tpm::open(tcti).unwrap();
+    let certificate = certificate.to_vec();
+    tpm.run(move |ctx| {
+        let index = NvIndexTpmHandle::new(0x01c0_000a).unwrap();
+        let attributes = NvIndexAttributesBuilder::new()
+            .with_pp_write(true)
+            .with_pp_read(true)
+            .with_owner_read(true)
+            .with_auth_read(true)
+            .with_no_da(true)
+            .with_platform_create(true)
+            .build()
+            .unwrap();
+        let public = NvPublicBuilder::new()
+            .with_nv_index(index)
+            .with_index_name_algorithm(HashingAlgorithm::Sha256)
+            .with_index_attributes(attributes)
+            .with_data_area_size(certificate.len())
+            .build()
+            .unwrap();
+        let handle = ctx
+            .execute_with_session(Some(AuthSession::Password), |c| {
+                c.nv_define_space(Provision::Platform, None, public)
+            })
+            .unwrap();
+        for (i, chunk) in certificate.chunks(512).enumerate() {
+            let data = MaxNvBuffer::try_from(chunk.to_vec()).unwrap();
+            ctx.execute_with_session(Some(AuthSession::Password), |c| {
+                c.nv_write(NvAuth::Platform, handle, data, (i * 512) as u16)
+            })
+            .unwrap();
+        }
+        let _ = ctx.tr_close(&mut tss_esapi::handles::ObjectHandle::from(handle));
+    })
+    .unwrap();
+}
