@@ -2,7 +2,8 @@
 # The GPU kit: everything `hw-tests/gpu.sh` needs on a GPU machine that has neither a Rust
 # toolchain nor a network (the lent device machine), built here and carried over in parts.
 #
-#   hw-tests/gpu-kit.sh build     # here: prebuilt binaries, onnxruntime-gpu's libraries, the
+#   hw-tests/gpu-kit.sh build     # here: prebuilt binaries (also candle's CUDA build,
+#                                 # hw-tests/candle-cuda.sh), onnxruntime-gpu's libraries, the
 #                                 # benchmark's models; packed and split into parts of at most
 #                                 # 60 MiB under .cache/gpu-kit/parts/ (ignored by git)
 #   hw-tests/gpu-kit.sh stash     # there, once per part carried: moves the parts that arrived
@@ -84,6 +85,10 @@ EOF
     exe=$(grep "/deps/engines-" "$kit/benches.txt" | head -1)
     [ -n "$exe" ] || { say "no engines bench binary"; exit 1; }
     cp "$exe" "$stage/bin/bench-engines"
+    say "building candle's CUDA backend (hw-tests/candle-cuda.sh)"
+    mapfile -t candle_cuda < <(bash hw-tests/candle-cuda.sh)
+    cp "${candle_cuda[0]}" "$stage/bin/warden-runtime-candle-cuda"
+    cp "${candle_cuda[1]}" "$stage/bin/test-candle-cuda"
     strip "$stage"/bin/*
 
     say "writing the benchmark's models"
@@ -168,6 +173,9 @@ run_kit() {
     export WARDEN_ENGINES_BENCH_BIN=$k/bin/bench-engines
     export WARDEN_BENCH_MODELS=$k/models
     export WARDEN_BIN=$k/bin/warden
+    export WARDEN_CANDLE_CUDA_TEST_BIN=$k/bin/test-candle-cuda
+    export WARDEN_CANDLE_CUDA_RUNTIME_BIN=$k/bin/warden-runtime-candle-cuda
+    export WARDEN_CANDLE_TEST_MODEL=$k/models/small
     export WARDEN_ORT_GPU_LIB=$k/ort/libonnxruntime.so.$version
     WARDEN_CUDA_LIBRARY_DIRS=$(cuda_dirs)
     export WARDEN_CUDA_LIBRARY_DIRS

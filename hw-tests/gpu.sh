@@ -9,6 +9,9 @@
 #   WARDEN_ORT_GPU_LIB=…/libonnxruntime.so.1.31.1  # onnxruntime-gpu's library: also runs
 #   WARDEN_CUDA_LIBRARY_DIRS=dir:dir               # runtime/tests/device.rs and the engines
 #                                                  # bench on the GPU (see README.md)
+#   WARDEN_CANDLE_CUDA_TEST_BIN=path              # runtime/tests/candle.rs built with candle's
+#                                                  # CUDA backend (hw-tests/candle-cuda.sh): candle
+#                                                  # on cuda:0 against the Python reference
 #   WARDEN_DEVICE_TEST_BIN, WARDEN_ENGINES_BENCH_BIN  # prebuilt device test and engines bench
 #                                                  # (with WARDEN_RUNTIME_BIN, WARDEN_REPO_ROOT
 #                                                  # and WARDEN_BENCH_MODELS: hw-tests/gpu-kit.sh
@@ -20,8 +23,16 @@ if [ ! -e /dev/nvidiactl ] && ! command -v nvidia-smi >/dev/null 2>&1; then
 fi
 command -v nvidia-smi >/dev/null 2>&1 &&
     nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || true
-# candle is built without its `cuda` feature (it needs nvcc at build time): nothing to run.
-echo "SKIP candle cuda: warden-runtime is built without candle's cuda feature (nvcc needed at build time); the candle engine runs on the CPU"
+# candle on CUDA needs a `candle-cuda` build (hw-tests/candle-cuda.sh), which links the CUDA
+# libraries: the loader must find them (WARDEN_CUDA_LIBRARY_DIRS).
+if [ -n "${WARDEN_CANDLE_CUDA_TEST_BIN:-}" ]; then
+    # Its sandboxed-worker test starts the candle-cuda worker (WARDEN_CANDLE_CUDA_RUNTIME_BIN).
+    LD_LIBRARY_PATH=${WARDEN_CUDA_LIBRARY_DIRS:-}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH} \
+        WARDEN_RUNTIME_BIN=${WARDEN_CANDLE_CUDA_RUNTIME_BIN:-${WARDEN_RUNTIME_BIN:-}} \
+        "$WARDEN_CANDLE_CUDA_TEST_BIN" --nocapture --test-threads 1 a_gpu_request_runs_there
+else
+    echo "SKIP candle cuda: WARDEN_CANDLE_CUDA_TEST_BIN names no candle-cuda build of runtime/tests/candle.rs (hw-tests/candle-cuda.sh builds one)"
+fi
 export WARDEN_EXPECT_GPU=1
 if [ -n "${WARDEN_ACCEL_TEST_BIN:-}" ]; then
     "$WARDEN_ACCEL_TEST_BIN" --nocapture --test-threads 1

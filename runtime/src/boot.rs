@@ -169,9 +169,10 @@ fn parse_args(mode: Mode) -> Result<Args, String> {
     if format == ModelFormat::Onnx && onnxruntime.is_none() {
         return Err("--onnxruntime is required for an ONNX model".into());
     }
-    // A GPU needs its device nodes inside the sandbox. candle in this build has no GPU
-    // backend, so its workers get none (the engine refuses or falls back).
-    if format == ModelFormat::Onnx && device.device.gpu().is_some() {
+    // A GPU needs its device nodes inside the sandbox. candle gets them only in a build with
+    // its CUDA backend (`candle-cuda`); otherwise its engine refuses or falls back.
+    let gpu_engine = format == ModelFormat::Onnx || cfg!(feature = "candle-cuda");
+    if gpu_engine && device.device.gpu().is_some() {
         devices.nodes.extend(DeviceAccess::nvidia().nodes);
     }
     Ok(Args {

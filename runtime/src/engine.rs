@@ -81,10 +81,44 @@ pub enum Engine {
 
 /// candle's provider name in a [`Placement`].
 const CANDLE_CPU: &str = "candle-cpu";
+const CANDLE_CUDA: &str = "candle-cuda";
 /// ONNX Runtime's provider names.
 const ORT_CPU: &str = "CPUExecutionProvider";
 const ORT_CUDA: &str = "CUDAExecutionProvider";
 const ORT_TENSORRT: &str = "TensorrtExecutionProvider";
+
+/// Where candle runs a model: a CUDA device when asked for one and this build has candle's
+/// CUDA backend (`candle-cuda`), else the CPU where the request allows it. TensorRT is an ONNX
+/// Runtime provider: for candle it is the CUDA device of the same number. The placement names
+/// no enforced budget: candle has no allocator limit to hand it to, so the budget is the
+/// agent's accounting only.
+fn candle_device(request: &DeviceRequest) -> Result<(candle_core::Device, Placement), EngineError> {
+    let Some(ordinal) = request.device.gpu() else {
+        return Ok((candle_core::Device::Cpu, Placement::cpu(CANDLE_CPU)));
+    };
+    let reason = match candle_core::Device::new_cuda(ordinal as usize) {
+        Ok(device) => {
+            return Ok((
+                device,
+                Placement {
+                    device: Device::Cuda(ordinal),
+                    provider: CANDLE_CUDA.to_string(),
+                    memory_budget_bytes: None,
+                    fallback_reason: None,
+                },
+            ));
+        }
+        Err(e) if !cfg!(feature = "candle-cuda") => {
+            format!("this warden-runtime was built without candle's CUDA backend ({e})")
+        }
+        Err(e) => format!("candle cannot use cuda:{ordinal}: {e}"),
+    };
+    request.fall_back(reason.clone())?;
+    Ok((
+        candle_core::Device::Cpu,
+        fell_back_to_cpu(request, CANDLE_CPU, reason),
+    ))
+}
 
 /// The placement of a model that asked for `requested` and runs on the CPU because of
 /// `reason` (said loudly: an operator who asked for a GPU must learn that it is not used).
@@ -122,22 +156,9 @@ impl Engine {
                 OrtEngine::load(library, model_bytes, opts).map(Engine::Ort)
             }
             ModelFormat::Safetensors => {
-                // This build links candle's CPU backend only (its CUDA backend needs the CUDA
-                // compiler at build time): a GPU request falls back or is refused here.
-                let placement = match opts.device.device.gpu() {
-                    None => Placement::cpu(CANDLE_CPU),
-                    Some(_) => {
-                        let reason = "this warden-runtime was built without candle's CUDA \
-                                      backend"
-                            .to_string();
-                        opts.device.fall_back(reason.clone())?;
-                        fell_back_to_cpu(&opts.device, CANDLE_CPU, reason)
-                    }
-                };
-                let engine = CandleEngine::load(
-                    model_bytes,
-                    opts.intra_op_threads.saturating_mul(opts.sessions.max(1)),
-                )?;
+                let threads = opts.intra_op_threads.saturating_mul(opts.sessions.max(1));
+                let (device, placement) = candle_device(&opts.device)?;
+                let engine = CandleEngine::load_on(model_bytes, threads, &device)?;
                 Ok(Engine::Candle(engine, placement))
             }
         }

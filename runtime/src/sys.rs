@@ -52,11 +52,19 @@ pub fn fork_single_threaded(proof: SingleThreaded) -> nix::Result<Side> {
 }
 
 /// Whether the CUDA driver library (`libcuda.so`) can be loaded.
+#[cfg(feature = "accel-dynamic-loading")]
 pub fn cuda_driver_present() -> bool {
     // SAFETY: `is_culib_present` only tries `dlopen` on the driver's library names and drops
     // the handle; it dereferences nothing of ours. Loading runs the library's initialisers,
     // which is what any CUDA user does.
     unsafe { cudarc::driver::sys::is_culib_present() }
+}
+
+/// Without `accel-dynamic-loading` the driver library is linked: the process would not have
+/// started without it.
+#[cfg(not(feature = "accel-dynamic-loading"))]
+pub fn cuda_driver_present() -> bool {
+    true
 }
 
 /// The CUDA driver's version (e.g. 12080 for 12.8). Call only after `cuda_driver_present`.

@@ -25,6 +25,8 @@ use warden_runtime::worker::{BatchPolicy, Worker, WorkerError, WorkerOptions};
 
 /// Logits may differ from ONNX Runtime's by this much (both FP32, different kernels).
 const TOLERANCE: f32 = 1e-4;
+/// On a GPU: cuBLAS sums in another order than the CPU.
+const GPU_TOLERANCE: f32 = 1e-3;
 
 struct Model {
     dir: PathBuf,
@@ -55,7 +57,12 @@ fn generate(extra: &[&str]) -> Model {
             .map(|b| format!("{b:02x}"))
             .collect::<String>()
     };
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("bert-{key}"));
+    let dir = match std::env::var_os("WARDEN_CANDLE_TEST_MODEL") {
+        // The default model, written beforehand by the same script (the GPU kit carries it to
+        // machines without the Python packages).
+        Some(prepared) if extra.is_empty() => PathBuf::from(prepared),
+        _ => PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("bert-{key}")),
+    };
     if !dir.join("cases.json").is_file() {
         let fresh = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
         let status = Command::new(python())
@@ -193,10 +200,13 @@ fn logits_match_onnx_runtime() {
     assert!((c.logits[0] - c.logits[3]).abs() > 1e-2);
 }
 
-/// This build has candle's CPU backend only: a GPU request is refused, or runs on the CPU
-/// where allowed, with the reason in the placement.
+/// A GPU request. In the default build candle has its CPU backend only: the request is
+/// refused, or runs on the CPU where allowed, with the reason in the placement. In a
+/// `candle-cuda` build (`hw-tests/candle-cuda.sh`) on a machine with a GPU it runs on
+/// `cuda:0` and agrees with the Python reference; without a GPU there it is refused or falls
+/// back, saying why.
 #[test]
-fn a_gpu_request_is_refused_or_falls_back_with_its_reason() {
+fn a_gpu_request_runs_there_or_is_refused_or_falls_back() {
     use warden_runtime::device::{Device, DeviceRequest};
     let m = model();
     let load = |cpu_fallback| {
@@ -214,22 +224,46 @@ fn a_gpu_request_is_refused_or_falls_back_with_its_reason() {
             },
         )
     };
+    let cuda_build = cfg!(feature = "candle-cuda");
+    if cuda_build && !warden_runtime::accel::discover().gpus.is_empty() {
+        let engine = load(false).unwrap();
+        let p = engine.placement();
+        assert_eq!(
+            (p.device, p.provider.as_str()),
+            (Device::Cuda(0), "candle-cuda")
+        );
+        assert_eq!(p.fallback_reason, None);
+        for case in &m.cases {
+            let out = engine.run(&case_inputs(case), &[]).unwrap();
+            assert_within(
+                &as_f32(&out[0]),
+                &case.logits,
+                GPU_TOLERANCE,
+                "candle on cuda:0",
+            );
+        }
+        println!(
+            "candle-cuda: {} cases on cuda:0 agree with the reference",
+            m.cases.len()
+        );
+        return;
+    }
+    let why = if cuda_build {
+        "candle cannot use cuda:0"
+    } else {
+        "without candle's CUDA backend"
+    };
     match load(false) {
         Err(EngineError::Device(d)) => {
             assert_eq!(d.device, Device::Cuda(0));
-            assert!(d.reason.contains("without candle's CUDA backend"), "{d}");
+            assert!(d.reason.contains(why), "{d}");
         }
         other => panic!("expected a refusal, got {other:?}"),
     }
     let engine = load(true).unwrap();
     let p = engine.placement();
     assert_eq!((p.device, p.provider.as_str()), (Device::Cpu, "candle-cpu"));
-    assert!(
-        p.fallback_reason
-            .as_deref()
-            .unwrap()
-            .contains("without candle's CUDA backend")
-    );
+    assert!(p.fallback_reason.as_deref().unwrap().contains(why));
     let case = &m.cases[0];
     let out = engine.run(&case_inputs(case), &[]).unwrap();
     assert_within(&as_f32(&out[0]), &case.logits, TOLERANCE, "fallback");
@@ -749,16 +783,62 @@ fn the_format_follows_the_file_name() {
 // ---- the sandboxed worker ----
 
 fn worker_options(m: &Model) -> WorkerOptions {
-    let mut o = WorkerOptions::new(
-        PathBuf::from(env!("CARGO_BIN_EXE_warden-runtime")),
-        ort_library(),
-        m.safetensors(),
-        m.sha256(),
-    );
+    let mut o = WorkerOptions::new(runtime_binary(), ort_library(), m.safetensors(), m.sha256());
     o.concurrency = 2;
     o.intra_op_threads = 1;
     o.startup_timeout = Duration::from_secs(30);
     o
+}
+
+/// [`a_gpu_request_runs_there_or_is_refused_or_falls_back`] through the real sandboxed worker:
+/// in a `candle-cuda` build on a GPU machine the worker gets the GPU's device nodes, reports
+/// `cuda:0` in its `Hello` and agrees with the reference; elsewhere its start is refused, or,
+/// with a fallback allowed, it serves on the CPU and says why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gpu_request_runs_there_or_is_refused_or_falls_back_in_the_sandboxed_worker() {
+    use warden_runtime::device::{Device, DeviceRequest};
+    let m = model();
+    let options = |cpu_fallback| {
+        let mut o = worker_options(m);
+        o.device = DeviceRequest {
+            device: Device::Cuda(0),
+            memory_budget_bytes: Some(512 << 20),
+            cpu_fallback,
+        };
+        // Where the CUDA libraries the candle-cuda worker links are (hw-tests/gpu.sh).
+        o.cuda_library_dirs = std::env::var("WARDEN_CUDA_LIBRARY_DIRS")
+            .map(|v| v.split(':').map(PathBuf::from).collect())
+            .unwrap_or_default();
+        o
+    };
+    let on_gpu =
+        cfg!(feature = "candle-cuda") && !warden_runtime::accel::discover().gpus.is_empty();
+    if !on_gpu {
+        let e = Worker::start(options(false)).await.unwrap_err();
+        assert!(e.to_string().contains("cuda:0"), "{e}");
+    }
+    let worker = Worker::start(options(!on_gpu)).await.unwrap();
+    let p = worker.placement();
+    if on_gpu {
+        assert_eq!(
+            (p.device, p.provider.as_str()),
+            (Device::Cuda(0), "candle-cuda")
+        );
+    } else {
+        assert_eq!(p.device, Device::Cpu);
+        assert!(p.fallback_reason.is_some());
+    }
+    let tolerance = if on_gpu { GPU_TOLERANCE } else { TOLERANCE };
+    for case in &m.cases {
+        let out = worker.infer(case_inputs(case), vec![]).await.unwrap();
+        assert_within(
+            &as_f32(&out[0]),
+            &case.logits,
+            tolerance,
+            "sandboxed worker",
+        );
+    }
+    worker.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -130,6 +130,8 @@ impl std::fmt::Debug for BertClassifier {
 struct Weights<'a, 'b> {
     file: &'b SafeTensors<'a>,
     taken: BTreeSet<&'b str>,
+    /// Where the weights go (the CPU, or a CUDA device in a `candle-cuda` build).
+    device: Device,
 }
 
 impl<'a, 'b> Weights<'a, 'b> {
@@ -164,7 +166,7 @@ impl<'a, 'b> Weights<'a, 'b> {
             .chunks_exact(4)
             .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
             .collect();
-        Ok(Tensor::from_vec(values, expected, &Device::Cpu)?)
+        Ok(Tensor::from_vec(values, expected, &self.device)?)
     }
 
     fn linear(&mut self, prefix: &str, out: usize, inp: usize) -> Result<Linear, BertError> {
@@ -199,14 +201,15 @@ fn dims2(shape: &[usize], name: &str) -> Result<(usize, usize), BertError> {
 }
 
 impl BertClassifier {
-    /// Builds the classifier from a checked safetensors file.
-    pub fn load(file: &SafeTensors<'_>) -> Result<BertClassifier, BertError> {
+    /// Builds the classifier from a checked safetensors file, its weights on `device`.
+    pub fn load(file: &SafeTensors<'_>, device: &Device) -> Result<BertClassifier, BertError> {
         let config = Self::read_config(file)?;
         let c = &config;
         let (h, eps) = (c.hidden_size, c.layer_norm_eps);
         let mut w = Weights {
             file,
             taken: BTreeSet::new(),
+            device: device.clone(),
         };
         let word_embeddings =
             w.tensor("bert.embeddings.word_embeddings.weight", &[c.vocab_size, h])?;
@@ -302,6 +305,7 @@ impl BertClassifier {
         let w = Weights {
             file,
             taken: BTreeSet::new(),
+            device: Device::Cpu,
         };
         let name = "bert.embeddings.word_embeddings.weight";
         let (vocab_size, hidden_size) = dims2(w.shape_of(name)?, name)?;

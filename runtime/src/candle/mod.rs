@@ -22,8 +22,9 @@
 //! [`CandleEngine::load`], which the worker calls inside its sandbox (threads must come after
 //! the user namespace). The weights are immutable: `run` takes `&self` and calls may overlap.
 //!
-//! GPU: not built. candle's `cuda` feature compiles kernels with `nvcc` at build time, which
-//! the build machines lack; the engine runs on `Device::Cpu` only.
+//! GPU: [`CandleEngine::load_on`] puts the weights and the work on a CUDA device in a build
+//! with the `candle-cuda` feature (`hw-tests/candle-cuda.sh`: candle's kernels compiled by
+//! `nvcc` from CUDA 13.0's PyPI wheels). The default build has candle's CPU backend only.
 
 pub mod bert;
 pub mod safetensors;
@@ -78,6 +79,7 @@ pub struct CandleEngine {
     model: BertClassifier,
     signature: ModelSignature,
     pool: rayon::ThreadPool,
+    device: Device,
 }
 
 impl std::fmt::Debug for CandleEngine {
@@ -102,8 +104,18 @@ impl CandleEngine {
     /// Parses and checks the safetensors bytes, builds the model and a pool of `threads`
     /// threads (0: one per core).
     pub fn load(model_bytes: &[u8], threads: usize) -> Result<CandleEngine, CandleError> {
+        Self::load_on(model_bytes, threads, &Device::Cpu)
+    }
+
+    /// [`CandleEngine::load`] with the weights and the work on `device` (a CUDA device needs
+    /// a `candle-cuda` build).
+    pub fn load_on(
+        model_bytes: &[u8],
+        threads: usize,
+        device: &Device,
+    ) -> Result<CandleEngine, CandleError> {
         let file = safetensors::parse(model_bytes)?;
-        let model = BertClassifier::load(&file)?;
+        let model = BertClassifier::load(&file, device)?;
         let config = model.config();
         let spec = |name: &str| TensorSpec {
             name: name.to_string(),
@@ -133,6 +145,7 @@ impl CandleEngine {
             model,
             signature,
             pool,
+            device: device.clone(),
         })
     }
 
@@ -163,11 +176,12 @@ impl CandleEngine {
 
     fn forward(&self, b: &Batch) -> Result<Vec<f32>, CandleError> {
         let run = |e: candle_core::Error| CandleError::Run(e.to_string());
-        let ids = CandleTensor::from_slice(&b.ids, (b.batch, b.seq), &Device::Cpu).map_err(run)?;
+        let device = &self.device;
+        let ids = CandleTensor::from_slice(&b.ids, (b.batch, b.seq), device).map_err(run)?;
         let type_ids =
-            CandleTensor::from_slice(&b.type_ids, (b.batch, b.seq), &Device::Cpu).map_err(run)?;
+            CandleTensor::from_slice(&b.type_ids, (b.batch, b.seq), device).map_err(run)?;
         let mask =
-            CandleTensor::from_slice(&b.mask, (b.batch, 1, 1, b.seq), &Device::Cpu).map_err(run)?;
+            CandleTensor::from_slice(&b.mask, (b.batch, 1, 1, b.seq), device).map_err(run)?;
         let logits = self
             .model
             .forward(&ids, &type_ids, &mask)

@@ -173,7 +173,8 @@ impl WorkerOptions {
     }
 
     /// The environment a worker gets: nothing of the agent's (which may hold credentials)
-    /// but the log filter, and `RAYON_NUM_THREADS` set to `intra_op_threads` (when not 0):
+    /// but the log filter, `LD_LIBRARY_PATH` set to the CUDA library directories for a GPU
+    /// worker, and `RAYON_NUM_THREADS` set to `intra_op_threads` (when not 0):
     /// candle splits its matrix products for that many threads (one per core otherwise),
     /// which should match the pool it runs in. ONNX Runtime does not read it.
     pub fn env(&self) -> Vec<(OsString, OsString)> {
@@ -186,6 +187,15 @@ impl WorkerOptions {
                 "RAYON_NUM_THREADS".into(),
                 self.intra_op_threads.to_string().into(),
             ));
+        }
+        // A GPU worker of a build that links the CUDA libraries (candle's CUDA backend) needs
+        // the loader to find them when it starts; ONNX Runtime's providers are loaded from
+        // these directories by path either way.
+        if self.device.device.gpu().is_some()
+            && !self.cuda_library_dirs.is_empty()
+            && let Ok(path) = std::env::join_paths(&self.cuda_library_dirs)
+        {
+            env.push(("LD_LIBRARY_PATH".into(), path));
         }
         env
     }
@@ -634,6 +644,28 @@ async fn monitor(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_a_gpu_worker_gets_the_cuda_library_path() {
+        let mut o = WorkerOptions::new(
+            "/w".into(),
+            "/ort.so".into(),
+            "/m.onnx".into(),
+            "0".repeat(64),
+        );
+        o.cuda_library_dirs = vec!["/cuda/lib".into(), "/cudnn/lib".into()];
+        let path = |o: &WorkerOptions| {
+            o.env()
+                .into_iter()
+                .find(|(k, _)| k == "LD_LIBRARY_PATH")
+                .map(|(_, v)| v)
+        };
+        assert_eq!(path(&o), None, "a CPU worker");
+        o.device.device = crate::device::Device::Cuda(0);
+        assert_eq!(path(&o), Some("/cuda/lib:/cudnn/lib".into()));
+        o.cuda_library_dirs.clear();
+        assert_eq!(path(&o), None, "no directories configured");
+    }
 
     #[test]
     fn backoff_doubles_up_to_its_cap() {
