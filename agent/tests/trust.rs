@@ -733,12 +733,31 @@ fn enrol_and_compare(dir: &Path, answer: &str) {
     );
 }
 
+/// The EK of the TPM at `tcti`.
+fn endorsement_key_of(tcti: &str) -> p256::PublicKey {
+    let t = warden_attest::tpm::Tpm::open(tcti).unwrap();
+    warden_attest::boot::credential::endorsement_key(&t).unwrap()
+}
+
 /// The EK of the TPM at `tcti`, as PEM in `to`.
 fn write_endorsement_key(tcti: &str, to: &Path) {
     use p256::pkcs8::{EncodePublicKey as _, LineEnding};
-    let t = warden_attest::tpm::Tpm::open(tcti).unwrap();
-    let ek = warden_attest::boot::credential::endorsement_key(&t).unwrap();
+    let ek = endorsement_key_of(tcti);
     std::fs::write(to, ek.to_public_key_pem(LineEnding::LF).unwrap()).unwrap();
+}
+
+/// As the TPM's manufacturer: certify its EK and write the certificate into its NV.
+fn certify_endorsement_key(tcti: &str) -> support_devices::EkManufacturer {
+    let maker =
+        support_devices::EkManufacturer::issue(&endorsement_key_of(tcti), Default::default());
+    support_devices::write_ek_certificate(tcti, &maker.ek_certificate);
+    maker
+}
+
+/// `warden attest identity` straight from the TPM at `tcti`, into `output`.
+fn write_identity(tcti: &str, output: &str) {
+    let out = warden(&["attest", "identity", "--tcti", tcti, "--output", output]);
+    assert!(out.status.success(), "{}", text(&out));
 }
 
 /// The attestation key's enrolment through the binary, on swtpm: the device writes its
@@ -757,15 +776,7 @@ fn attestation_key_enrolment_by_credential_activation() {
         let out = warden(args);
         (out.status.success(), text(&out))
     };
-    let (ok, t) = run(&[
-        "attest",
-        "identity",
-        "--tcti",
-        &tpm.tcti,
-        "--output",
-        &path("identity.json"),
-    ]);
-    assert!(ok, "{t}");
+    write_identity(&tpm.tcti, &path("identity.json"));
     // Another device's EK: no challenge.
     let (ok, t) = run(&[
         "attest",
@@ -867,30 +878,18 @@ fn attestation_key_enrolment_by_the_manufacturers_ek_certificate() {
     let dir = tempfile::tempdir().unwrap();
     let path = |name: &str| dir.path().join(name).to_str().unwrap().to_owned();
     let tpm = provisioned_tpm(dir.path());
-    let ek = {
-        let t = warden_attest::tpm::Tpm::open(&tpm.tcti).unwrap();
-        warden_attest::boot::credential::endorsement_key(&t).unwrap()
-    };
-    let maker = support_devices::EkManufacturer::issue(&ek, Default::default());
-    support_devices::write_ek_certificate(&tpm.tcti, &maker.ek_certificate);
+    let maker = certify_endorsement_key(&tpm.tcti);
     std::fs::write(path("maker-root.pem"), &maker.root_pem).unwrap();
     std::fs::write(path("maker-intermediate.pem"), &maker.intermediate_pem).unwrap();
-    let stranger = support_devices::EkManufacturer::issue(&ek, Default::default());
+    let stranger =
+        support_devices::EkManufacturer::issue(&endorsement_key_of(&tpm.tcti), Default::default());
     std::fs::write(path("stranger-root.pem"), &stranger.root_pem).unwrap();
 
     let run = |args: &[&str]| {
         let out = warden(args);
         (out.status.success(), text(&out))
     };
-    let (ok, t) = run(&[
-        "attest",
-        "identity",
-        "--tcti",
-        &tpm.tcti,
-        "--output",
-        &path("identity.json"),
-    ]);
-    assert!(ok, "{t}");
+    write_identity(&tpm.tcti, &path("identity.json"));
     let identity: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(path("identity.json")).unwrap()).unwrap();
     assert!(identity["ek_certificate"].is_string(), "{identity}");
@@ -944,12 +943,7 @@ fn attestation_key_enrolment_through_keyd() {
     let path = |name: &str| dir.path().join(name).to_str().unwrap().to_owned();
     let tpm = provisioned_tpm(dir.path());
     // The TPM's EK certificate must come through keyd too.
-    let ek = {
-        let t = warden_attest::tpm::Tpm::open(&tpm.tcti).unwrap();
-        warden_attest::boot::credential::endorsement_key(&t).unwrap()
-    };
-    let maker = support_devices::EkManufacturer::issue(&ek, Default::default());
-    support_devices::write_ek_certificate(&tpm.tcti, &maker.ek_certificate);
+    let maker = certify_endorsement_key(&tpm.tcti);
     let rt = tokio::runtime::Runtime::new().unwrap();
     // One keyd at a time owns the TPM: first one whose principal may only read the identity.
     let start_keyd = |socket: &Path, operations: Vec<Operation>| {

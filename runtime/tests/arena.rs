@@ -6,7 +6,6 @@
 mod common;
 
 use std::io::Write;
-use std::os::fd::OwnedFd;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -99,26 +98,11 @@ async fn concurrent_requests_share_a_small_arena_without_mixing() {
 
 /// A `warden-runtime` started with `--shared-memory-bytes`, on a socket we drive by hand.
 fn spawn_with_arena(model: &Path, sha: &str, bytes: usize) -> (std::process::Child, UnixStream) {
-    let (ours, theirs) = UnixStream::pair().unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_warden-runtime"))
-        .args(["--model".as_ref(), model.as_os_str()])
-        .args(["--sha256", sha])
-        .args(["--onnxruntime".as_ref(), ort_library().as_os_str()])
-        .args(["--shared-memory-bytes", &bytes.to_string()])
-        .stdin(Stdio::from(OwnedFd::from(theirs)))
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    ours.set_read_timeout(Some(Duration::from_secs(30)))
-        .unwrap();
-    (child, ours)
+    spawn_worker_raw(model, sha, &["--shared-memory-bytes", &bytes.to_string()])
 }
 
 fn next(stream: &mut UnixStream) -> Message {
-    let body = read_frame(stream, DEFAULT_MAX_FRAME_BYTES)
-        .unwrap()
-        .unwrap();
-    Message::decode(body).unwrap()
+    next_message(stream)
 }
 
 fn refused_start(child: &mut std::process::Child, s: &mut UnixStream, reason: &str) {

@@ -796,21 +796,10 @@ fn worker_options(m: &Model) -> WorkerOptions {
 /// with a fallback allowed, it serves on the CPU and says why.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_gpu_request_runs_there_or_is_refused_or_falls_back_in_the_sandboxed_worker() {
-    use warden_runtime::device::{Device, DeviceRequest};
+    use warden_runtime::device::Device;
     let m = model();
-    let options = |cpu_fallback| {
-        let mut o = worker_options(m);
-        o.device = DeviceRequest {
-            device: Device::Cuda(0),
-            memory_budget_bytes: Some(512 << 20),
-            cpu_fallback,
-        };
-        // Where the CUDA libraries the candle-cuda worker links are (hw-tests/gpu.sh).
-        o.cuda_library_dirs = std::env::var("WARDEN_CUDA_LIBRARY_DIRS")
-            .map(|v| v.split(':').map(PathBuf::from).collect())
-            .unwrap_or_default();
-        o
-    };
+    // The CUDA libraries the candle-cuda worker links come from WARDEN_CUDA_LIBRARY_DIRS.
+    let options = |cpu_fallback| on_cuda0(worker_options(m), cpu_fallback);
     let on_gpu =
         cfg!(feature = "candle-cuda") && !warden_runtime::accel::discover().gpus.is_empty();
     if !on_gpu {

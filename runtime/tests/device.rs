@@ -143,24 +143,15 @@ fn gpu_libraries_are_found_by_soname() {
 /// (colon-separated) names the CUDA libraries' directories for the GPU run.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_sandboxed_worker_serves_on_the_gpu_or_refuses_or_falls_back() {
-    use std::path::PathBuf;
     use warden_runtime::worker::{Worker, WorkerError, WorkerOptions};
     let options = |cpu_fallback| {
-        let mut o = WorkerOptions::new(
+        let o = WorkerOptions::new(
             runtime_binary(),
             ort_library(),
             model_path(),
             model_sha256(),
         );
-        o.device = DeviceRequest {
-            device: Device::Cuda(0),
-            memory_budget_bytes: Some(512 << 20),
-            cpu_fallback,
-        };
-        o.cuda_library_dirs = std::env::var("WARDEN_CUDA_LIBRARY_DIRS")
-            .map(|v| v.split(':').map(PathBuf::from).collect())
-            .unwrap_or_default();
-        o
+        on_cuda0(o, cpu_fallback)
     };
     let expected = outputs(&load(Device::Cpu, false).unwrap());
     let served = |worker: &Worker| {

@@ -4,18 +4,15 @@
 mod common;
 
 use std::io::{Read, Write};
-use std::os::fd::OwnedFd;
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use common::*;
 use warden_runtime::engine::{EngineOptions, OrtEngine};
-use warden_runtime::protocol::{
-    DEFAULT_MAX_FRAME_BYTES, ErrorClass, Message, PROTOCOL_VERSION, read_frame,
-};
+use warden_runtime::protocol::{DEFAULT_MAX_FRAME_BYTES, ErrorClass, Message, PROTOCOL_VERSION};
 use warden_runtime::tensor::{DataType, ModelSignature, Tensor};
 use warden_runtime::worker::{RestartPolicy, Worker, WorkerError, WorkerOptions};
 
@@ -353,28 +350,11 @@ async fn dropping_the_last_handle_kills_the_worker() {
 /// Starts the real worker binary by hand with one end of a socket pair as stdin, as the agent
 /// does, so the test can play a misbehaving agent.
 fn spawn_raw() -> (std::process::Child, std::os::unix::net::UnixStream) {
-    let (ours, theirs) = std::os::unix::net::UnixStream::pair().unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_warden-runtime"))
-        .arg("--model")
-        .arg(model_path())
-        .arg("--sha256")
-        .arg(model_sha256())
-        .arg("--onnxruntime")
-        .arg(ort_library())
-        .stdin(Stdio::from(OwnedFd::from(theirs)))
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    ours.set_read_timeout(Some(Duration::from_secs(30)))
-        .unwrap();
-    (child, ours)
+    spawn_worker_raw(&model_path(), &model_sha256(), &[])
 }
 
 fn next(stream: &mut std::os::unix::net::UnixStream) -> Message {
-    let body = read_frame(stream, DEFAULT_MAX_FRAME_BYTES)
-        .unwrap()
-        .unwrap();
-    Message::decode(body).unwrap()
+    next_message(stream)
 }
 
 #[test]

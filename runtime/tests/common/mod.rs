@@ -219,3 +219,55 @@ pub fn ramp(n: usize, salt: f32) -> Tensor {
     let values: Vec<f32> = (0..n).map(|i| salt + i as f32).collect();
     f32_tensor("x", vec![1, n], &values)
 }
+
+/// `o` asking for `cuda:0` with a 512 MiB budget, the CUDA libraries from
+/// `WARDEN_CUDA_LIBRARY_DIRS` (colon-separated; `hw-tests/gpu.sh` sets it).
+pub fn on_cuda0(
+    mut o: warden_runtime::worker::WorkerOptions,
+    cpu_fallback: bool,
+) -> warden_runtime::worker::WorkerOptions {
+    o.device = warden_runtime::device::DeviceRequest {
+        device: warden_runtime::device::Device::Cuda(0),
+        memory_budget_bytes: Some(512 << 20),
+        cpu_fallback,
+    };
+    o.cuda_library_dirs = std::env::var("WARDEN_CUDA_LIBRARY_DIRS")
+        .map(|v| v.split(':').map(PathBuf::from).collect())
+        .unwrap_or_default();
+    o
+}
+
+/// `warden-runtime` on `model`, its socket (our end, 30 s read timeout) as stdin, with
+/// `extra` arguments: for tests that speak the protocol by hand.
+pub fn spawn_worker_raw(
+    model: &std::path::Path,
+    sha256: &str,
+    extra: &[&str],
+) -> (std::process::Child, std::os::unix::net::UnixStream) {
+    let (ours, theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+    let child = Command::new(runtime_binary())
+        .args(["--model".as_ref(), model.as_os_str()])
+        .args(["--sha256", sha256])
+        .args(["--onnxruntime".as_ref(), ort_library().as_os_str()])
+        .args(extra)
+        .stdin(std::process::Stdio::from(std::os::fd::OwnedFd::from(
+            theirs,
+        )))
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    ours.set_read_timeout(Some(std::time::Duration::from_secs(30)))
+        .unwrap();
+    (child, ours)
+}
+
+/// The next frame from a raw worker, decoded (no tensor arena).
+pub fn next_message(
+    stream: &mut std::os::unix::net::UnixStream,
+) -> warden_runtime::protocol::Message {
+    use warden_runtime::protocol::{DEFAULT_MAX_FRAME_BYTES, Message, read_frame};
+    let body = read_frame(stream, DEFAULT_MAX_FRAME_BYTES)
+        .unwrap()
+        .unwrap();
+    Message::decode(body).unwrap()
+}
