@@ -754,6 +754,20 @@ fn certify_endorsement_key(tcti: &str) -> support_devices::EkManufacturer {
     maker
 }
 
+/// `warden attest activate` of `challenge` on the TPM at `tcti`: its answer (hex).
+fn activate(tcti: &str, challenge: &str) -> String {
+    let out = warden(&[
+        "attest",
+        "activate",
+        "--tcti",
+        tcti,
+        "--challenge",
+        challenge,
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
 /// `warden attest identity` straight from the TPM at `tcti`, into `output`.
 fn write_identity(tcti: &str, output: &str) {
     let out = warden(&["attest", "identity", "--tcti", tcti, "--output", output]);
@@ -808,16 +822,7 @@ fn attestation_key_enrolment_by_credential_activation() {
         &path("challenge.json"),
     ]);
     assert!(!ok, "{t}");
-    let out = warden(&[
-        "attest",
-        "activate",
-        "--tcti",
-        &tpm.tcti,
-        "--challenge",
-        &path("challenge.json"),
-    ]);
-    assert!(out.status.success(), "{}", text(&out));
-    let answer = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    let answer = activate(&tpm.tcti, &path("challenge.json"));
     assert_eq!(answer.len(), 64);
     let mut wrong = answer.clone().into_bytes();
     wrong[0] = if wrong[0] == b'0' { b'1' } else { b'0' };
@@ -922,16 +927,7 @@ fn attestation_key_enrolment_by_the_manufacturers_ek_certificate() {
 
     let (ok, t) = challenge(&["--ek-ca", &root, "--ek-intermediates", &int]);
     assert!(ok && t.contains("certified by its manufacturer"), "{t}");
-    let out = warden(&[
-        "attest",
-        "activate",
-        "--tcti",
-        &tpm.tcti,
-        "--challenge",
-        &path("challenge.json"),
-    ]);
-    assert!(out.status.success(), "{}", text(&out));
-    let answer = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    let answer = activate(&tpm.tcti, &path("challenge.json"));
     enrol_and_compare(dir.path(), &answer);
 }
 
