@@ -2,7 +2,8 @@
 //! the `warden-runtime` worker and back) on the demo model at batch 1; sandboxed and not, and
 //! with the default configuration (the worker sleeps between requests) and with a 100 µs
 //! polling window (`runtime.worker_poll_us`), and without the tensor arena (its per-request slot
-//! is the only cost it adds to a small request).
+//! is the only cost it adds to a small request). All five are measured in turns of 100 calls,
+//! so that the machine's load drifts over them alike.
 //!
 //! `source .cache/env && cargo bench -p warden-runtime --bench worker_hop`
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -20,6 +21,8 @@ use warden_runtime::worker::{
 
 const WARMUP: usize = 300;
 const ITERATIONS: usize = 3000;
+/// Calls per side per turn.
+const BLOCK: usize = 100;
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
@@ -71,17 +74,6 @@ fn main() {
         },
     )
     .unwrap();
-    for _ in 0..WARMUP {
-        engine.run(std::slice::from_ref(&input), &[]).unwrap();
-    }
-    let mut local = Vec::with_capacity(ITERATIONS);
-    for _ in 0..ITERATIONS {
-        let t = Instant::now();
-        let out = engine.run(std::slice::from_ref(&input), &[]).unwrap();
-        local.push(t.elapsed());
-        assert_eq!(out.len(), 2);
-    }
-
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
@@ -89,7 +81,7 @@ fn main() {
         .unwrap();
     // The same hop through a sandboxed worker (the default) and an unsandboxed one: the
     // difference is the sandbox's cost per request (seccomp on each syscall, mostly).
-    let hop = |sandbox: SandboxPolicy, poll_window: Duration, arena: usize| {
+    let start = |sandbox: SandboxPolicy, poll_window: Duration, arena: usize| {
         rt.block_on(async {
             let mut o = WorkerOptions::new(
                 PathBuf::from(env!("CARGO_BIN_EXE_warden-runtime")),
@@ -102,40 +94,68 @@ fn main() {
             o.sandbox = sandbox;
             o.poll_window = poll_window;
             o.shared_memory_bytes = arena;
-            let worker = Worker::start(o).await.unwrap();
-            for _ in 0..WARMUP {
-                worker.infer(vec![input.clone()], vec![]).await.unwrap();
-            }
-            let mut samples = Vec::with_capacity(ITERATIONS);
-            for _ in 0..ITERATIONS {
-                let t = Instant::now();
-                let out = worker.infer(vec![input.clone()], vec![]).await.unwrap();
-                samples.push(t.elapsed());
-                assert_eq!(out.len(), 2);
-            }
-            worker.shutdown().await;
-            samples
+            Worker::start(o).await.unwrap()
         })
     };
-    let unsandboxed = hop(
-        SandboxPolicy {
-            insecure_disable_sandbox: true,
-            ..SandboxPolicy::default()
-        },
-        DEFAULT_POLL_WINDOW,
-        DEFAULT_SHARED_MEMORY_BYTES,
-    );
-    let default = hop(
-        SandboxPolicy::default(),
-        DEFAULT_POLL_WINDOW,
-        DEFAULT_SHARED_MEMORY_BYTES,
-    );
-    let no_arena = hop(SandboxPolicy::default(), DEFAULT_POLL_WINDOW, 0);
-    let polling = hop(
-        SandboxPolicy::default(),
-        BENCH_POLL_WINDOW,
-        DEFAULT_SHARED_MEMORY_BYTES,
-    );
+    let workers = [
+        start(
+            SandboxPolicy {
+                insecure_disable_sandbox: true,
+                ..SandboxPolicy::default()
+            },
+            DEFAULT_POLL_WINDOW,
+            DEFAULT_SHARED_MEMORY_BYTES,
+        ),
+        start(
+            SandboxPolicy::default(),
+            DEFAULT_POLL_WINDOW,
+            DEFAULT_SHARED_MEMORY_BYTES,
+        ),
+        start(SandboxPolicy::default(), DEFAULT_POLL_WINDOW, 0),
+        start(
+            SandboxPolicy::default(),
+            BENCH_POLL_WINDOW,
+            DEFAULT_SHARED_MEMORY_BYTES,
+        ),
+    ];
+    let hop = |worker: &Worker| {
+        let t = Instant::now();
+        let out = rt
+            .block_on(worker.infer(vec![input.clone()], vec![]))
+            .unwrap();
+        let d = t.elapsed();
+        assert_eq!(out.len(), 2);
+        d
+    };
+    let local_run = || {
+        let t = Instant::now();
+        let out = engine.run(std::slice::from_ref(&input), &[]).unwrap();
+        let d = t.elapsed();
+        assert_eq!(out.len(), 2);
+        d
+    };
+    for _ in 0..WARMUP {
+        local_run();
+        for w in &workers {
+            hop(w);
+        }
+    }
+    // In blocks, each side in turn, so that the machine's load drifts over all of them alike;
+    // blocks rather than single calls, so that the polling worker's window after its last
+    // answer overlaps only the next block's first call.
+    let mut local = Vec::with_capacity(ITERATIONS);
+    let mut samples: Vec<Vec<Duration>> = vec![Vec::with_capacity(ITERATIONS); workers.len()];
+    for _ in 0..ITERATIONS / BLOCK {
+        local.extend((0..BLOCK).map(|_| local_run()));
+        for (w, s) in workers.iter().zip(&mut samples) {
+            s.extend((0..BLOCK).map(|_| hop(w)));
+        }
+    }
+    for w in &workers {
+        rt.block_on(w.shutdown());
+    }
+    let [unsandboxed, default, no_arena, polling] =
+        <[Vec<Duration>; 4]>::try_from(samples).unwrap();
 
     println!("demo model, batch 1, one session, one intra-op thread");
     let (l50, l99) = report("OrtEngine::run", local);
