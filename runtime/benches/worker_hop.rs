@@ -2,8 +2,9 @@
 //! the `warden-runtime` worker and back) on the demo model at batch 1; sandboxed and not, and
 //! with the default configuration (the worker sleeps between requests) and with a 100 µs
 //! polling window (`runtime.worker_poll_us`), and without the tensor arena (its per-request slot
-//! is the only cost it adds to a small request). All five are measured in turns of 100 calls,
-//! so that the machine's load drifts over them alike.
+//! is the only cost it adds to a small request). The three workers that sleep between
+//! requests are measured in turns of 100 calls, so that the machine's load drifts over them
+//! alike; in-process ONNX Runtime before them and the polling worker after them, each alone.
 //!
 //! `source .cache/env && cargo bench -p warden-runtime --bench worker_hop`
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -74,6 +75,17 @@ fn main() {
         },
     )
     .unwrap();
+    for _ in 0..WARMUP {
+        engine.run(std::slice::from_ref(&input), &[]).unwrap();
+    }
+    let mut local = Vec::with_capacity(ITERATIONS);
+    for _ in 0..ITERATIONS {
+        let t = Instant::now();
+        let out = engine.run(std::slice::from_ref(&input), &[]).unwrap();
+        local.push(t.elapsed());
+        assert_eq!(out.len(), 2);
+    }
+
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
@@ -97,7 +109,18 @@ fn main() {
             Worker::start(o).await.unwrap()
         })
     };
-    let workers = [
+    let hop = |worker: &Worker| {
+        let t = Instant::now();
+        let out = rt
+            .block_on(worker.infer(vec![input.clone()], vec![]))
+            .unwrap();
+        let d = t.elapsed();
+        assert_eq!(out.len(), 2);
+        d
+    };
+    // The workers that sleep between requests, in turns of BLOCK calls each, so that the
+    // machine's load drifts over them alike.
+    let sleeping = [
         start(
             SandboxPolicy {
                 insecure_disable_sandbox: true,
@@ -112,50 +135,34 @@ fn main() {
             DEFAULT_SHARED_MEMORY_BYTES,
         ),
         start(SandboxPolicy::default(), DEFAULT_POLL_WINDOW, 0),
-        start(
-            SandboxPolicy::default(),
-            BENCH_POLL_WINDOW,
-            DEFAULT_SHARED_MEMORY_BYTES,
-        ),
     ];
-    let hop = |worker: &Worker| {
-        let t = Instant::now();
-        let out = rt
-            .block_on(worker.infer(vec![input.clone()], vec![]))
-            .unwrap();
-        let d = t.elapsed();
-        assert_eq!(out.len(), 2);
-        d
-    };
-    let local_run = || {
-        let t = Instant::now();
-        let out = engine.run(std::slice::from_ref(&input), &[]).unwrap();
-        let d = t.elapsed();
-        assert_eq!(out.len(), 2);
-        d
-    };
     for _ in 0..WARMUP {
-        local_run();
-        for w in &workers {
+        for w in &sleeping {
             hop(w);
         }
     }
-    // In blocks, each side in turn, so that the machine's load drifts over all of them alike;
-    // blocks rather than single calls, so that the polling worker's window after its last
-    // answer overlaps only the next block's first call.
-    let mut local = Vec::with_capacity(ITERATIONS);
-    let mut samples: Vec<Vec<Duration>> = vec![Vec::with_capacity(ITERATIONS); workers.len()];
+    let mut samples: Vec<Vec<Duration>> = vec![Vec::with_capacity(ITERATIONS); sleeping.len()];
     for _ in 0..ITERATIONS / BLOCK {
-        local.extend((0..BLOCK).map(|_| local_run()));
-        for (w, s) in workers.iter().zip(&mut samples) {
+        for (w, s) in sleeping.iter().zip(&mut samples) {
             s.extend((0..BLOCK).map(|_| hop(w)));
         }
     }
-    for w in &workers {
+    for w in &sleeping {
         rt.block_on(w.shutdown());
     }
-    let [unsandboxed, default, no_arena, polling] =
-        <[Vec<Duration>; 4]>::try_from(samples).unwrap();
+    let [unsandboxed, default, no_arena] = <[Vec<Duration>; 3]>::try_from(samples).unwrap();
+    // The polling worker alone: its spinning after each answer would take a core from
+    // whichever side came next.
+    let poller = start(
+        SandboxPolicy::default(),
+        BENCH_POLL_WINDOW,
+        DEFAULT_SHARED_MEMORY_BYTES,
+    );
+    for _ in 0..WARMUP {
+        hop(&poller);
+    }
+    let polling: Vec<Duration> = (0..ITERATIONS).map(|_| hop(&poller)).collect();
+    rt.block_on(poller.shutdown());
 
     println!("demo model, batch 1, one session, one intra-op thread");
     let (l50, l99) = report("OrtEngine::run", local);
