@@ -318,8 +318,10 @@ impl Arena {
             arena: Arc::clone(self),
             offset,
             len,
-            inputs_end: offset + inputs,
-            cursor: offset,
+            inputs: Bump {
+                cursor: offset,
+                end: offset + inputs,
+            },
         })
     }
 
@@ -336,33 +338,48 @@ pub struct Slot {
     arena: Arc<Arena>,
     offset: usize,
     len: usize,
-    inputs_end: usize,
-    /// Where the next input goes.
+    /// Where the inputs go: from `offset` to the start of the reply region.
+    inputs: Bump,
+}
+
+/// Places tensors one after another in `cursor..end`, aligned; the slot's inputs on the agent's
+/// side and a request's outputs on the worker's.
+#[derive(Debug)]
+struct Bump {
     cursor: usize,
+    end: usize,
+}
+
+impl Bump {
+    /// `Some(offset)` when `data` is large enough to travel through the arena and fits (it is
+    /// then written there); `None`: send it inline.
+    fn place(&mut self, mapping: &Mapping, data: &[u8]) -> Option<u64> {
+        if data.len() < SHARED_MIN_BYTES {
+            return None;
+        }
+        let end = self.cursor.checked_add(align_up(data.len())?)?;
+        if end > self.end {
+            return None;
+        }
+        mapping.write(self.cursor, data).ok()?;
+        let at = self.cursor;
+        self.cursor = end;
+        Some(at as u64)
+    }
 }
 
 impl Slot {
     /// Places a tensor's bytes: `Some(offset)` when it is large enough to travel through the
     /// arena (its room was reserved), `None` to send it inline.
     pub fn place(&mut self, data: &[u8]) -> Option<u64> {
-        if data.len() < SHARED_MIN_BYTES {
-            return None;
-        }
-        let end = self.cursor.checked_add(align_up(data.len())?)?;
-        if end > self.inputs_end {
-            return None;
-        }
-        self.arena.mapping.write(self.cursor, data).ok()?;
-        let at = self.cursor;
-        self.cursor = end;
-        Some(at as u64)
+        self.inputs.place(&self.arena.mapping, data)
     }
 
     /// The region the worker may write this request's outputs into.
     pub fn reply_region(&self) -> Region {
         Region {
-            offset: self.inputs_end as u64,
-            len: (self.offset + self.len - self.inputs_end) as u64,
+            offset: self.inputs.end as u64,
+            len: (self.offset + self.len - self.inputs.end) as u64,
         }
     }
 
@@ -401,8 +418,7 @@ pub struct Region {
 /// The worker's bump placement of a request's outputs into the reply region the agent gave.
 pub struct ReplyWriter<'a> {
     mapping: &'a Mapping,
-    cursor: usize,
-    end: usize,
+    outputs: Bump,
 }
 
 impl<'a> ReplyWriter<'a> {
@@ -413,24 +429,13 @@ impl<'a> ReplyWriter<'a> {
         let end = cursor.checked_add(usize::try_from(region.len).ok()?)?;
         (end <= mapping.len()).then_some(ReplyWriter {
             mapping,
-            cursor,
-            end,
+            outputs: Bump { cursor, end },
         })
     }
 
     /// `Some(offset)` when `data` is large enough and fits; `None`: send it inline.
     pub fn place(&mut self, data: &[u8]) -> Option<u64> {
-        if data.len() < SHARED_MIN_BYTES {
-            return None;
-        }
-        let end = self.cursor.checked_add(align_up(data.len())?)?;
-        if end > self.end {
-            return None;
-        }
-        self.mapping.write(self.cursor, data).ok()?;
-        let at = self.cursor;
-        self.cursor = end;
-        Some(at as u64)
+        self.outputs.place(self.mapping, data)
     }
 }
 
