@@ -96,6 +96,43 @@ async fn concurrent_requests_share_a_small_arena_without_mixing() {
     worker.shutdown().await;
 }
 
+/// The serving (sandboxed) worker maps the arena once and keeps no descriptor of it; with
+/// the arena off it maps none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_worker_maps_its_arena_and_holds_no_descriptor_of_it() {
+    let dir = tmp();
+    let (model, sha) = identity_model(dir.path());
+    let arena_in = |pid: u32| {
+        let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
+        let mapped = maps
+            .lines()
+            .filter(|l| l.contains("warden-tensors"))
+            .count();
+        let fds = std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .unwrap()
+            .filter_map(|e| std::fs::read_link(e.unwrap().path()).ok())
+            .filter(|target| target.to_string_lossy().contains("warden-tensors"))
+            .count();
+        (mapped, fds)
+    };
+    for (bytes, expected) in [(16usize << 20, 1usize), (0, 0)] {
+        let mut o = options(&model, &sha);
+        o.shared_memory_bytes = bytes;
+        let worker = Worker::start(o).await.unwrap();
+        // The sandbox's outer process and the sandboxed worker, its child.
+        let outer = worker.pid().unwrap();
+        let inner = *children(outer).first().unwrap();
+        for pid in [outer, inner] {
+            assert_eq!(
+                arena_in(pid),
+                (expected, 0),
+                "pid {pid}, arena of {bytes} bytes"
+            );
+        }
+        worker.shutdown().await;
+    }
+}
+
 /// A `warden-runtime` started with `--shared-memory-bytes`, on a socket we drive by hand.
 fn spawn_with_arena(model: &Path, sha: &str, bytes: usize) -> (std::process::Child, UnixStream) {
     spawn_worker_raw(model, sha, &["--shared-memory-bytes", &bytes.to_string()])
