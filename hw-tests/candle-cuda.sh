@@ -18,6 +18,8 @@ cd "$root"
 cuda=$root/.cache/cuda-13.0
 top=$cuda/root/nvidia/cu13
 say() { echo "candle-cuda: $*" >&2; }
+# The Python environment (pip, for the wheels) and the rest of what the build needs.
+bash scripts/setup.sh --test >&2
 
 if [ ! -x "$top/bin/nvcc" ] || [ ! -d "$top/nvvm" ]; then
     say "fetching CUDA 13.0's compiler and headers from PyPI"
@@ -65,12 +67,8 @@ say "building (kernels for compute capability $CUDA_COMPUTE_CAP)"
 features=(-p warden-runtime --no-default-features --features candle-cuda)
 cargo build --release --locked "${features[@]}" --bins >&2
 test_bin=$(cargo test --release --locked "${features[@]}" --test candle --no-run \
-    --message-format=json 2>/dev/null | .venv/bin/python -c '
-import json, sys
-for line in sys.stdin:
-    m = json.loads(line)
-    if m.get("reason") == "compiler-artifact" and m.get("executable"):
-        print(m["executable"])' | grep '/deps/candle-' | head -1)
+    --message-format=json 2>/dev/null | python3 hw-tests/executables.py |
+    grep '/deps/candle-' | head -1)
 [ -n "$test_bin" ] || { say "no candle test binary"; exit 1; }
 echo "$CARGO_TARGET_DIR/release/warden-runtime"
 echo "$test_bin"

@@ -29,14 +29,7 @@ stash=/tmp/warden-gpu-kit
 say() { echo "gpu-kit: $*"; }
 
 # The executables cargo reports for a `--no-run` build, one per line.
-executables() {
-    python3 -c '
-import json, sys
-for line in sys.stdin:
-    m = json.loads(line)
-    if m.get("reason") == "compiler-artifact" and m.get("executable"):
-        print(m["executable"])'
-}
+executables() { python3 hw-tests/executables.py; }
 
 build() {
     bash scripts/setup.sh --test

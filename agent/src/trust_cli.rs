@@ -517,11 +517,8 @@ pub fn attest(cmd: AttestCommand) -> anyhow::Result<()> {
                         .map(|c| unb64(c, "the EK certificate"))
                         .transpose()?;
                     let issued = credential::certified_endorsement_key(
-                        &credential::DeviceIdentity {
-                            endorsement_key: claimed,
-                            ak_public_area: area.clone(),
-                            ek_certificate: certificate,
-                        },
+                        &claimed,
+                        certificate.as_deref(),
                         &roots,
                         intermediates.as_deref(),
                         rustls_pki_types::UnixTime::now(),

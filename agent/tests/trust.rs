@@ -458,19 +458,7 @@ fn quote_and_verify_on_swtpm_with_the_application_log() {
 
     let nonce = "00112233445566778899aabbccddeeff";
     let quote = dir.path().join("quote.json");
-    let out = warden(&[
-        "attest",
-        "quote",
-        "--tcti",
-        &tpm.tcti,
-        "--nonce",
-        nonce,
-        "--pcrs",
-        "0,7,23",
-        "--output",
-        quote.to_str().unwrap(),
-    ]);
-    assert!(out.status.success(), "{}", text(&out));
+    write_quote(&tpm.tcti, nonce, "0,7,23", quote.to_str().unwrap());
     let q: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&quote).unwrap()).unwrap();
     let golden = dir.path().join("golden.json");
@@ -754,6 +742,14 @@ fn certify_endorsement_key(tcti: &str) -> support_devices::EkManufacturer {
     maker
 }
 
+/// `warden attest quote` of `pcrs` with `nonce` on the TPM at `tcti`, into `output`.
+fn write_quote(tcti: &str, nonce: &str, pcrs: &str, output: &str) {
+    let out = warden(&[
+        "attest", "quote", "--tcti", tcti, "--nonce", nonce, "--pcrs", pcrs, "--output", output,
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+}
+
 /// `warden attest activate` of `challenge` on the TPM at `tcti`: its answer (hex).
 fn activate(tcti: &str, challenge: &str) -> String {
     let out = warden(&[
@@ -841,19 +837,7 @@ fn attestation_key_enrolment_by_credential_activation() {
     // The enrolled key is the AK `provision` created, and its quotes verify.
     enrol_and_compare(dir.path(), &answer);
     let nonce = "a1a2a3a4a5a6a7a8";
-    let (ok, t) = run(&[
-        "attest",
-        "quote",
-        "--tcti",
-        &tpm.tcti,
-        "--nonce",
-        nonce,
-        "--pcrs",
-        "16",
-        "--output",
-        &path("quote.json"),
-    ]);
-    assert!(ok, "{t}");
+    write_quote(&tpm.tcti, nonce, "16", &path("quote.json"));
     let pcr16 = {
         let t = warden_attest::tpm::Tpm::open(&tpm.tcti).unwrap();
         hex::encode(t.read_pcrs(&[16]).unwrap()[0].1)

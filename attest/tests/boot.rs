@@ -399,8 +399,14 @@ fn the_manufacturers_ek_certificate_vouches_for_the_endorsement_key() {
     let bare = device_identity(&tpm).unwrap();
     assert_eq!(bare.ek_certificate, None);
     let maker = devices::EkManufacturer::issue(&ek, devices::EkCertSpec::default());
-    let e = certified_endorsement_key(&bare, &maker.root_pem, Some(&maker.intermediate_pem), now)
-        .unwrap_err();
+    let e = certified_endorsement_key(
+        &bare.endorsement_key,
+        bare.ek_certificate.as_deref(),
+        &maker.root_pem,
+        Some(&maker.intermediate_pem),
+        now,
+    )
+    .unwrap_err();
     assert!(e.to_string().contains("no EK certificate"), "{e}");
 
     drop(tpm);
@@ -412,7 +418,8 @@ fn the_manufacturers_ek_certificate_vouches_for_the_endorsement_key() {
         Some(&maker.ek_certificate[..])
     );
     let issued = certified_endorsement_key(
-        &identity,
+        &identity.endorsement_key,
+        identity.ek_certificate.as_deref(),
         &maker.root_pem,
         Some(&maker.intermediate_pem),
         now,
@@ -425,7 +432,14 @@ fn the_manufacturers_ek_certificate_vouches_for_the_endorsement_key() {
                    intermediates: Option<&str>,
                    at: UnixTime,
                    why: &str| {
-        let e = certified_endorsement_key(id, roots, intermediates, at).unwrap_err();
+        let e = certified_endorsement_key(
+            &id.endorsement_key,
+            id.ek_certificate.as_deref(),
+            roots,
+            intermediates,
+            at,
+        )
+        .unwrap_err();
         assert!(e.to_string().contains(why), "{e} (expected: {why})");
     };
     // Another manufacturer's CA; the intermediate missing.
@@ -456,7 +470,8 @@ fn the_manufacturers_ek_certificate_vouches_for_the_endorsement_key() {
         altered.ek_certificate.as_mut().unwrap()[i] ^= 0x01;
         assert!(
             certified_endorsement_key(
-                &altered,
+                &altered.endorsement_key,
+                altered.ek_certificate.as_deref(),
                 &maker.root_pem,
                 Some(&maker.intermediate_pem),
                 now

@@ -155,7 +155,8 @@ impl Message {
         max_frame_bytes: usize,
         place: &mut dyn FnMut(&[u8]) -> Option<u64>,
     ) -> Result<Vec<u8>, ProtocolError> {
-        let mut out = Vec::with_capacity(LENGTH_PREFIX + HEADER_BYTES + self.payload_hint());
+        // Small to start: `put_tensors` reserves what the tensors need.
+        let mut out = Vec::with_capacity(LENGTH_PREFIX + HEADER_BYTES + 64);
         out.extend_from_slice(&[0; LENGTH_PREFIX]);
         out.push(self.kind());
         out.extend_from_slice(&self.id().to_le_bytes());
@@ -208,19 +209,6 @@ impl Message {
         })?;
         out[..LENGTH_PREFIX].copy_from_slice(&len.to_le_bytes());
         Ok(out)
-    }
-
-    fn payload_hint(&self) -> usize {
-        let tensors = match self {
-            Message::InferRequest { tensors, .. } | Message::InferResponse { tensors, .. } => {
-                tensors
-            }
-            _ => return 64,
-        };
-        tensors
-            .iter()
-            .map(|t| t.data.len() + t.name.len() + 12 + 8 * t.shape.len())
-            .fold(2usize, usize::saturating_add)
     }
 
     /// Decodes one frame body (everything after the length prefix) on a connection without a
@@ -332,18 +320,12 @@ fn put_tensors(
 ) -> Result<(), ProtocolError> {
     put_count(out, tensors.len(), "tensors")?;
     for t in tensors {
-        put_name(out, &t.name)?;
-        out.push(t.dtype.code());
         if t.shape.len() > MAX_RANK {
             return Err(ProtocolError::Encode(format!(
                 "tensor {:?} has rank {}, at most {MAX_RANK}",
                 t.name,
                 t.shape.len()
             )));
-        }
-        out.push(t.shape.len() as u8);
-        for &d in &t.shape {
-            out.extend_from_slice(&(d as u64).to_le_bytes());
         }
         if byte_len(t.dtype, &t.shape) != Some(t.data.len()) {
             return Err(ProtocolError::Encode(format!(
@@ -354,8 +336,28 @@ fn put_tensors(
                 t.shape
             )));
         }
+    }
+    // Placed first, so that the frame reserves room for exactly the bytes it carries inline
+    // (a tensor in the arena costs the frame its offset only).
+    let placed: Vec<Option<u64>> = tensors.iter().map(|t| place(&t.data)).collect();
+    let room = tensors
+        .iter()
+        .zip(&placed)
+        .map(|(t, at)| {
+            let data = if at.is_some() { 8 } else { t.data.len() };
+            2 + t.name.len() + 2 + 8 * t.shape.len() + 8 + 1 + data
+        })
+        .fold(0usize, usize::saturating_add);
+    out.reserve(room);
+    for (t, at) in tensors.iter().zip(placed) {
+        put_name(out, &t.name)?;
+        out.push(t.dtype.code());
+        out.push(t.shape.len() as u8);
+        for &d in &t.shape {
+            out.extend_from_slice(&(d as u64).to_le_bytes());
+        }
         out.extend_from_slice(&(t.data.len() as u64).to_le_bytes());
-        match place(&t.data) {
+        match at {
             Some(offset) => {
                 out.push(storage::SHARED);
                 out.extend_from_slice(&offset.to_le_bytes());

@@ -128,20 +128,22 @@ const EKU_EK_CERTIFICATE: &[u8] = &[0x67, 0x81, 0x05, 0x08, 0x01];
 /// The longest manufacturer chain accepted (EK certificate, intermediates, root).
 const MAX_EK_CHAIN: usize = 4;
 
-/// On the verifier: checks that `identity` carries an EK certificate that chains, now, to one
-/// of the manufacturer CAs in `roots_pem` (through the CA certificates in `intermediates_pem`,
-/// if needed), whose extended key usage, if it has one, is the TCG EK certificate's, and whose
-/// key is the identity's EK. Returns the certificate's issuer and serial, for the log.
-/// Chain building, signatures, validity and basic constraints are rustls-webpki's.
+/// On the verifier: checks that a device's EK certificate (`certificate`, from its identity)
+/// chains, now, to one of the manufacturer CAs in `roots_pem` (through the CA certificates in
+/// `intermediates_pem`, if needed), that its extended key usage, if it has one, is the TCG EK
+/// certificate's, and that its key is `endorsement_key`, the identity's EK. Returns the
+/// certificate's issuer and serial, for the log. Chain building, signatures, validity and
+/// basic constraints are rustls-webpki's.
 pub fn certified_endorsement_key(
-    identity: &DeviceIdentity,
+    endorsement_key: &p256::PublicKey,
+    certificate: Option<&[u8]>,
     roots_pem: &str,
     intermediates_pem: Option<&str>,
     now: rustls_pki_types::UnixTime,
 ) -> Result<String, BootError> {
     use rustls_pki_types::CertificateDer;
     use x509_parser::prelude::FromDer as _;
-    let certificate = identity.ek_certificate.as_deref().ok_or_else(|| {
+    let certificate = certificate.ok_or_else(|| {
         refused(
             "the device's identity carries no EK certificate (its TPM has none at \
              0x01c0000a): name the trusted EK instead"
@@ -178,7 +180,7 @@ pub fn certified_endorsement_key(
         .map_err(|e| refused(format!("the EK certificate does not parse: {e}")))?;
     let certified = p256::PublicKey::from_sec1_bytes(&parsed.public_key().subject_public_key.data)
         .map_err(|_| refused("the EK certificate is not for a P-256 key".into()))?;
-    if certified != identity.endorsement_key {
+    if certified != *endorsement_key {
         return Err(refused(
             "the EK certificate is for another key than the device's endorsement key".into(),
         ));

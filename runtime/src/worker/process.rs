@@ -229,6 +229,7 @@ impl Process {
             read_half,
             Arc::clone(&shared),
             opts.max_frame_bytes,
+            arena.is_some(),
         ));
         if let Some(arena) = &arena {
             tracing::debug!(?pid, bytes = arena.free_bytes(), "tensor arena shared");
@@ -564,7 +565,14 @@ fn frame_id(body: &[u8]) -> Option<u64> {
     Some(u64::from_le_bytes(id))
 }
 
-async fn read_loop(mut socket: OwnedReadHalf, shared: Arc<Shared>, max_frame_bytes: usize) {
+/// Reads the worker's frames until the connection ends. `arena`: whether requests may hold
+/// arena slots (without one there is nothing to look up per answer).
+async fn read_loop(
+    mut socket: OwnedReadHalf,
+    shared: Arc<Shared>,
+    max_frame_bytes: usize,
+    arena: bool,
+) {
     let reason = loop {
         let body = match read_frame_async(&mut socket, max_frame_bytes).await {
             Ok(Some(body)) => body,
@@ -574,7 +582,9 @@ async fn read_loop(mut socket: OwnedReadHalf, shared: Arc<Shared>, max_frame_byt
         };
         // The arena slot of the request this frame answers: outputs may only come from its
         // reply region, and it is released once they are copied out.
-        let slot = frame_id(&body).and_then(|id| shared.lock().slots.remove(&id));
+        let slot = frame_id(&body)
+            .filter(|_| arena)
+            .and_then(|id| shared.lock().slots.remove(&id));
         let decoded = Message::decode_resolving(body, &mut |offset, len| match &slot {
             Some(slot) => slot.take_output(offset, len).map_err(|e| e.to_string()),
             None => Err("output in shared memory, but the request has no reply region".into()),
