@@ -17,6 +17,8 @@
 #                                                  # and WARDEN_BENCH_MODELS: hw-tests/gpu-kit.sh
 #                                                  # sets them all)
 set -euo pipefail
+# ONNX Runtime's telemetry off, as everywhere (the engine refuses to load the library otherwise).
+export ORT_DISABLE_TELEMETRY=1
 if [ ! -e /dev/nvidiactl ] && ! command -v nvidia-smi >/dev/null 2>&1; then
     echo "SKIP gpu suite: no NVIDIA GPU here (no /dev/nvidiactl, no nvidia-smi)"
     exit 0

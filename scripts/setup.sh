@@ -96,5 +96,9 @@ fi
 cat > .cache/env <<ENV
 export ORT_DYLIB_PATH="$ort_dir/libonnxruntime.so"
 export WARDEN_PYTHON="$root/.venv/bin/python"
+# ONNX Runtime's Linux builds keep a device identifier under ~/.cache/Microsoft and upload usage
+# events unless this is 1 when they start: the tests, benchmarks and Python reference tools run
+# it in process (Warden's engine refuses to load it otherwise; the agent sets it for workers).
+export ORT_DISABLE_TELEMETRY=1
 ENV
 say "ready: ORT_DYLIB_PATH=$ort_dir/libonnxruntime.so"

@@ -229,6 +229,34 @@ pub enum EngineError {
     /// The GPU the configuration asked for cannot be used and no CPU fallback is allowed.
     #[error("cannot load model: {0}")]
     Device(#[from] DeviceUnavailable),
+    /// ONNX Runtime's telemetry is not switched off in this process's environment.
+    #[error(
+        "refusing to load ONNX Runtime with its telemetry on: set {TELEMETRY_OPT_OUT}=1 in \
+         the environment before starting (found {found}). ONNX Runtime's Linux builds otherwise \
+         keep a device identifier and an event cache under ~/.cache/Microsoft and upload usage \
+         events; no other switch stops that"
+    )]
+    TelemetryOn { found: String },
+}
+
+/// The environment variable that switches ONNX Runtime's telemetry off, wholly and for the
+/// process's lifetime, when it is `1` before the library starts (ONNX Runtime reads it once).
+/// The API switch (`with_telemetry(false)`, which the environment below also sets) is not
+/// enough: with it, the 1.31.1 wheel's library still created the device identifier and the
+/// event cache, and looked up the collector's address within 45 s (measured with strace). The agent sets the variable for every worker; [`load_library`] refuses without it.
+pub const TELEMETRY_OPT_OUT: &str = "ORT_DISABLE_TELEMETRY";
+
+/// Whether `value` (of [`TELEMETRY_OPT_OUT`]) switches the telemetry off.
+fn telemetry_off(value: Option<&std::ffi::OsStr>) -> Result<(), EngineError> {
+    match value {
+        Some(v) if v == "1" => Ok(()),
+        Some(v) => Err(EngineError::TelemetryOn {
+            found: format!("{TELEMETRY_OPT_OUT}={:?}", v.to_string_lossy()),
+        }),
+        None => Err(EngineError::TelemetryOn {
+            found: format!("{TELEMETRY_OPT_OUT} unset"),
+        }),
+    }
 }
 
 impl From<CandleError> for EngineError {
@@ -477,6 +505,7 @@ pub fn load_library(onnxruntime_library: &Path) -> Result<(), EngineError> {
     if loaded.is_some() {
         return Ok(());
     }
+    telemetry_off(std::env::var_os(TELEMETRY_OPT_OUT).as_deref())?;
     // `init_from` reports a missing or unusable library as an error; every other `ort` call
     // would go through the lazy loader, which panics. Nothing else is called before this.
     drop(
@@ -911,7 +940,27 @@ fn from_ort(name: &str, value: &DynValue) -> Result<Tensor, EngineError> {
 
 #[cfg(test)]
 mod tests {
-    use super::{decode, encode};
+    use super::{EngineError, decode, encode, telemetry_off};
+
+    /// Only the exact value `1` counts as off; anything else names what was found.
+    #[test]
+    fn telemetry_must_be_switched_off_exactly() {
+        assert!(telemetry_off(Some("1".as_ref())).is_ok());
+        for (value, found) in [
+            (None, "ORT_DISABLE_TELEMETRY unset"),
+            (Some("0"), "ORT_DISABLE_TELEMETRY=\"0\""),
+            (Some("true"), "ORT_DISABLE_TELEMETRY=\"true\""),
+            (Some(""), "ORT_DISABLE_TELEMETRY=\"\""),
+            (Some(" 1"), "ORT_DISABLE_TELEMETRY=\" 1\""),
+        ] {
+            let e = telemetry_off(value.map(AsRef::as_ref)).unwrap_err();
+            assert!(
+                matches!(&e, EngineError::TelemetryOn { found: f } if f == found),
+                "{e}"
+            );
+            assert!(e.to_string().contains("set ORT_DISABLE_TELEMETRY=1"), "{e}");
+        }
+    }
 
     /// The one-copy conversions give exactly what the element-by-element ones give, also from
     /// a buffer that is not aligned for the element type.

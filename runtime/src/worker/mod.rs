@@ -182,6 +182,8 @@ impl WorkerOptions {
             .iter()
             .filter_map(|k| std::env::var_os(k).map(|v| (OsString::from(k), v)))
             .collect();
+        // ONNX Runtime reads this once, when it starts (see `engine::TELEMETRY_OPT_OUT`).
+        env.push((crate::engine::TELEMETRY_OPT_OUT.into(), "1".into()));
         if self.intra_op_threads > 0 {
             env.push((
                 "RAYON_NUM_THREADS".into(),
@@ -665,6 +667,26 @@ mod tests {
         assert_eq!(path(&o), Some("/cuda/lib:/cudnn/lib".into()));
         o.cuda_library_dirs.clear();
         assert_eq!(path(&o), None, "no directories configured");
+    }
+
+    #[test]
+    fn every_worker_gets_the_telemetry_opt_out() {
+        let mut o = WorkerOptions::new(
+            "/w".into(),
+            "/ort.so".into(),
+            "/m.onnx".into(),
+            "0".repeat(64),
+        );
+        for device in [crate::device::Device::Cpu, crate::device::Device::Cuda(0)] {
+            o.device.device = device;
+            let env = o.env();
+            let found: Vec<_> = env
+                .iter()
+                .filter(|(k, _)| k == crate::engine::TELEMETRY_OPT_OUT)
+                .collect();
+            assert_eq!(found.len(), 1, "{device}: {env:?}");
+            assert_eq!(found[0].1, "1");
+        }
     }
 
     #[test]

@@ -244,8 +244,26 @@ pub fn spawn_worker_raw(
     sha256: &str,
     extra: &[&str],
 ) -> (std::process::Child, std::os::unix::net::UnixStream) {
+    spawn_worker_raw_env(model, sha256, extra, &[])
+}
+
+/// [`spawn_worker_raw`] with environment changes: `(name, Some(value))` sets, `(name, None)`
+/// removes.
+pub fn spawn_worker_raw_env(
+    model: &std::path::Path,
+    sha256: &str,
+    extra: &[&str],
+    env: &[(&str, Option<&std::ffi::OsStr>)],
+) -> (std::process::Child, std::os::unix::net::UnixStream) {
     let (ours, theirs) = std::os::unix::net::UnixStream::pair().unwrap();
-    let child = Command::new(runtime_binary())
+    let mut command = Command::new(runtime_binary());
+    for (name, value) in env {
+        match value {
+            Some(value) => command.env(name, value),
+            None => command.env_remove(name),
+        };
+    }
+    let child = command
         .args(["--model".as_ref(), model.as_os_str()])
         .args(["--sha256", sha256])
         .args(["--onnxruntime".as_ref(), ort_library().as_os_str()])
