@@ -12,10 +12,10 @@
 #                                 # SHA-256, unpacks it, finds the CUDA libraries and runs
 #                                 # hw-tests/gpu.sh with every prebuilt piece
 #   hw-tests/gpu-kit.sh selftest  # here: unpacks the parts as `run` would, into a temporary
-#                                 # directory, and runs the prebuilt device test and the
-#                                 # `warden` binary from there (on a machine without a GPU the
-#                                 # test proves the refusal path, and that the kit works when
-#                                 # moved)
+#                                 # directory, and runs the prebuilt device test, the `warden`
+#                                 # binary and the system-call census (the kit's strace) from
+#                                 # there (on a machine without a GPU the test proves the
+#                                 # refusal path, and that the kit works when moved)
 #
 # onnxruntime-gpu's wheel (version = scripts/setup.sh's ORT_VERSION) links CUDA 13
 # (libcublas.so.13, libcudart.so.13, libcurand.so.10; cuDNN 9 is opened when needed). The
@@ -83,6 +83,13 @@ EOF
     cp "${candle_cuda[0]}" "$stage/bin/warden-runtime-candle-cuda"
     cp "${candle_cuda[1]}" "$stage/bin/test-candle-cuda"
     strip "$stage"/bin/*
+    # strace for the GPU worker's system-call census (hw-tests/worker-census.sh): the device
+    # machines have none. Its libraries beside it, started through the loader with
+    # --library-path, so that the traced worker's environment is not changed.
+    mkdir -p "$stage/strace"
+    cp "$(command -v strace)" "$stage/strace/"
+    ldd "$(command -v strace)" | awk '$2 == "=>" && $3 ~ /^\// { print $3 }' |
+        grep -v -E '/(libc|ld-linux[^/]*)\.so' | xargs -r -I{} cp -L {} "$stage/strace/"
 
     say "writing the benchmark's models"
     .venv/bin/python runtime/tests/python/bert_reference.py "$stage/models/small" >/dev/null
@@ -135,6 +142,16 @@ unpack() {
     say "unpacked the kit built from $(cat "$into/kit/commit")"
 }
 
+# The dynamic loader, to start the kit's strace with its own libraries.
+loader() {
+    local l
+    for l in /lib64/ld-linux-x86-64.so.2 /lib/ld-linux-aarch64.so.1; do
+        [ -x "$l" ] && { echo "$l"; return; }
+    done
+    echo "gpu-kit: no dynamic loader found" >&2
+    return 1
+}
+
 # Directories holding the CUDA libraries the GPU provider needs, colon-separated.
 cuda_dirs() {
     local dirs=() want found
@@ -170,6 +187,7 @@ run_kit() {
     export WARDEN_CANDLE_CUDA_RUNTIME_BIN=$k/bin/warden-runtime-candle-cuda
     export WARDEN_CANDLE_TEST_MODEL=$k/models/small
     export WARDEN_ORT_GPU_LIB=$k/ort/libonnxruntime.so.$version
+    export WARDEN_STRACE="$(loader) --library-path $k/strace $k/strace/strace"
     WARDEN_CUDA_LIBRARY_DIRS=$(cuda_dirs)
     export WARDEN_CUDA_LIBRARY_DIRS
     say "CUDA library directories: ${WARDEN_CUDA_LIBRARY_DIRS:-none found}"
@@ -192,7 +210,13 @@ selftest() {
         ORT_DYLIB_PATH=$k/ort/libonnxruntime.so.$version \
         "$k/bin/test-device" --test-threads 1
     "$k/bin/warden" --help >/dev/null
-    say "selftest passed: the prebuilt device test ran from the unpacked kit against its library"
+    # The system-call census with the kit's own strace, as `run` starts it.
+    WARDEN_REPO_ROOT=$root WARDEN_RUNTIME_BIN=$k/bin/warden-runtime \
+        WARDEN_DEVICE_TEST_BIN=$k/bin/test-device \
+        ORT_DYLIB_PATH=$k/ort/libonnxruntime.so.$version \
+        WARDEN_STRACE="$(loader) --library-path $k/strace $k/strace/strace" \
+        bash hw-tests/worker-census.sh
+    say "selftest passed: the prebuilt device test and the census ran from the unpacked kit"
 }
 
 case "${1:-}" in

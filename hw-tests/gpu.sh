@@ -12,6 +12,9 @@
 #   WARDEN_CANDLE_CUDA_TEST_BIN=path              # runtime/tests/candle.rs built with candle's
 #                                                  # CUDA backend (hw-tests/candle-cuda.sh): candle
 #                                                  # on cuda:0 against the Python reference
+#   WARDEN_STRACE=cmd                              # strace for the GPU worker's system-call
+#                                                  # census (hw-tests/worker-census.sh; the kit
+#                                                  # carries one), run last
 #   WARDEN_DEVICE_TEST_BIN, WARDEN_ENGINES_BENCH_BIN  # prebuilt device test and engines bench
 #                                                  # (with WARDEN_RUNTIME_BIN, WARDEN_REPO_ROOT
 #                                                  # and WARDEN_BENCH_MODELS: hw-tests/gpu-kit.sh
@@ -70,4 +73,10 @@ if [ -n "${WARDEN_BIN:-}" ]; then
     echo "$out"
     echo "$out" | grep -q '^  gpu 0: ' || { echo "FAIL: warden status lists no GPU"; exit 1; }
     echo "ok: warden status lists the GPUs beside the served demo model"
+fi
+# Last: the system calls of the sandboxed cuda:0 worker under the device profile, which no GPU
+# run has measured yet. A refused call fails the suite, by name.
+if [ -n "${WARDEN_ORT_GPU_LIB:-}" ]; then
+    ORT_DYLIB_PATH=$WARDEN_ORT_GPU_LIB WARDEN_CUDA_LIBRARY_DIRS=${WARDEN_CUDA_LIBRARY_DIRS:-} \
+        bash "$(dirname "$0")/worker-census.sh"
 fi

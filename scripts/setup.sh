@@ -10,7 +10,8 @@
 #     `tpm2-tools`, SoftHSM2 (`softhsm2`) and OpenSC (`opensc`, for pkcs11-tool), the OCI
 #     registry the pull tests start on loopback (`docker-registry`), `systemd` for its offline
 #     tools (systemd-analyze verify/security, systemd-sysusers, systemd-tmpfiles) that check
-#     the unit files, and util-linux's `setpriv` for the key service's privilege test.
+#     the unit files, util-linux's `setpriv` for the key service's privilege test, and
+#     `strace` for the system-call census of a sandboxed worker (hw-tests/syscall_census.py).
 # Idempotent: a second run only checks (apt-get runs only when a program or library is
 # missing). Everything else lands under .cache/ and .venv/ (ignored).
 set -euo pipefail
@@ -43,6 +44,7 @@ if [ "$want_test" = 1 ]; then
     need_pkg docker-registry test -x /usr/bin/docker-registry
     need_pkg systemd command -v systemd-analyze
     need_pkg util-linux command -v setpriv
+    need_pkg strace command -v strace
 fi
 if [ "${#apt_missing[@]}" -gt 0 ]; then
     say "installing ${apt_missing[*]} (apt)"
