@@ -790,6 +790,37 @@ fn worker_options(m: &Model) -> WorkerOptions {
     o
 }
 
+/// The candle worker's system-call census (see `tests/syscalls.rs`): traced under `strace -f`,
+/// it serves every reference case, two at a time, and makes no call its filter refuses.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_serving_candle_worker_makes_only_allowed_calls() {
+    let m = model();
+    let dir = tempfile::tempdir().unwrap();
+    let (wrapper, trace) = traced_worker(dir.path());
+    let mut options = worker_options(m);
+    options.worker_binary = wrapper;
+    options.intra_op_threads = 2;
+    options.startup_timeout = Duration::from_secs(60);
+    let worker = Worker::start(options).await.unwrap();
+    for pair in m.cases.chunks(2) {
+        let first = worker.infer(case_inputs(&pair[0]), vec![]);
+        let second = async {
+            match pair.get(1) {
+                Some(case) => Some(worker.infer(case_inputs(case), vec![]).await),
+                None => None,
+            }
+        };
+        let (first, second) = tokio::join!(first, second);
+        let outs = std::iter::once(first).chain(second);
+        for (case, out) in pair.iter().zip(outs) {
+            assert_within(&as_f32(&out.unwrap()[0]), &case.logits, TOLERANCE, "traced");
+        }
+    }
+    worker.shutdown().await;
+    let (status, report) = syscall_census(&trace, None);
+    assert_census_clean("candle worker", status, &report);
+}
+
 /// [`a_gpu_request_runs_there_or_is_refused_or_falls_back`] through the real sandboxed worker:
 /// in a `candle-cuda` build on a GPU machine the worker gets the GPU's device nodes, reports
 /// `cuda:0` in its `Hello` and agrees with the reference; elsewhere its start is refused, or,

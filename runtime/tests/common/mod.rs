@@ -289,3 +289,76 @@ pub fn next_message(
         .unwrap();
     Message::decode(body).unwrap()
 }
+
+/// A script in `dir` that runs the worker binary under `strace -f`, and the trace it writes:
+/// given to `WorkerOptions` as the worker, it traces exactly what the agent would start.
+pub fn traced_worker(dir: &std::path::Path) -> (PathBuf, PathBuf) {
+    use std::os::unix::fs::PermissionsExt;
+    let trace = dir.join("trace");
+    let wrapper = dir.join("traced-worker");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\nexec strace -f --decode-pids=pidns -qq -o '{}' '{}' \"$@\"\n",
+            trace.display(),
+            runtime_binary().display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
+    (wrapper, trace)
+}
+
+/// `hw-tests/syscall_census.py` on `trace` against `allow_list` (the shipped
+/// `runtime/seccomp.json` when `None`): its exit status and JSON report.
+pub fn syscall_census(
+    trace: &std::path::Path,
+    allow_list: Option<&std::path::Path>,
+) -> (i32, serde_json::Value) {
+    let shipped = repo_root().join("runtime/seccomp.json");
+    let out = Command::new(python())
+        .arg(repo_root().join("hw-tests/syscall_census.py"))
+        .arg(trace)
+        .arg("--allow-list")
+        .arg(allow_list.unwrap_or(&shipped))
+        .args(["--json", "--fail-on-refused"])
+        .output()
+        .unwrap();
+    let report = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "census printed no report ({e}): {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    (out.status.code().unwrap(), report)
+}
+
+/// The names under `key` in a census report.
+pub fn census_names(report: &serde_json::Value, key: &str) -> Vec<String> {
+    report[key].as_object().unwrap().keys().cloned().collect()
+}
+
+/// A census that refused nothing, saw the set-up before the filter and ran under it.
+pub fn assert_census_clean(what: &str, status: i32, report: &serde_json::Value) {
+    println!("{what}: {}", serde_json::to_string(report).unwrap());
+    assert_eq!(
+        report["refused"],
+        serde_json::json!({}),
+        "{what}: refused calls"
+    );
+    assert_eq!(status, 0, "{what}");
+    let before = census_names(report, "before_filter");
+    for call in ["unshare", "pivot_root", "seccomp"] {
+        assert!(
+            before.iter().any(|c| c == call),
+            "{what}: {call} before the filter"
+        );
+    }
+    let used = census_names(report, "used");
+    for call in ["futex", "mmap"] {
+        assert!(
+            used.iter().any(|c| c == call),
+            "{what}: {call} under the filter"
+        );
+    }
+}
