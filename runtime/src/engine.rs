@@ -182,12 +182,29 @@ impl Engine {
 
     /// Runs the model (see [`OrtEngine::run`] and [`CandleEngine::run`]).
     pub fn run(&self, inputs: &[Tensor], outputs: &[String]) -> Result<Vec<Tensor>, EngineError> {
+        self.run_into(inputs, outputs, &mut |_| None)
+    }
+
+    /// [`Engine::run`], offering each output's bytes to `sink` as the engine produces them
+    /// (see [`OutputSink`]; candle builds its outputs itself and offers none).
+    pub fn run_into(
+        &self,
+        inputs: &[Tensor],
+        outputs: &[String],
+        sink: OutputSink<'_>,
+    ) -> Result<Vec<Tensor>, EngineError> {
         match self {
-            Engine::Ort(e) => e.run(inputs, outputs),
+            Engine::Ort(e) => e.run_into(inputs, outputs, sink),
             Engine::Candle(e, _) => Ok(e.run(inputs, outputs)?),
         }
     }
 }
+
+/// Where an output's bytes may go as the engine produces them: given the bytes (little-endian),
+/// it copies them to where they will be sent from and returns a view of that copy, or `None`
+/// to leave them to the engine (which then copies them into a buffer of their own). The
+/// worker passes its reply region in the tensor arena, so that a large output is copied once.
+pub type OutputSink<'a> = &'a mut dyn FnMut(&[u8]) -> Option<Bytes>;
 
 /// Engine settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -339,6 +356,16 @@ impl OrtEngine {
     /// datatype and a shape the declaration accepts. `outputs` selects outputs by name (empty:
     /// all, in signature order); the result follows the order asked for.
     pub fn run(&self, inputs: &[Tensor], outputs: &[String]) -> Result<Vec<Tensor>, EngineError> {
+        self.run_into(inputs, outputs, &mut |_| None)
+    }
+
+    /// [`OrtEngine::run`], offering each output's bytes to `sink` (see [`OutputSink`]).
+    pub fn run_into(
+        &self,
+        inputs: &[Tensor],
+        outputs: &[String],
+        sink: OutputSink<'_>,
+    ) -> Result<Vec<Tensor>, EngineError> {
         self.validate(inputs, outputs)?;
         let values = inputs
             .iter()
@@ -360,7 +387,7 @@ impl OrtEngine {
             let mut produced = session
                 .run(values)
                 .map_err(|e| EngineError::Run(e.to_string()))?;
-            collect_outputs(&mut produced, &wanted)
+            collect_outputs(&mut produced, &wanted, sink)
         } else {
             let selector = wanted
                 .iter()
@@ -371,7 +398,7 @@ impl OrtEngine {
             let mut produced = session
                 .run_with_options(values, &options)
                 .map_err(|e| EngineError::Run(e.to_string()))?;
-            collect_outputs(&mut produced, &wanted)
+            collect_outputs(&mut produced, &wanted, sink)
         }
     }
 
@@ -804,6 +831,21 @@ fn encode<T: bytemuck::Pod, const N: usize>(values: &[T], f: fn(T) -> [u8; N]) -
     out
 }
 
+/// An output's bytes, little-endian: offered to `sink` first, else copied into a buffer of
+/// their own (one copy either way on a little-endian machine).
+fn output_bytes<T: bytemuck::Pod, const N: usize>(
+    values: &[T],
+    f: fn(T) -> [u8; N],
+    sink: OutputSink<'_>,
+) -> Bytes {
+    if cfg!(target_endian = "little") {
+        let raw: &[u8] = bytemuck::cast_slice(values);
+        return sink(raw).unwrap_or_else(|| Bytes::copy_from_slice(raw));
+    }
+    let bytes = encode(values, f);
+    sink(&bytes).unwrap_or_else(|| Bytes::from(bytes))
+}
+
 fn to_ort(t: &Tensor) -> Result<DynValue, EngineError> {
     let shape: Vec<i64> = t
         .shape
@@ -849,18 +891,19 @@ fn to_ort(t: &Tensor) -> Result<DynValue, EngineError> {
 fn collect_outputs(
     produced: &mut SessionOutputs<'_>,
     wanted: &[&str],
+    sink: OutputSink<'_>,
 ) -> Result<Vec<Tensor>, EngineError> {
     let mut result = Vec::with_capacity(wanted.len());
     for &name in wanted {
         let value = produced
             .remove(name)
             .ok_or_else(|| EngineError::Run(format!("the model produced no output {name:?}")))?;
-        result.push(from_ort(name, &value)?);
+        result.push(from_ort(name, &value, sink)?);
     }
     Ok(result)
 }
 
-fn from_ort(name: &str, value: &DynValue) -> Result<Tensor, EngineError> {
+fn from_ort(name: &str, value: &DynValue, sink: OutputSink<'_>) -> Result<Tensor, EngineError> {
     let ty = value.dtype().tensor_type().ok_or_else(|| {
         EngineError::Run(format!(
             "output {name:?} is a {}, not a tensor",
@@ -883,51 +926,54 @@ fn from_ort(name: &str, value: &DynValue) -> Result<Tensor, EngineError> {
     let (shape, data) = match dtype {
         DataType::Bool => {
             let (s, v) = extract::<bool>(value, err)?;
-            (s, v.iter().map(|&b| u8::from(b)).collect())
+            (
+                s,
+                Bytes::from(v.iter().map(|&b| u8::from(b)).collect::<Vec<u8>>()),
+            )
         }
         DataType::Uint8 => {
             let (s, v) = extract::<u8>(value, err)?;
-            (s, v.to_vec())
+            (s, output_bytes(v, u8::to_le_bytes, sink))
         }
         DataType::Int8 => {
             let (s, v) = extract::<i8>(value, err)?;
-            (s, encode(v, i8::to_le_bytes))
+            (s, output_bytes(v, i8::to_le_bytes, sink))
         }
         DataType::Uint16 => {
             let (s, v) = extract::<u16>(value, err)?;
-            (s, encode(v, u16::to_le_bytes))
+            (s, output_bytes(v, u16::to_le_bytes, sink))
         }
         DataType::Int16 => {
             let (s, v) = extract::<i16>(value, err)?;
-            (s, encode(v, i16::to_le_bytes))
+            (s, output_bytes(v, i16::to_le_bytes, sink))
         }
         DataType::Uint32 => {
             let (s, v) = extract::<u32>(value, err)?;
-            (s, encode(v, u32::to_le_bytes))
+            (s, output_bytes(v, u32::to_le_bytes, sink))
         }
         DataType::Int32 => {
             let (s, v) = extract::<i32>(value, err)?;
-            (s, encode(v, i32::to_le_bytes))
+            (s, output_bytes(v, i32::to_le_bytes, sink))
         }
         DataType::Uint64 => {
             let (s, v) = extract::<u64>(value, err)?;
-            (s, encode(v, u64::to_le_bytes))
+            (s, output_bytes(v, u64::to_le_bytes, sink))
         }
         DataType::Int64 => {
             let (s, v) = extract::<i64>(value, err)?;
-            (s, encode(v, i64::to_le_bytes))
+            (s, output_bytes(v, i64::to_le_bytes, sink))
         }
         DataType::Fp16 => {
             let (s, v) = extract::<half::f16>(value, err)?;
-            (s, encode(v, half::f16::to_le_bytes))
+            (s, output_bytes(v, half::f16::to_le_bytes, sink))
         }
         DataType::Fp32 => {
             let (s, v) = extract::<f32>(value, err)?;
-            (s, encode(v, f32::to_le_bytes))
+            (s, output_bytes(v, f32::to_le_bytes, sink))
         }
         DataType::Fp64 => {
             let (s, v) = extract::<f64>(value, err)?;
-            (s, encode(v, f64::to_le_bytes))
+            (s, output_bytes(v, f64::to_le_bytes, sink))
         }
     };
     let shape = shape
@@ -935,7 +981,7 @@ fn from_ort(name: &str, value: &DynValue) -> Result<Tensor, EngineError> {
         .map(usize::try_from)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|_| EngineError::Run(format!("output {name:?} has a negative dimension")))?;
-    Tensor::new(name, dtype, shape, Bytes::from(data)).map_err(|e| EngineError::Run(e.to_string()))
+    Tensor::new(name, dtype, shape, data).map_err(|e| EngineError::Run(e.to_string()))
 }
 
 #[cfg(test)]

@@ -11,8 +11,9 @@
 //!
 //! With a tensor arena ([`crate::shm`]), a request's large inputs are read in place (the
 //! engine decodes straight from the arena) and large outputs are written into the request's
-//! reply region when they fit. The views of a request's inputs are dropped before it is
-//! answered: once answered, the agent may reuse that range.
+//! reply region when they fit, by ONNX Runtime's engine as it collects them (one copy from its
+//! buffer; candle's outputs are copied when the answer is encoded). The views of a request's
+//! inputs are dropped before it is answered: once answered, the agent may reuse that range.
 
 use std::io::Write;
 use std::os::unix::net::UnixStream;
@@ -293,7 +294,14 @@ fn execute(job: Job, context: &Context) {
         tensors,
         reply: region,
     } = job;
-    let result = engine.run(&tensors, &outputs);
+    let mut reply_writer = match (&context.arena, region) {
+        (Some(arena), Some(region)) => ReplyWriter::new(arena, region),
+        _ => None,
+    };
+    // Large outputs are copied once, from the engine's buffer straight into the reply region.
+    let result = engine.run_into(&tensors, &outputs, &mut |data| {
+        reply_writer.as_mut().and_then(|w| w.write(data))
+    });
     // The inputs may be views of the arena: they end here, before the answer lets the agent
     // reuse their range.
     drop(tensors);
@@ -311,10 +319,6 @@ fn execute(job: Job, context: &Context) {
                 message: e.to_string(),
             }
         }
-    };
-    let mut reply_writer = match (&context.arena, region) {
-        (Some(arena), Some(region)) => ReplyWriter::new(arena, region),
-        _ => None,
     };
     let mut place = |data: &[u8]| reply_writer.as_mut().and_then(|w| w.place(data));
     let sent = match send_placing(writer, &reply, max_frame_bytes, &mut place) {

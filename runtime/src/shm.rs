@@ -417,24 +417,46 @@ pub struct Region {
 
 /// The worker's bump placement of a request's outputs into the reply region the agent gave.
 pub struct ReplyWriter<'a> {
-    mapping: &'a Mapping,
+    mapping: &'a Arc<Mapping>,
     outputs: Bump,
+    /// What [`ReplyWriter::write`] put there: (address of its view, length, offset).
+    written: Vec<(usize, usize, u64)>,
 }
 
 impl<'a> ReplyWriter<'a> {
     /// `None` when the region does not lie inside the arena (the request is then answered
     /// inline).
-    pub fn new(mapping: &'a Mapping, region: Region) -> Option<ReplyWriter<'a>> {
+    pub fn new(mapping: &'a Arc<Mapping>, region: Region) -> Option<ReplyWriter<'a>> {
         let cursor = usize::try_from(region.offset).ok()?;
         let end = cursor.checked_add(usize::try_from(region.len).ok()?)?;
         (end <= mapping.len()).then_some(ReplyWriter {
             mapping,
             outputs: Bump { cursor, end },
+            written: Vec::new(),
         })
     }
 
-    /// `Some(offset)` when `data` is large enough and fits; `None`: send it inline.
+    /// Writes an output into the region as the engine produces it, when it is large enough
+    /// and fits, and returns a view of it there: the engine's buffer is copied once, straight
+    /// into the arena, and [`ReplyWriter::place`] then sends the view's offset without a
+    /// second copy. `None`: the engine keeps its own copy.
+    pub fn write(&mut self, data: &[u8]) -> Option<Bytes> {
+        let at = self.outputs.place(self.mapping, data)?;
+        let view = self
+            .mapping
+            .view(usize::try_from(at).ok()?, data.len())
+            .ok()?;
+        self.written.push((view.as_ptr().addr(), view.len(), at));
+        Some(view)
+    }
+
+    /// `Some(offset)` when `data` is large enough and fits (or is a view [`ReplyWriter::write`]
+    /// already put there); `None`: send it inline.
     pub fn place(&mut self, data: &[u8]) -> Option<u64> {
+        let here = (data.as_ptr().addr(), data.len());
+        if let Some(&(_, _, at)) = self.written.iter().find(|w| (w.0, w.1) == here) {
+            return Some(at);
+        }
         self.outputs.place(self.mapping, data)
     }
 }
@@ -544,6 +566,7 @@ mod tests {
     #[test]
     fn reply_writer_stays_in_its_region() {
         let (m, _fd) = Mapping::create(4 << 20).unwrap();
+        let m = Arc::new(m);
         let region = Region {
             offset: 1 << 20,
             len: 100_032,
@@ -572,5 +595,33 @@ mod tests {
             )
             .is_none()
         );
+    }
+
+    /// An output written as the engine produced it is sent from where it lies: its offset,
+    /// without a second copy or a second share of the region.
+    #[test]
+    fn a_written_output_is_placed_where_it_lies() {
+        let (m, _fd) = Mapping::create(4 << 20).unwrap();
+        let m = Arc::new(m);
+        let region = Region {
+            offset: 1 << 20,
+            len: 120_064,
+        };
+        let mut w = ReplyWriter::new(&m, region).unwrap();
+        assert_eq!(
+            w.write(&[1u8; 100]),
+            None,
+            "small outputs stay with the engine"
+        );
+        let first = vec![2u8; 60_000];
+        let view = w.write(&first).unwrap();
+        assert_eq!(view, first);
+        assert_eq!(m.copy_out(1 << 20, first.len()).unwrap(), first);
+        assert_eq!(w.place(&view), Some(1 << 20));
+        assert_eq!(w.place(&view), Some(1 << 20), "as often as it is asked");
+        // The same bytes elsewhere are another tensor: placed after it.
+        let second = vec![2u8; 60_000];
+        assert_eq!(w.place(&second), Some((1 << 20) + 60_032));
+        assert_eq!(w.write(&[3u8; 20_000]), None, "the region is full");
     }
 }
