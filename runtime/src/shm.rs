@@ -563,14 +563,20 @@ mod tests {
         assert!(receive_fd(&b).is_err());
     }
 
-    #[test]
-    fn reply_writer_stays_in_its_region() {
-        let (m, _fd) = Mapping::create(4 << 20).unwrap();
-        let m = Arc::new(m);
+    /// A 4 MiB mapping (and its descriptor, kept open) and a reply region of `len` bytes at
+    /// 1 MiB in it.
+    fn mapping_with_region(len: u64) -> (Arc<Mapping>, OwnedFd, Region) {
+        let (m, fd) = Mapping::create(4 << 20).unwrap();
         let region = Region {
             offset: 1 << 20,
-            len: 100_032,
+            len,
         };
+        (Arc::new(m), fd, region)
+    }
+
+    #[test]
+    fn reply_writer_stays_in_its_region() {
+        let (m, _fd, region) = mapping_with_region(100_032);
         let mut w = ReplyWriter::new(&m, region).unwrap();
         assert_eq!(w.place(&[1u8; 100]), None);
         assert_eq!(w.place(&vec![2u8; 60_000]), Some(1 << 20));
@@ -601,12 +607,7 @@ mod tests {
     /// without a second copy or a second share of the region.
     #[test]
     fn a_written_output_is_placed_where_it_lies() {
-        let (m, _fd) = Mapping::create(4 << 20).unwrap();
-        let m = Arc::new(m);
-        let region = Region {
-            offset: 1 << 20,
-            len: 120_064,
-        };
+        let (m, _fd, region) = mapping_with_region(120_064);
         let mut w = ReplyWriter::new(&m, region).unwrap();
         assert_eq!(
             w.write(&[1u8; 100]),
