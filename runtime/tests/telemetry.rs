@@ -17,6 +17,25 @@ use warden_runtime::protocol::{DEFAULT_MAX_FRAME_BYTES, Message};
 const OPT_OUT: &str = warden_runtime::engine::TELEMETRY_OPT_OUT;
 const STATE: &str = ".cache/Microsoft/DeveloperTools/.onnxruntime/deviceid";
 
+/// ONNX Runtime keeps quiet on a build machine: any of these set (the names are in the
+/// library) and it writes and sends nothing, with or without the opt-out. The tests remove
+/// them, as an appliance would not have them; otherwise they prove nothing under CI (which
+/// sets `CI`). The agent starts workers with a cleared environment anyway.
+const BUILD_MACHINE_MARKERS: [&str; 12] = [
+    "CI",
+    "TF_BUILD",
+    "GITHUB_ACTIONS",
+    "GITLAB_CI",
+    "CIRCLECI",
+    "TRAVIS",
+    "JENKINS_URL",
+    "CODEBUILD_BUILD_ID",
+    "BUILDKITE",
+    "TEAMCITY_VERSION",
+    "APPVEYOR",
+    "BITBUCKET_BUILD_NUMBER",
+];
+
 /// Every path under `dir`, relative to it.
 fn contents(dir: &Path) -> Vec<String> {
     let mut found = Vec::new();
@@ -51,6 +70,9 @@ fn onnx_runtime_keeps_telemetry_state_unless_switched_off() {
             .arg(python())
             .args(["-c", &session])
             .env("HOME", home.path());
+        for marker in BUILD_MACHINE_MARKERS {
+            command.env_remove(marker);
+        }
         match opt_out {
             Some(v) => command.env(OPT_OUT, v),
             None => command.env_remove(OPT_OUT),
@@ -95,14 +117,16 @@ fn a_worker_without_the_opt_out_refuses_to_start() {
 #[test]
 fn a_serving_worker_leaves_no_telemetry_state() {
     let home = tempfile::tempdir().unwrap();
+    let mut env = vec![
+        (OPT_OUT, Some(OsStr::new("1"))),
+        ("HOME", Some(home.path().as_os_str())),
+    ];
+    env.extend(BUILD_MACHINE_MARKERS.map(|marker| (marker, None)));
     let (mut child, mut s) = spawn_worker_raw_env(
         &model_path(),
         &model_sha256(),
         &["--sandbox", r#"{"insecure_disable_sandbox": true}"#],
-        &[
-            (OPT_OUT, Some(OsStr::new("1"))),
-            ("HOME", Some(home.path().as_os_str())),
-        ],
+        &env,
     );
     assert!(matches!(next_message(&mut s), Message::Hello { .. }));
     let request = Message::InferRequest {
