@@ -459,7 +459,7 @@ fn fake_worker(dir: &tempfile::TempDir, name: &str, bytes: &[u8]) -> PathBuf {
     let script = dir.path().join(name);
     std::fs::write(
         &script,
-        format!("#!/bin/sh\ncat '{}' >&0\nsleep 30\n", data.display()),
+        format!("#!/bin/sh\ncat '{}' >&0\nexec sleep 30\n", data.display()),
     )
     .unwrap();
     std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
