@@ -95,12 +95,12 @@ fn main() {
     // difference is the sandbox's cost per request (seccomp on each syscall, mostly).
     let start = |sandbox: SandboxPolicy, poll_window: Duration, arena: usize| {
         rt.block_on(async {
-            let mut o = WorkerOptions::new(
-                PathBuf::from(env!("CARGO_BIN_EXE_warden-runtime")),
-                ort.clone(),
-                model.clone(),
-                sha.clone(),
+            // WARDEN_RUNTIME_BIN: another build of the worker, to compare two builds.
+            let worker = std::env::var_os("WARDEN_RUNTIME_BIN").map_or_else(
+                || PathBuf::from(env!("CARGO_BIN_EXE_warden-runtime")),
+                PathBuf::from,
             );
+            let mut o = WorkerOptions::new(worker, ort.clone(), model.clone(), sha.clone());
             o.concurrency = 1;
             o.intra_op_threads = 1;
             o.sandbox = sandbox;
