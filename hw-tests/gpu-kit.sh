@@ -142,11 +142,12 @@ unpack() {
     say "unpacked the kit built from $(cat "$into/kit/commit")"
 }
 
-# The dynamic loader, to start the kit's strace with its own libraries.
-loader() {
+# The command that starts the strace of the kit unpacked at $1, through the dynamic loader
+# with the kit's libraries (the traced worker's environment stays as it is).
+kit_strace() {
     local l
     for l in /lib64/ld-linux-x86-64.so.2 /lib/ld-linux-aarch64.so.1; do
-        [ -x "$l" ] && { echo "$l"; return; }
+        [ -x "$l" ] && { echo "$l --library-path $1/strace $1/strace/strace"; return; }
     done
     echo "gpu-kit: no dynamic loader found" >&2
     return 1
@@ -187,7 +188,8 @@ run_kit() {
     export WARDEN_CANDLE_CUDA_RUNTIME_BIN=$k/bin/warden-runtime-candle-cuda
     export WARDEN_CANDLE_TEST_MODEL=$k/models/small
     export WARDEN_ORT_GPU_LIB=$k/ort/libonnxruntime.so.$version
-    export WARDEN_STRACE="$(loader) --library-path $k/strace $k/strace/strace"
+    WARDEN_STRACE=$(kit_strace "$k")
+    export WARDEN_STRACE
     WARDEN_CUDA_LIBRARY_DIRS=$(cuda_dirs)
     export WARDEN_CUDA_LIBRARY_DIRS
     say "CUDA library directories: ${WARDEN_CUDA_LIBRARY_DIRS:-none found}"
@@ -214,7 +216,7 @@ selftest() {
     WARDEN_REPO_ROOT=$root WARDEN_RUNTIME_BIN=$k/bin/warden-runtime \
         WARDEN_DEVICE_TEST_BIN=$k/bin/test-device \
         ORT_DYLIB_PATH=$k/ort/libonnxruntime.so.$version \
-        WARDEN_STRACE="$(loader) --library-path $k/strace $k/strace/strace" \
+        WARDEN_STRACE=$(kit_strace "$k") \
         bash hw-tests/worker-census.sh
     say "selftest passed: the prebuilt device test and the census ran from the unpacked kit"
 }

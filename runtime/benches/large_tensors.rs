@@ -5,16 +5,16 @@
 //! request each in turn, so that the machine's load affects them alike; medians.
 //!
 //! `source .cache/env && cargo bench -p warden-runtime --bench large_tensors`
+//! (`WARDEN_RUNTIME_BIN=path`: another build of the worker, to compare two builds in turn)
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 #[path = "../tests/common/mod.rs"]
 mod common;
 
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use warden_runtime::engine::{EngineOptions, OrtEngine};
-use warden_runtime::worker::{DEFAULT_SHARED_MEMORY_BYTES, Worker, WorkerOptions};
+use warden_runtime::worker::{DEFAULT_SHARED_MEMORY_BYTES, Worker};
 
 fn median(mut v: Vec<Duration>) -> f64 {
     v.sort();
@@ -42,14 +42,7 @@ fn main() {
         .unwrap();
     let start = |arena: usize| {
         rt.block_on(async {
-            // WARDEN_RUNTIME_BIN: another build of the worker, to compare two builds.
-            let worker = std::env::var_os("WARDEN_RUNTIME_BIN").map_or_else(
-                || PathBuf::from(env!("CARGO_BIN_EXE_warden-runtime")),
-                PathBuf::from,
-            );
-            let mut o = WorkerOptions::new(worker, ort.clone(), model.clone(), sha.clone());
-            o.concurrency = 1;
-            o.intra_op_threads = 1;
+            let mut o = common::one_at_a_time(model.clone(), sha.clone());
             o.shared_memory_bytes = arena;
             // Room for 16 MiB on the socket too.
             o.max_frame_bytes = 64 << 20;

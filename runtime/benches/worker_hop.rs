@@ -7,17 +7,18 @@
 //! alike; in-process ONNX Runtime before them and the polling worker after them, each alone.
 //!
 //! `source .cache/env && cargo bench -p warden-runtime --bench worker_hop`
+//! (`WARDEN_RUNTIME_BIN=path`: another build of the worker, to compare two builds in turn)
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::path::PathBuf;
+#[path = "../tests/common/mod.rs"]
+mod common;
+
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use warden_runtime::engine::{EngineOptions, OrtEngine};
 use warden_runtime::sandbox::SandboxPolicy;
-use warden_runtime::tensor::{DataType, Tensor};
 use warden_runtime::worker::{
-    BENCH_POLL_WINDOW, DEFAULT_POLL_WINDOW, DEFAULT_SHARED_MEMORY_BYTES, Worker, WorkerOptions,
+    BENCH_POLL_WINDOW, DEFAULT_POLL_WINDOW, DEFAULT_SHARED_MEMORY_BYTES, Worker,
 };
 
 const WARMUP: usize = 300;
@@ -43,27 +44,15 @@ fn report(name: &str, mut samples: Vec<Duration>) -> (Duration, Duration) {
 }
 
 fn main() {
-    let ort = PathBuf::from(
-        std::env::var_os("ORT_DYLIB_PATH")
-            .expect("ORT_DYLIB_PATH is not set: run scripts/setup.sh"),
+    let ort = common::ort_library();
+    let (model, bytes, sha) = (
+        common::model_path(),
+        common::model_bytes(),
+        common::model_sha256(),
     );
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-    let model = root.join("agent/demo-model/model/model.onnx");
-    let bytes = std::fs::read(&model).unwrap();
-    let sha = {
-        use sha2::Digest;
-        sha2::Sha256::digest(&bytes)
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect::<String>()
-    };
-    let text = std::fs::read_to_string(root.join("agent/demo-model/sample-request.json")).unwrap();
-    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
-    let row: Vec<u8> = v["inputs"][0]["data"].as_array().unwrap()[..30]
-        .iter()
-        .flat_map(|x| (x.as_f64().unwrap() as f32).to_le_bytes())
-        .collect();
-    let input = Tensor::new("input", DataType::Fp32, vec![1, 30], Bytes::from(row)).unwrap();
+    // The sample request's first row.
+    let (_, rows) = common::sample_rows();
+    let input = common::f32_tensor("input", vec![1, 30], &rows[..30]);
 
     let engine = OrtEngine::load(
         &ort,
@@ -95,14 +84,7 @@ fn main() {
     // difference is the sandbox's cost per request (seccomp on each syscall, mostly).
     let start = |sandbox: SandboxPolicy, poll_window: Duration, arena: usize| {
         rt.block_on(async {
-            // WARDEN_RUNTIME_BIN: another build of the worker, to compare two builds.
-            let worker = std::env::var_os("WARDEN_RUNTIME_BIN").map_or_else(
-                || PathBuf::from(env!("CARGO_BIN_EXE_warden-runtime")),
-                PathBuf::from,
-            );
-            let mut o = WorkerOptions::new(worker, ort.clone(), model.clone(), sha.clone());
-            o.concurrency = 1;
-            o.intra_op_threads = 1;
+            let mut o = common::one_at_a_time(model.clone(), sha.clone());
             o.sandbox = sandbox;
             o.poll_window = poll_window;
             o.shared_memory_bytes = arena;

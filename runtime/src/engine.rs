@@ -260,7 +260,8 @@ pub enum EngineError {
 /// process's lifetime, when it is `1` before the library starts (ONNX Runtime reads it once).
 /// The API switch (`with_telemetry(false)`, which the environment below also sets) is not
 /// enough: with it, the 1.31.1 wheel's library still created the device identifier and the
-/// event cache, and looked up the collector's address within 45 s (measured with strace). The agent sets the variable for every worker; [`load_library`] refuses without it.
+/// event cache, and looked up the collector's address within 45 s (measured with strace).
+/// The agent sets the variable for every worker; [`load_library`] refuses without it.
 pub const TELEMETRY_OPT_OUT: &str = "ORT_DISABLE_TELEMETRY";
 
 /// Whether `value` (of [`TELEMETRY_OPT_OUT`]) switches the telemetry off.

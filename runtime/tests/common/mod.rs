@@ -362,3 +362,13 @@ pub fn assert_census_clean(what: &str, status: i32, report: &serde_json::Value) 
         );
     }
 }
+
+/// Options for the benchmarks' workers: this build's worker (or `WARDEN_RUNTIME_BIN`, to
+/// compare two builds) on `model`, one request at a time on one intra-op thread.
+pub fn one_at_a_time(model: PathBuf, sha256: String) -> warden_runtime::worker::WorkerOptions {
+    let mut o =
+        warden_runtime::worker::WorkerOptions::new(runtime_binary(), ort_library(), model, sha256);
+    o.concurrency = 1;
+    o.intra_op_threads = 1;
+    o
+}
