@@ -31,7 +31,7 @@ use warden_agent::gateway::Gateway;
 use warden_agent::gateway::config::{GatewayConfig, JwtConfig};
 use warden_agent::gateway::identity::CertNames;
 use warden_agent::{demo, serve, validate};
-use warden_runtime::tensor::{DataType, ModelSignature, TensorSpec};
+use warden_runtime_client::tensor::{DataType, ModelSignature, TensorSpec};
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;

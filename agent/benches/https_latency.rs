@@ -18,8 +18,9 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use warden_agent::{demo, serve};
-use warden_runtime::engine::{EngineOptions, OrtEngine};
-use warden_runtime::tensor::{DataType, Tensor};
+use warden_runtime::engine::EngineOptions;
+use warden_runtime::onnx::OrtEngine;
+use warden_runtime_client::tensor::{DataType, Tensor};
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
@@ -86,8 +87,8 @@ fn main() {
         // Two servers side by side: the default, and one whose workers poll for 100 µs before
         // sleeping. Rounds alternate between them so that both see the same machine; the
         // first is the one the targets are about.
-        let default_poll = warden_runtime::worker::DEFAULT_POLL_WINDOW.as_micros() as u64;
-        let bench_poll = warden_runtime::worker::BENCH_POLL_WINDOW.as_micros() as u64;
+        let default_poll = warden_runtime_client::worker::DEFAULT_POLL_WINDOW.as_micros() as u64;
+        let bench_poll = warden_runtime_client::worker::BENCH_POLL_WINDOW.as_micros() as u64;
         let mut servers = Vec::new();
         for poll_us in [default_poll, bench_poll] {
             let dir = tempfile::tempdir().unwrap();

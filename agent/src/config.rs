@@ -55,9 +55,9 @@ pub struct Config {
     /// The Prometheus metrics listener.
     #[serde(default)]
     pub metrics: crate::gateway::config::MetricsConfig,
-    /// The sandbox every model worker runs in (secure defaults; `warden_runtime::sandbox`).
+    /// The sandbox every model worker runs in (secure defaults; `warden_runtime_client::sandbox_policy`).
     #[serde(default)]
-    pub sandbox: warden_runtime::sandbox::SandboxPolicy,
+    pub sandbox: warden_runtime_client::sandbox_policy::SandboxPolicy,
     /// The fleet-push admin listener (`crate::admin`); absent: disabled.
     pub admin: Option<AdminConfig>,
 }
@@ -212,8 +212,8 @@ impl Default for RestartConfig {
 }
 
 impl RestartConfig {
-    pub fn policy(&self) -> warden_runtime::worker::RestartPolicy {
-        warden_runtime::worker::RestartPolicy {
+    pub fn policy(&self) -> warden_runtime_client::worker::RestartPolicy {
+        warden_runtime_client::worker::RestartPolicy {
             max_crashes: self.max_crashes,
             window: Duration::from_secs(self.window_s),
             backoff_initial: Duration::from_millis(self.backoff_initial_ms),
@@ -237,8 +237,8 @@ pub struct BatchingConfig {
 }
 
 impl BatchingConfig {
-    pub fn policy(&self) -> warden_runtime::worker::BatchPolicy {
-        warden_runtime::worker::BatchPolicy {
+    pub fn policy(&self) -> warden_runtime_client::worker::BatchPolicy {
+        warden_runtime_client::worker::BatchPolicy {
             window: Duration::from_micros(self.window_us),
             max_rows: self.max_rows,
         }
@@ -405,10 +405,10 @@ pub struct ModelConfig {
 
 impl ModelConfig {
     /// What the worker is asked for: the configured device, or the CPU.
-    pub fn device_request(&self) -> warden_runtime::device::DeviceRequest {
+    pub fn device_request(&self) -> warden_runtime_client::device::DeviceRequest {
         match &self.accelerator {
-            None => warden_runtime::device::DeviceRequest::default(),
-            Some(a) => warden_runtime::device::DeviceRequest {
+            None => warden_runtime_client::device::DeviceRequest::default(),
+            Some(a) => warden_runtime_client::device::DeviceRequest {
                 device: a.device,
                 memory_budget_bytes: a.memory_budget_mib.map(|mib| mib.saturating_mul(1 << 20)),
                 cpu_fallback: a.cpu_fallback,
@@ -424,7 +424,7 @@ impl ModelConfig {
 #[serde(deny_unknown_fields)]
 pub struct AcceleratorConfig {
     /// `"cpu"`, `"cuda:N"` or `"tensorrt:N"` (N: the GPU's ordinal, as `warden status` lists).
-    pub device: warden_runtime::device::Device,
+    pub device: warden_runtime_client::device::Device,
     /// GPU memory the model may hold, in MiB; the budgets of the models on one GPU must fit in
     /// its memory.
     pub memory_budget_mib: Option<u64>,
@@ -477,11 +477,11 @@ fn default_worker_concurrency() -> usize {
     2
 }
 fn default_worker_poll_us() -> u64 {
-    warden_runtime::worker::DEFAULT_POLL_WINDOW.as_micros() as u64
+    warden_runtime_client::worker::DEFAULT_POLL_WINDOW.as_micros() as u64
 }
 
 fn default_shared_memory_mib() -> u64 {
-    (warden_runtime::worker::DEFAULT_SHARED_MEMORY_BYTES >> 20) as u64
+    (warden_runtime_client::worker::DEFAULT_SHARED_MEMORY_BYTES >> 20) as u64
 }
 
 /// The largest tensor arena a worker may get, in MiB.
@@ -703,7 +703,7 @@ impl Config {
                 "must be between 1 ms and one hour, and not below backoff_initial_ms".into(),
             ));
         }
-        let max_poll = warden_runtime::worker::MAX_POLL_WINDOW.as_micros();
+        let max_poll = warden_runtime_client::worker::MAX_POLL_WINDOW.as_micros();
         if u128::from(self.runtime.worker_poll_us) > max_poll {
             return Err(invalid(
                 "runtime.worker_poll_us",
@@ -1279,7 +1279,7 @@ attestations = ["models/demo.slsa.json"]
 
     #[test]
     fn accelerator_is_read_and_checked() {
-        use warden_runtime::device::{Device, DeviceRequest};
+        use warden_runtime_client::device::{Device, DeviceRequest};
         let c = parse(GOOD).unwrap();
         assert_eq!(c.models[0].device_request(), DeviceRequest::default());
         let c = parse(&format!(

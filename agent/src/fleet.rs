@@ -86,7 +86,7 @@ fn sole_model_file(model_dir: &Path) -> Result<PathBuf, String> {
         .filter_map(Result::ok)
         .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
         .map(|e| PathBuf::from(e.file_name()))
-        .filter(|name| warden_runtime::engine::ModelFormat::of(name).is_ok())
+        .filter(|name| warden_runtime_client::model_format::ModelFormat::of(name).is_ok())
         .collect();
     found.sort();
     match found.len() {

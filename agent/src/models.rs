@@ -22,10 +22,10 @@ use tokio::sync::broadcast;
 use warden_attest::boot::measure::{AppEventLog, DEFAULT_APP_PCR};
 use warden_attest::bundle::{self, Verifier, VerifyOptions};
 use warden_attest::keystore::{KeyStore, KeyStoreError};
-use warden_runtime::device::DeviceRequest;
-use warden_runtime::engine::ModelFormat;
-use warden_runtime::tensor::ModelSignature;
-use warden_runtime::worker::{Worker, WorkerOptions};
+use warden_runtime_client::device::DeviceRequest;
+use warden_runtime_client::model_format::ModelFormat;
+use warden_runtime_client::tensor::ModelSignature;
+use warden_runtime_client::worker::{Worker, WorkerOptions};
 
 /// Largest single file the loader copies into the state directory.
 const MAX_MODEL_FILE_BYTES: u64 = 64 * 1024 * 1024 * 1024;
@@ -333,7 +333,7 @@ struct Loader {
     verifiers: Vec<(PathBuf, Verifier)>,
     trust: Option<Arc<TrustContext>>,
     /// The machine's GPUs, discovered when the first model asks for one.
-    gpus: std::sync::OnceLock<warden_runtime::accel::Inventory>,
+    gpus: std::sync::OnceLock<warden_runtime_client::accel::Inventory>,
     /// GPU memory budgets granted, per GPU ordinal, per model name (the versions of one model
     /// share its budget). Never given back while the agent runs: conservative.
     gpu_budgets: std::sync::Mutex<BTreeMap<u32, BTreeMap<String, u64>>>,
@@ -342,7 +342,7 @@ struct Loader {
 impl LoadedModel {
     /// Where the model runs: the worker's report, with the agent's reason when the agent
     /// itself moved a GPU model to the CPU (its GPU does not exist).
-    pub fn placement(&self) -> warden_runtime::device::Placement {
+    pub fn placement(&self) -> warden_runtime_client::device::Placement {
         let mut placement = self.worker.placement();
         if placement.fallback_reason.is_none() {
             placement.fallback_reason.clone_from(&self.fallback_reason);
@@ -787,7 +787,7 @@ impl ModelRegistry {
 /// that does not exist falls back to the CPU only where the request allows it. A budget that
 /// does not fit is a configuration error and always refuses: a fallback would hide it.
 fn grant_device(
-    inventory: &warden_runtime::accel::Inventory,
+    inventory: &warden_runtime_client::accel::Inventory,
     granted: &mut BTreeMap<u32, BTreeMap<String, u64>>,
     name: &str,
     request: DeviceRequest,
@@ -866,7 +866,9 @@ impl Loader {
                 fallback_reason: None,
             });
         }
-        let inventory = self.gpus.get_or_init(warden_runtime::accel::discover);
+        let inventory = self
+            .gpus
+            .get_or_init(warden_runtime_client::accel::discover);
         let mut granted = self.gpu_budgets.lock().unwrap_or_else(|p| p.into_inner());
         grant_device(inventory, &mut granted, &m.name, request).map_err(|message| {
             ModelError::Device {
@@ -1487,8 +1489,8 @@ mod tests {
     /// `runtime/tests/accel.rs` and, with models on a GPU, in `hw-tests/gpu.sh`).
     #[test]
     fn gpu_budgets_must_fit_and_a_missing_gpu_falls_back_only_when_allowed() {
-        use warden_runtime::accel::{Gpu, Inventory};
-        use warden_runtime::device::Device;
+        use warden_runtime_client::accel::{Gpu, Inventory};
+        use warden_runtime_client::device::Device;
         let gib = 1u64 << 30;
         let inventory = Inventory {
             driver_version: Some("13.0".into()),

@@ -61,7 +61,7 @@ pub struct ModelStatus {
     pub batching: bool,
     /// Where the worker runs it (absent in a status file of an older agent).
     #[serde(default)]
-    pub placement: Option<warden_runtime::device::Placement>,
+    pub placement: Option<warden_runtime_client::device::Placement>,
     /// Requests handed to the worker since the load.
     pub forwarded: u64,
 }
@@ -139,7 +139,7 @@ pub fn report_lines(state_dir: &Path) -> Vec<Result<String, String>> {
             Ok(s) => agent_lines(&s, &mut out),
         },
     }
-    let inv = warden_runtime::accel::discover();
+    let inv = warden_runtime_client::accel::discover();
     match (&inv.none_because, inv.gpus.is_empty()) {
         (Some(why), true) => out.push(Ok(format!("accelerators: none ({why}); models run on CPU"))),
         _ => {
@@ -215,7 +215,7 @@ fn agent_lines(s: &AgentStatus, out: &mut Vec<Result<String, String>>) {
 }
 
 /// `on cuda:0 (CUDAExecutionProvider, GPU memory budget 4096 MiB)`, or the CPU fallback, loudly.
-fn placement_text(p: &warden_runtime::device::Placement) -> String {
+fn placement_text(p: &warden_runtime_client::device::Placement) -> String {
     let budget = p
         .memory_budget_bytes
         .map(|b| format!(", GPU memory budget {} MiB", b >> 20))
@@ -247,7 +247,7 @@ mod tests {
                 ready: quarantined.is_none(),
                 quarantined: quarantined.map(str::to_owned),
                 batching: true,
-                placement: Some(warden_runtime::device::Placement::cpu(
+                placement: Some(warden_runtime_client::device::Placement::cpu(
                     "CPUExecutionProvider",
                 )),
                 forwarded: 3,

@@ -4,7 +4,7 @@
 
 use crate::api::codec::RequestedOutput;
 use crate::config::InputRange;
-use warden_runtime::tensor::{DataType, ModelSignature, Tensor};
+use warden_runtime_client::tensor::{DataType, ModelSignature, Tensor};
 
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum ValidationError {
@@ -165,7 +165,7 @@ pub fn requested_outputs(
 mod tests {
     use super::*;
     use bytes::Bytes;
-    use warden_runtime::tensor::{DataType, TensorSpec};
+    use warden_runtime_client::tensor::{DataType, TensorSpec};
 
     fn sig() -> ModelSignature {
         ModelSignature {

@@ -15,7 +15,7 @@ use support::serving::{Background, demo_client, demo_world, warden};
 use warden_agent::config::{AcceleratorConfig, Config};
 use warden_agent::demo::DemoFiles;
 use warden_agent::serve;
-use warden_runtime::device::Device;
+use warden_runtime_client::device::Device;
 
 fn gpu_world(dir: &std::path::Path, device: Device, cpu_fallback: bool) -> (DemoFiles, Config) {
     let (files, mut config) = demo_world(dir);

@@ -12,7 +12,7 @@ use support::serving::{Background, demo_client, kill9, sandboxed_pid, warden};
 use warden_agent::config::Config;
 use warden_agent::demo::DemoFiles;
 use warden_agent::serve;
-use warden_runtime::tensor::{DataType, Tensor};
+use warden_runtime_client::tensor::{DataType, Tensor};
 
 /// The demo's files and config, with this build's worker and an audit file.
 fn demo_world(dir: &std::path::Path) -> (DemoFiles, Config) {

@@ -8,8 +8,8 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use warden_runtime::tensor::{DataType, Tensor};
-use warden_runtime::worker::{BatchPolicy, Worker, WorkerOptions};
+use warden_runtime_client::tensor::{DataType, Tensor};
+use warden_runtime_client::worker::{BatchPolicy, Worker, WorkerOptions};
 
 const CALLERS: usize = 32;
 const PER_CALLER: usize = 300;

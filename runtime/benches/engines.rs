@@ -19,9 +19,10 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use warden_runtime::candle::CandleEngine;
-use warden_runtime::device::{Device, DeviceRequest};
-use warden_runtime::engine::{EngineOptions, OrtEngine};
-use warden_runtime::tensor::{DataType, Tensor};
+use warden_runtime::engine::EngineOptions;
+use warden_runtime::onnx::OrtEngine;
+use warden_runtime_client::device::{Device, DeviceRequest};
+use warden_runtime_client::tensor::{DataType, Tensor};
 
 const SEQ: usize = 32;
 
@@ -103,8 +104,8 @@ fn main() {
         let dirs: Vec<PathBuf> = std::env::var("WARDEN_CUDA_LIBRARY_DIRS")
             .map(|v| v.split(':').map(PathBuf::from).collect())
             .unwrap_or_default();
-        warden_runtime::engine::load_library(&ort_library).unwrap();
-        for missing in warden_runtime::engine::preload_gpu_libraries(&ort_library, device, &dirs) {
+        warden_runtime::onnx::load_library(&ort_library).unwrap();
+        for missing in warden_runtime::onnx::preload_gpu_libraries(&ort_library, device, &dirs) {
             eprintln!("not loaded: {missing}");
         }
     }

@@ -13,8 +13,9 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use warden_runtime::engine::{EngineOptions, OrtEngine};
-use warden_runtime::worker::{DEFAULT_SHARED_MEMORY_BYTES, Worker};
+use warden_runtime::engine::EngineOptions;
+use warden_runtime::onnx::OrtEngine;
+use warden_runtime_client::worker::{DEFAULT_SHARED_MEMORY_BYTES, Worker};
 
 fn median(mut v: Vec<Duration>) -> f64 {
     v.sort();

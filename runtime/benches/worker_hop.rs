@@ -15,9 +15,10 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use warden_runtime::engine::{EngineOptions, OrtEngine};
-use warden_runtime::sandbox::SandboxPolicy;
-use warden_runtime::worker::{
+use warden_runtime::engine::EngineOptions;
+use warden_runtime::onnx::OrtEngine;
+use warden_runtime_client::sandbox_policy::SandboxPolicy;
+use warden_runtime_client::worker::{
     BENCH_POLL_WINDOW, DEFAULT_POLL_WINDOW, DEFAULT_SHARED_MEMORY_BYTES, Worker,
 };
 

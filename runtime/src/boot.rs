@@ -19,7 +19,7 @@
 //! the model. The model file is the only thing read from disk for the model: a candle model
 //! carries its hyper-parameters in its own safetensors header, so the one digest covers them.
 //! With `--shared-memory-bytes N` the worker first takes the agent's tensor arena from the
-//! socket (one byte carrying a sealed memfd of N bytes, [`crate::shm`]) and maps it, also
+//! socket (one byte carrying a sealed memfd of N bytes, [`warden_runtime_client::shm`]) and maps it, also
 //! before the sandbox.
 //! Logs go to stderr, never tensor contents.
 //!
@@ -35,12 +35,13 @@ use std::sync::{Arc, Mutex};
 
 use sha2::{Digest, Sha256};
 
-use crate::device::DeviceRequest;
-use crate::engine::{self, Engine, EngineOptions, ModelFormat};
-use crate::protocol::{DEFAULT_MAX_FRAME_BYTES, ErrorClass, Message};
-use crate::sandbox::{self, DeviceAccess, SandboxPolicy, probe};
+use crate::engine::{Engine, EngineOptions, ModelFormat};
+use crate::sandbox::{self, DeviceAccess, probe};
 use crate::server::{self, StopReason};
-use crate::shm;
+use warden_runtime_client::device::DeviceRequest;
+use warden_runtime_client::protocol::{DEFAULT_MAX_FRAME_BYTES, ErrorClass, Message};
+use warden_runtime_client::sandbox_policy::SandboxPolicy;
+use warden_runtime_client::shm;
 
 /// What the process does once it is up.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -125,10 +126,10 @@ fn parse_args(mode: Mode) -> Result<Args, String> {
             "--cuda-library-dir" => cuda_library_dirs.push(PathBuf::from(value()?)),
             "--poll-us" => {
                 let window = std::time::Duration::from_micros(number(value()?)? as u64);
-                if window > crate::worker::MAX_POLL_WINDOW {
+                if window > warden_runtime_client::worker::MAX_POLL_WINDOW {
                     return Err(format!(
                         "--poll-us: at most {}",
-                        crate::worker::MAX_POLL_WINDOW.as_micros()
+                        warden_runtime_client::worker::MAX_POLL_WINDOW.as_micros()
                     ));
                 }
                 poll_window = window;
@@ -210,11 +211,13 @@ fn open_resources(args: &Args) -> Result<Vec<u8>, String> {
         ));
     }
     if let (ModelFormat::Onnx, Some(library)) = (args.format, &args.onnxruntime) {
-        engine::load_library(library).map_err(|e| e.to_string())?;
+        crate::onnx::load_library(library).map_err(|e| e.to_string())?;
         if args.device.device.gpu().is_some() {
-            for missing in
-                engine::preload_gpu_libraries(library, args.device.device, &args.cuda_library_dirs)
-            {
+            for missing in crate::onnx::preload_gpu_libraries(
+                library,
+                args.device.device,
+                &args.cuda_library_dirs,
+            ) {
                 tracing::warn!(device = %args.device.device, "GPU library not loaded: {missing}");
             }
         }

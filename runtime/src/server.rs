@@ -9,7 +9,7 @@
 //! never interleave. `Shutdown` or end of stream stops the reading; requests already read are
 //! still answered (when the peer is still there) before [`serve`] returns.
 //!
-//! With a tensor arena ([`crate::shm`]), a request's large inputs are read in place (the
+//! With a tensor arena ([`warden_runtime_client::shm`]), a request's large inputs are read in place (the
 //! engine decodes straight from the arena) and large outputs are written into the request's
 //! reply region when they fit, by ONNX Runtime's engine as it collects them (one copy from its
 //! buffer; candle's outputs are copied when the answer is encoded). The views of a request's
@@ -21,11 +21,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::engine::{Engine, EngineError};
-use crate::protocol::{
+use warden_runtime_client::protocol::{
     ErrorClass, Message, PROTOCOL_VERSION, ProtocolError, ReadError, read_frame,
 };
-use crate::shm::{Mapping, Region, ReplyWriter};
-use crate::tensor::Tensor;
+use warden_runtime_client::shm::{Mapping, Region, ReplyWriter};
+use warden_runtime_client::tensor::Tensor;
 
 /// Why [`serve`] stopped with an error.
 #[derive(Debug, thiserror::Error)]

@@ -4,7 +4,7 @@
 //! machine, where finding none is a failure.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use warden_runtime::accel;
+use warden_runtime_client::accel;
 
 #[test]
 fn discovers_the_gpus_or_says_why_not() {

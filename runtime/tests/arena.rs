@@ -1,4 +1,4 @@
-//! The shared-memory tensor arena (`warden_runtime::shm`) end to end: large tensors through the
+//! The shared-memory tensor arena (`warden_runtime_client::shm`) end to end: large tensors through the
 //! real sandboxed worker, the worker's checks of the arena it is given, and the agent's side
 //! against a hostile or slow peer (a fake worker in Python that speaks the protocol).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -13,10 +13,10 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::*;
-use warden_runtime::protocol::{DEFAULT_MAX_FRAME_BYTES, ErrorClass, Message, read_frame};
-use warden_runtime::shm::{self, Region};
-use warden_runtime::tensor::{DataType, Tensor};
-use warden_runtime::worker::{RestartPolicy, Worker, WorkerError, WorkerOptions};
+use warden_runtime_client::protocol::{DEFAULT_MAX_FRAME_BYTES, ErrorClass, Message, read_frame};
+use warden_runtime_client::shm::{self, Region};
+use warden_runtime_client::tensor::{DataType, Tensor};
+use warden_runtime_client::worker::{RestartPolicy, Worker, WorkerError, WorkerOptions};
 
 fn options(model: &Path, sha: &str) -> WorkerOptions {
     let mut o = WorkerOptions::new(

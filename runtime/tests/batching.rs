@@ -8,9 +8,10 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use common::*;
-use warden_runtime::engine::{EngineOptions, OrtEngine};
-use warden_runtime::tensor::Tensor;
-use warden_runtime::worker::{BatchPolicy, Worker, WorkerError, WorkerOptions};
+use warden_runtime::engine::EngineOptions;
+use warden_runtime::onnx::OrtEngine;
+use warden_runtime_client::tensor::Tensor;
+use warden_runtime_client::worker::{BatchPolicy, Worker, WorkerError, WorkerOptions};
 
 fn options(batching: Option<BatchPolicy>) -> WorkerOptions {
     let mut o = WorkerOptions::new(

@@ -19,9 +19,10 @@ use serde_json::{Value, json};
 use warden_runtime::candle::bert::BertError;
 use warden_runtime::candle::safetensors::SafetensorsError;
 use warden_runtime::candle::{CandleEngine, CandleError, MAX_BATCH, MAX_LAYER_ELEMENTS};
-use warden_runtime::engine::{Engine, EngineError, EngineOptions, ModelFormat, OrtEngine};
-use warden_runtime::tensor::{DataType, Tensor};
-use warden_runtime::worker::{BatchPolicy, Worker, WorkerError, WorkerOptions};
+use warden_runtime::engine::{Engine, EngineError, EngineOptions, ModelFormat};
+use warden_runtime::onnx::OrtEngine;
+use warden_runtime_client::tensor::{DataType, Tensor};
+use warden_runtime_client::worker::{BatchPolicy, Worker, WorkerError, WorkerOptions};
 
 /// Logits may differ from ONNX Runtime's by this much (both FP32, different kernels).
 const TOLERANCE: f32 = 1e-4;
@@ -207,7 +208,7 @@ fn logits_match_onnx_runtime() {
 /// back, saying why.
 #[test]
 fn a_gpu_request_runs_there_or_is_refused_or_falls_back() {
-    use warden_runtime::device::{Device, DeviceRequest};
+    use warden_runtime_client::device::{Device, DeviceRequest};
     let m = model();
     let load = |cpu_fallback| {
         Engine::load(
@@ -225,7 +226,7 @@ fn a_gpu_request_runs_there_or_is_refused_or_falls_back() {
         )
     };
     let cuda_build = cfg!(feature = "candle-cuda");
-    if cuda_build && !warden_runtime::accel::discover().gpus.is_empty() {
+    if cuda_build && !warden_runtime_client::accel::discover().gpus.is_empty() {
         let engine = load(false).unwrap();
         let p = engine.placement();
         assert_eq!(
@@ -827,12 +828,12 @@ async fn a_serving_candle_worker_makes_only_allowed_calls() {
 /// with a fallback allowed, it serves on the CPU and says why.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_gpu_request_runs_there_or_is_refused_or_falls_back_in_the_sandboxed_worker() {
-    use warden_runtime::device::Device;
+    use warden_runtime_client::device::Device;
     let m = model();
     // The CUDA libraries the candle-cuda worker links come from WARDEN_CUDA_LIBRARY_DIRS.
     let options = |cpu_fallback| on_cuda0(worker_options(m), cpu_fallback);
     let on_gpu =
-        cfg!(feature = "candle-cuda") && !warden_runtime::accel::discover().gpus.is_empty();
+        cfg!(feature = "candle-cuda") && !warden_runtime_client::accel::discover().gpus.is_empty();
     if !on_gpu {
         let e = Worker::start(options(false)).await.unwrap_err();
         assert!(e.to_string().contains("cuda:0"), "{e}");
@@ -949,7 +950,7 @@ fn the_sandbox_holds_for_a_candle_worker() {
         .spawn()
         .unwrap();
     // As the agent does: the tensor arena first, so the probe maps it like a worker.
-    let _arena = warden_runtime::shm::share(&ours, o.shared_memory_bytes).unwrap();
+    let _arena = warden_runtime_client::shm::share(&ours, o.shared_memory_bytes).unwrap();
     ours.set_read_timeout(Some(Duration::from_secs(60)))
         .unwrap();
     let mut line = String::new();

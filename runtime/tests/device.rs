@@ -9,8 +9,8 @@ mod common;
 
 use common::*;
 use ort::ep::ExecutionProvider;
-use warden_runtime::device::{Device, DeviceRequest, Placement};
 use warden_runtime::engine::{Engine, EngineError, EngineOptions, ModelFormat};
+use warden_runtime_client::device::{Device, DeviceRequest, Placement};
 
 fn load(device: Device, cpu_fallback: bool) -> Result<Engine, EngineError> {
     Engine::load(
@@ -31,8 +31,9 @@ fn load(device: Device, cpu_fallback: bool) -> Result<Engine, EngineError> {
 
 /// Whether this library and machine can run the CUDA provider at all.
 fn gpu_capable() -> bool {
-    warden_runtime::engine::load_library(&ort_library()).unwrap();
-    ort::ep::CUDA::is_available().unwrap() && !warden_runtime::accel::discover().gpus.is_empty()
+    warden_runtime::onnx::load_library(&ort_library()).unwrap();
+    ort::ep::CUDA::is_available().unwrap()
+        && !warden_runtime_client::accel::discover().gpus.is_empty()
 }
 
 fn outputs(engine: &Engine) -> Vec<f32> {
@@ -110,7 +111,7 @@ fn an_allowed_fallback_runs_on_the_cpu_and_keeps_the_reason() {
 /// longer versioned name or a development link.
 #[test]
 fn gpu_libraries_are_found_by_soname() {
-    use warden_runtime::engine::find_soname;
+    use warden_runtime::onnx::find_soname;
     let a = tempfile::tempdir().unwrap();
     let b = tempfile::tempdir().unwrap();
     for name in [
@@ -143,7 +144,7 @@ fn gpu_libraries_are_found_by_soname() {
 /// (colon-separated) names the CUDA libraries' directories for the GPU run.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_sandboxed_worker_serves_on_the_gpu_or_refuses_or_falls_back() {
-    use warden_runtime::worker::{Worker, WorkerError, WorkerOptions};
+    use warden_runtime_client::worker::{Worker, WorkerError, WorkerOptions};
     let options = |cpu_fallback| {
         let o = WorkerOptions::new(
             runtime_binary(),

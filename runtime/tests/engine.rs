@@ -8,8 +8,9 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use common::*;
-use warden_runtime::engine::{EngineError, EngineOptions, OrtEngine};
-use warden_runtime::tensor::{DataType, Tensor, TensorSpec};
+use warden_runtime::engine::{EngineError, EngineOptions};
+use warden_runtime::onnx::OrtEngine;
+use warden_runtime_client::tensor::{DataType, Tensor, TensorSpec};
 
 fn demo_engine(sessions: usize) -> OrtEngine {
     OrtEngine::load(

@@ -18,8 +18,9 @@ use std::time::Duration;
 
 use common::*;
 use serde_json::Value;
-use warden_runtime::sandbox::{SANDBOX_UID, SandboxPolicy};
-use warden_runtime::worker::{Worker, WorkerOptions};
+use warden_runtime::sandbox::SANDBOX_UID;
+use warden_runtime_client::sandbox_policy::SandboxPolicy;
+use warden_runtime_client::worker::{Worker, WorkerOptions};
 
 /// A stand-in for the agent's state directory: the verified model and a private key beside it,
 /// world-readable so that only the sandbox can explain the worker not seeing the key. Kept
@@ -107,7 +108,7 @@ impl Probe {
         // dies early would never show as end of stream.
         drop(cmd);
         // As the agent does: the tensor arena first, so the probe maps it like a worker.
-        let _arena = warden_runtime::shm::share(&ours, opts.shared_memory_bytes).unwrap();
+        let _arena = warden_runtime_client::shm::share(&ours, opts.shared_memory_bytes).unwrap();
 
         ours.set_read_timeout(Some(Duration::from_secs(60)))
             .unwrap();

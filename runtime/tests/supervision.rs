@@ -12,9 +12,11 @@ use std::time::Duration;
 use bytes::Bytes;
 use common::*;
 use tokio::sync::broadcast;
-use warden_runtime::sandbox::SandboxPolicy;
-use warden_runtime::tensor::{DataType, Tensor};
-use warden_runtime::worker::{RestartPolicy, Worker, WorkerError, WorkerEvent, WorkerOptions};
+use warden_runtime_client::sandbox_policy::SandboxPolicy;
+use warden_runtime_client::tensor::{DataType, Tensor};
+use warden_runtime_client::worker::{
+    RestartPolicy, Worker, WorkerError, WorkerEvent, WorkerOptions,
+};
 
 fn options_for(model: &Path) -> WorkerOptions {
     let bytes = std::fs::read(model).unwrap();

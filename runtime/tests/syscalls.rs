@@ -13,7 +13,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use warden_runtime::worker::{Worker, WorkerOptions};
+use warden_runtime_client::worker::{Worker, WorkerOptions};
 
 /// Serves 10 rounds of a 2-row and a 400-row request (the latter through the arena) in
 /// parallel on a traced worker configured by `configure`; the trace.
@@ -72,7 +72,7 @@ async fn a_threaded_polling_batching_worker_makes_only_allowed_calls() {
         o.intra_op_threads = 2;
         o.concurrency = 4;
         o.poll_window = Duration::from_micros(100);
-        o.batching = Some(warden_runtime::worker::BatchPolicy {
+        o.batching = Some(warden_runtime_client::worker::BatchPolicy {
             max_rows: 512,
             window: Duration::from_millis(2),
         });

@@ -12,9 +12,9 @@ use std::path::Path;
 use std::process::Command;
 
 use common::*;
-use warden_runtime::protocol::{DEFAULT_MAX_FRAME_BYTES, Message};
+use warden_runtime_client::protocol::{DEFAULT_MAX_FRAME_BYTES, Message};
 
-const OPT_OUT: &str = warden_runtime::engine::TELEMETRY_OPT_OUT;
+const OPT_OUT: &str = warden_runtime_client::worker::TELEMETRY_OPT_OUT;
 const STATE: &str = ".cache/Microsoft/DeveloperTools/.onnxruntime/deviceid";
 
 /// ONNX Runtime keeps quiet on a build machine: any of these set (the names are in the

@@ -11,10 +11,13 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use common::*;
-use warden_runtime::engine::{EngineOptions, OrtEngine};
-use warden_runtime::protocol::{DEFAULT_MAX_FRAME_BYTES, ErrorClass, Message, PROTOCOL_VERSION};
-use warden_runtime::tensor::{DataType, ModelSignature, Tensor};
-use warden_runtime::worker::{RestartPolicy, Worker, WorkerError, WorkerOptions};
+use warden_runtime::engine::EngineOptions;
+use warden_runtime::onnx::OrtEngine;
+use warden_runtime_client::protocol::{
+    DEFAULT_MAX_FRAME_BYTES, ErrorClass, Message, PROTOCOL_VERSION,
+};
+use warden_runtime_client::tensor::{DataType, ModelSignature, Tensor};
+use warden_runtime_client::worker::{RestartPolicy, Worker, WorkerError, WorkerOptions};
 
 fn options() -> WorkerOptions {
     let mut o = WorkerOptions::new(
@@ -133,7 +136,7 @@ async fn a_polling_worker_answers_like_a_sleeping_one() {
     worker.shutdown().await;
 
     let mut o = options();
-    o.poll_window = warden_runtime::worker::MAX_POLL_WINDOW + Duration::from_micros(1);
+    o.poll_window = warden_runtime_client::worker::MAX_POLL_WINDOW + Duration::from_micros(1);
     assert!(Worker::start(o).await.is_err());
 }
 
@@ -475,7 +478,7 @@ async fn the_agent_survives_garbage_from_its_worker() {
             inputs: vec![],
             outputs: vec![],
         },
-        placement: warden_runtime::device::Placement::cpu("CPUExecutionProvider"),
+        placement: warden_runtime_client::device::Placement::cpu("CPUExecutionProvider"),
     }
     .encode(DEFAULT_MAX_FRAME_BYTES)
     .unwrap();

@@ -12,7 +12,7 @@ use serde::ser::{SerializeSeq, Serializer};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use std::fmt;
-use warden_runtime::tensor::{DataType, Tensor, byte_len};
+use warden_runtime_client::tensor::{DataType, Tensor, byte_len};
 
 /// Deepest nesting of `data` arrays accepted.
 const MAX_DATA_DEPTH: usize = 32;

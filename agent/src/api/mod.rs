@@ -33,7 +33,7 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use warden_runtime::worker::WorkerError;
+use warden_runtime_client::worker::WorkerError;
 
 /// The binary tensor extension's header.
 pub const INFERENCE_HEADER_CONTENT_LENGTH: &str = "inference-header-content-length";
@@ -632,7 +632,7 @@ fn respond(
     asked: &[codec::RequestedOutput],
     id: Option<&str>,
     binary_default: bool,
-    result: Result<Vec<warden_runtime::tensor::Tensor>, WorkerError>,
+    result: Result<Vec<warden_runtime_client::tensor::Tensor>, WorkerError>,
 ) -> Result<Response<Full<Bytes>>, ApiError> {
     let outputs = result.map_err(|e| match e {
         WorkerError::InvalidInput { .. } => {

@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use warden_agent::serve::Prepared;
-use warden_runtime::worker::Worker;
+use warden_runtime_client::worker::Worker;
 
 /// `warden-runtime`, built beside the `warden` binary of this build.
 pub fn worker_binary() -> PathBuf {

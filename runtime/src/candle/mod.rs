@@ -34,9 +34,9 @@ use std::collections::HashSet;
 use bytes::Bytes;
 use candle_core::{Device, Tensor as CandleTensor};
 
-use crate::tensor::{DataType, ModelSignature, Tensor, TensorSpec, byte_len};
 use bert::{BertClassifier, BertError, MASKED};
 use safetensors::SafetensorsError;
+use warden_runtime_client::tensor::{DataType, ModelSignature, Tensor, TensorSpec, byte_len};
 
 /// The most rows one inference may hold.
 pub const MAX_BATCH: usize = 1024;

@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 
 use super::SandboxError;
-use super::policy::SandboxPolicy;
+use warden_runtime_client::sandbox_policy::SandboxPolicy;
 
 /// Where the worker's cgroup ended up.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -53,7 +53,10 @@ pub fn place(policy: &SandboxPolicy, pid: u32) -> Result<Placement, SandboxError
     if !to_enable.is_empty() {
         write(&parent.join("cgroup.subtree_control"), &to_enable.join(" ")).map_err(&err)?;
     }
-    let dir = parent.join(format!("worker-{pid}"));
+    // The same path the supervisor removes after the worker exits.
+    let Some(dir) = policy.worker_cgroup(pid) else {
+        return Ok(Placement::Unlimited(describe_host()));
+    };
     std::fs::create_dir(&dir).map_err(|e| err(format!("cannot create {}: {e}", dir.display())))?;
     let quota = u64::from(policy.cgroup_cpu_permille) * 100;
     write(
@@ -67,14 +70,6 @@ pub fn place(policy: &SandboxPolicy, pid: u32) -> Result<Placement, SandboxError
     write(&dir.join("pids.max"), &policy.cgroup_pids.to_string()).map_err(&err)?;
     write(&dir.join("cgroup.procs"), "0").map_err(&err)?;
     Ok(Placement::Limited(dir))
-}
-
-/// The cgroup a worker with this pid gets, for the agent to remove after it exits.
-pub fn worker_cgroup(policy: &SandboxPolicy, pid: u32) -> Option<PathBuf> {
-    policy
-        .cgroup_parent
-        .as_ref()
-        .map(|p| p.join(format!("worker-{pid}")))
 }
 
 fn write(path: &Path, value: &str) -> Result<(), String> {
@@ -138,7 +133,7 @@ mod tests {
         let enabled =
             std::fs::read_to_string(parent.path().join("cgroup.subtree_control")).unwrap();
         assert_eq!(enabled, "+memory +cpu +pids");
-        assert_eq!(worker_cgroup(&policy, 42), Some(dir));
+        assert_eq!(policy.worker_cgroup(42), Some(dir));
     }
 
     #[test]

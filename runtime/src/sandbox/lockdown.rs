@@ -4,7 +4,7 @@
 use nix::sys::resource::{Resource, setrlimit};
 
 use super::SandboxError;
-use super::policy::SandboxPolicy;
+use warden_runtime_client::sandbox_policy::SandboxPolicy;
 
 /// Applies every limit and drops every privilege of the calling (single-threaded) process.
 pub fn lockdown(

@@ -25,7 +25,6 @@
 mod cgroup;
 mod lockdown;
 mod namespaces;
-pub mod policy;
 pub mod probe;
 mod seccomp;
 
@@ -38,9 +37,9 @@ use nix::sys::signal::Signal;
 use nix::sys::wait::{WaitStatus, waitpid};
 use nix::unistd::{Gid, Pid, Uid};
 
-pub use cgroup::{Placement, worker_cgroup};
+pub use cgroup::Placement;
 pub use namespaces::{SANDBOX_GID, SANDBOX_UID};
-pub use policy::{PolicyError, SandboxPolicy};
+use warden_runtime_client::sandbox_policy::{PolicyError, SandboxPolicy};
 
 /// Why the sandbox could not be entered. The worker refuses to start (it never falls back to
 /// running unsandboxed unless the policy says `insecure_disable_sandbox`).

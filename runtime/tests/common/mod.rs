@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::Command;
 
 use bytes::Bytes;
-use warden_runtime::tensor::{DataType, Tensor};
+use warden_runtime_client::tensor::{DataType, Tensor};
 
 pub fn ort_library() -> PathBuf {
     match std::env::var_os("ORT_DYLIB_PATH") {
@@ -223,11 +223,11 @@ pub fn ramp(n: usize, salt: f32) -> Tensor {
 /// `o` asking for `cuda:0` with a 512 MiB budget, the CUDA libraries from
 /// `WARDEN_CUDA_LIBRARY_DIRS` (colon-separated; `hw-tests/gpu.sh` sets it).
 pub fn on_cuda0(
-    mut o: warden_runtime::worker::WorkerOptions,
+    mut o: warden_runtime_client::worker::WorkerOptions,
     cpu_fallback: bool,
-) -> warden_runtime::worker::WorkerOptions {
-    o.device = warden_runtime::device::DeviceRequest {
-        device: warden_runtime::device::Device::Cuda(0),
+) -> warden_runtime_client::worker::WorkerOptions {
+    o.device = warden_runtime_client::device::DeviceRequest {
+        device: warden_runtime_client::device::Device::Cuda(0),
         memory_budget_bytes: Some(512 << 20),
         cpu_fallback,
     };
@@ -282,8 +282,8 @@ pub fn spawn_worker_raw_env(
 /// The next frame from a raw worker, decoded (no tensor arena).
 pub fn next_message(
     stream: &mut std::os::unix::net::UnixStream,
-) -> warden_runtime::protocol::Message {
-    use warden_runtime::protocol::{DEFAULT_MAX_FRAME_BYTES, Message, read_frame};
+) -> warden_runtime_client::protocol::Message {
+    use warden_runtime_client::protocol::{DEFAULT_MAX_FRAME_BYTES, Message, read_frame};
     let body = read_frame(stream, DEFAULT_MAX_FRAME_BYTES)
         .unwrap()
         .unwrap();
@@ -365,9 +365,16 @@ pub fn assert_census_clean(what: &str, status: i32, report: &serde_json::Value) 
 
 /// Options for the benchmarks' workers: this build's worker (or `WARDEN_RUNTIME_BIN`, to
 /// compare two builds) on `model`, one request at a time on one intra-op thread.
-pub fn one_at_a_time(model: PathBuf, sha256: String) -> warden_runtime::worker::WorkerOptions {
-    let mut o =
-        warden_runtime::worker::WorkerOptions::new(runtime_binary(), ort_library(), model, sha256);
+pub fn one_at_a_time(
+    model: PathBuf,
+    sha256: String,
+) -> warden_runtime_client::worker::WorkerOptions {
+    let mut o = warden_runtime_client::worker::WorkerOptions::new(
+        runtime_binary(),
+        ort_library(),
+        model,
+        sha256,
+    );
     o.concurrency = 1;
     o.intra_op_threads = 1;
     o

@@ -70,6 +70,14 @@ pub struct PolicyError {
 }
 
 impl SandboxPolicy {
+    /// The cgroup the worker with process id `pid` places itself in (`worker-<pid>` under
+    /// [`SandboxPolicy::cgroup_parent`]), so that its supervisor can read and remove it.
+    pub fn worker_cgroup(&self, pid: u32) -> Option<PathBuf> {
+        self.cgroup_parent
+            .as_ref()
+            .map(|p| p.join(format!("worker-{pid}")))
+    }
+
     /// Cross-field checks, run by the agent at config load and by the worker at start.
     pub fn validate(&self) -> Result<(), PolicyError> {
         let err = |field, message: &str| {

@@ -28,11 +28,20 @@ use tokio::sync::broadcast;
 
 use crate::device::{DeviceRequest, Placement};
 use crate::protocol::DEFAULT_MAX_FRAME_BYTES;
-use crate::sandbox::SandboxPolicy;
+use crate::sandbox_policy::SandboxPolicy;
 use crate::tensor::{ModelSignature, Tensor};
 pub use batch::BatchPolicy;
 use batch::Batcher;
 use process::Process;
+
+/// The environment variable that switches ONNX Runtime's telemetry off, wholly and for the
+/// process's lifetime, when it is `1` before the library starts (ONNX Runtime reads it once).
+/// The API switch (`with_telemetry(false)`, which the engine also sets) is not
+/// enough: with it, the 1.31.1 wheel's library still created the device identifier and the
+/// event cache, and looked up the collector's address within 45 s (measured with strace).
+/// Every worker's environment has it ([`WorkerOptions`]); the engine
+/// (`warden_runtime::engine::load_library`) refuses to start without it.
+pub const TELEMETRY_OPT_OUT: &str = "ORT_DISABLE_TELEMETRY";
 
 /// How long [`Worker::shutdown`] waits for a clean exit before killing the process.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -182,8 +191,8 @@ impl WorkerOptions {
             .iter()
             .filter_map(|k| std::env::var_os(k).map(|v| (OsString::from(k), v)))
             .collect();
-        // ONNX Runtime reads this once, when it starts (see `engine::TELEMETRY_OPT_OUT`).
-        env.push((crate::engine::TELEMETRY_OPT_OUT.into(), "1".into()));
+        // ONNX Runtime reads this once, when it starts (see [`TELEMETRY_OPT_OUT`]).
+        env.push((TELEMETRY_OPT_OUT.into(), "1".into()));
         if self.intra_op_threads > 0 {
             env.push((
                 "RAYON_NUM_THREADS".into(),
@@ -561,7 +570,7 @@ async fn monitor(
             Some(p) => p.reap(Duration::from_secs(2)).await,
             None => "not running".to_string(),
         };
-        if let Some(dir) = pid.and_then(|p| crate::sandbox::worker_cgroup(&sup.opts.sandbox, p)) {
+        if let Some(dir) = pid.and_then(|p| sup.opts.sandbox.worker_cgroup(p)) {
             // Empty once its processes are gone; a leftover would only clutter the parent.
             let _ = std::fs::remove_dir(dir);
         }
@@ -680,10 +689,7 @@ mod tests {
         for device in [crate::device::Device::Cpu, crate::device::Device::Cuda(0)] {
             o.device.device = device;
             let env = o.env();
-            let found: Vec<_> = env
-                .iter()
-                .filter(|(k, _)| k == crate::engine::TELEMETRY_OPT_OUT)
-                .collect();
+            let found: Vec<_> = env.iter().filter(|(k, _)| k == TELEMETRY_OPT_OUT).collect();
             assert_eq!(found.len(), 1, "{device}: {env:?}");
             assert_eq!(found[0].1, "1");
         }
