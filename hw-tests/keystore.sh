@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Runs the key-store suite (attest/tests/keystore.rs) against real devices, one test at a time
+# Runs the key-store suite (attest/keyd/tests/keystore.rs) against real devices, one test at a time
 # on a device reset before each test. Each device is skipped with its reason when absent or not
 # declared disposable: the suite defines NV indices (0x01570000..), persistent keys
 # (0x81015701..) and token objects, and resets PCR 16.
@@ -19,7 +19,7 @@ failed=0
 
 # The names of the suite's tests whose path starts with $1 (`tpm`, `pkcs11::`).
 tests_for() {
-    cargo test -q -p warden-attest --test keystore -- --list 2>/dev/null |
+    cargo test -q -p warden-keyd --test keystore -- --list 2>/dev/null |
         sed -n 's/: test$//p' | grep "^$1" || true
 }
 
@@ -35,7 +35,7 @@ else
     for t in $(tests_for tpm); do
         tpm2_clear -T "$tcti" -c p >/dev/null 2>&1 || tpm2_clear -T "$tcti" >/dev/null
         say "TPM ($tcti): $t"
-        WARDEN_TEST_TCTI=$tcti cargo test -q -p warden-attest --test keystore -- --exact "$t" --test-threads=1 || failed=1
+        WARDEN_TEST_TCTI=$tcti cargo test -q -p warden-keyd --test keystore -- --exact "$t" --test-threads=1 || failed=1
     done
 fi
 
@@ -50,7 +50,7 @@ else
         WARDEN_TEST_PKCS11_MODULE=$WARDEN_HW_PKCS11_MODULE \
         WARDEN_TEST_PKCS11_TOKEN=$WARDEN_HW_PKCS11_TOKEN \
         WARDEN_TEST_PKCS11_PIN_FILE=$WARDEN_HW_PKCS11_PIN_FILE \
-            cargo test -q -p warden-attest --test keystore -- --exact "$t" --test-threads=1 || failed=1
+            cargo test -q -p warden-keyd --test keystore -- --exact "$t" --test-threads=1 || failed=1
     done
 fi
 exit "$failed"

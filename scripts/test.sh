@@ -24,6 +24,10 @@ cargo clippy --locked --workspace --all-targets -- -D warnings
 # The chain benchmark needs the benchmark-only feature; lint it too.
 cargo clippy --locked -p warden-agent --all-targets --features insecure-bench-baseline -- -D warnings
 
+step "crate boundaries"
+# The agent links no TPM/PKCS#11 backend and no inference engine; workers hold no keys.
+bash scripts/check-boundaries.sh
+
 step "build"
 # The agent's tests start the worker binary, which lives in another crate: build every binary.
 cargo build --locked --workspace --bins

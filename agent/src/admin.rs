@@ -48,8 +48,8 @@ use std::net::SocketAddr;
 use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
 use tokio::net::TcpListener;
-use warden_attest::keystore::{Counter, KeyStore, Role};
 use warden_attest::revocation::{RevocationError, verify_revocation_list};
+use warden_keystore::{Counter, KeyStore, Role};
 
 /// Admin connections at once (operators and fleet controllers, not clients).
 const MAX_ADMIN_CONNECTIONS: usize = 16;
@@ -65,7 +65,7 @@ pub enum AdminError {
     )]
     NoClientCa,
     #[error("admin: reading the key store's fleet-authority anchors: {0}")]
-    Anchors(warden_attest::keystore::KeyStoreError),
+    Anchors(warden_keystore::KeyStoreError),
     #[error("admin: cannot write {path}: {source}")]
     Write {
         path: PathBuf,
@@ -974,7 +974,7 @@ enum ListRefused {
 /// Verifies a revocation list against the fleet authority's anchors and the accepted serial
 /// (the same functions admission uses); records nothing.
 fn check_list(body: &[u8], store: &dyn KeyStore) -> Result<u64, ListRefused> {
-    let anchors = crate::admission::TrustAnchors::from_key_store(store)
+    let anchors = warden_attest::anchors::TrustAnchors::from_key_store(store)
         .map_err(|e| ListRefused::Internal(e.to_string()))?;
     let current = store
         .counter(Counter::RevocationSerial)

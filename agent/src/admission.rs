@@ -12,71 +12,36 @@
 //!    errs, runs past its execution limit or answers in the wrong shape denies, and the
 //!    decision allows only when the policy says `allow` with no reason against.
 //!
-//! # The policy set's canonical digest
-//!
-//! Release statements pin the policy set they were approved under (`policySetDigest`); the
-//! running set's digest is [`policy_set_digest`] of the policy directory:
-//!
-//! ```text
-//! manifest = "warden-policy-set/v1\n"
-//!          + for each regular file whose name ends in ".rego", anywhere under the directory,
-//!            sorted by its relative path ('/'-separated, UTF-8, compared bytewise):
-//!              hex(SHA-256(file bytes)) + "  " + relative path + "\n"
-//! digest   = "sha256:" + hex(SHA-256(manifest))
-//! ```
-//!
-//! The manifest lines are those of `sha256sum`, so the digest is reproducible with coreutils:
-//!
-//! ```sh
-//! cd policies && { printf 'warden-policy-set/v1\n';
-//!   find . -type f -name '*.rego' | sed 's|^\./||' | LC_ALL=C sort |
-//!   while read -r f; do printf '%s  %s\n' "$(sha256sum < "$f" | cut -d' ' -f1)" "$f"; done
-//! } | sha256sum
-//! ```
-//!
-//! Only `.rego` files count: data files and case files (`*_test.json`) do not change what a
-//! policy decides on its own. Symbolic links, non-UTF-8 names, more than [`MAX_POLICY_FILES`]
-//! files or a file over [`MAX_POLICY_FILE_BYTES`] are refused, so the digest always names
-//! exactly the bytes that are evaluated.
+//! The policy set is read once, as `warden_attest::policyset::files` digests it, so the
+//! policy evaluated is exactly the bytes whose digest releases pin.
 
-use std::collections::BTreeMap;
 use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use regorus::utils::limits::ExecutionTimerConfig;
 use serde::Serialize;
-use sha2::Digest as _;
+use warden_attest::anchors::{AnchorError, TrustAnchors};
 use warden_attest::bundle::{self, BundleError, Verifier, VerifyOptions};
-use warden_attest::keystore::{Counter, KeyStore, Role};
+use warden_attest::policyset::files::{PolicyFilesError, policy_set_files};
 use warden_attest::release::{ReleaseError, Stage, verify_attestations, verify_release};
 use warden_attest::revocation::{RevocationError, accept_revocation_list};
+use warden_keystore::{Counter, KeyStore};
 
 /// The rule the agent reads.
 pub const DECISION_RULE: &str = "data.warden.serving.startup.decision";
 /// The startup policy, relative to the policy directory.
 pub const STARTUP_POLICY: &str = "serving/startup.rego";
-/// The most `.rego` files a policy set holds.
-pub const MAX_POLICY_FILES: usize = 1024;
-/// The largest policy file read.
-pub const MAX_POLICY_FILE_BYTES: u64 = 1024 * 1024;
 /// Default execution limit of one evaluation.
 pub const DEFAULT_LIMIT: Duration = Duration::from_millis(100);
-/// The first line of the policy-set manifest (domain separation and format version).
-const MANIFEST_HEADER: &str = "warden-policy-set/v1\n";
 
 /// Why the admission policy could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum AdmissionError {
-    /// A file or directory of the policy set.
-    #[error("cannot read {path}: {source}")]
-    Read {
-        /// The file or directory.
-        path: PathBuf,
-        /// The error.
-        source: std::io::Error,
-    },
-    /// The policy tree holds something that cannot be digested unambiguously.
+    /// The policy set's files.
+    #[error(transparent)]
+    Files(#[from] PolicyFilesError),
+    /// The startup policy is not in the set, or not text.
     #[error("policy set {path}: {detail}")]
     Tree {
         /// The offending path.
@@ -157,8 +122,7 @@ impl Admission {
         limit: Duration,
     ) -> Result<Self, AdmissionError> {
         // Evaluate exactly the bytes that were digested: read the set once.
-        let set = read_policy_set(policy_dir)?;
-        let digest = digest_of(&manifest_of(&set));
+        let (set, digest) = policy_set_files(policy_dir)?;
         let path = policy_dir.join(STARTUP_POLICY);
         let text = set
             .get(STARTUP_POLICY)
@@ -272,149 +236,6 @@ fn read_decision(v: &regorus::Value) -> Option<Decision> {
         allowed: allow && reasons.is_empty(),
         reasons,
     })
-}
-
-fn read_bounded(path: &Path) -> Result<Vec<u8>, AdmissionError> {
-    let meta = std::fs::symlink_metadata(path).map_err(|source| AdmissionError::Read {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    if !meta.file_type().is_file() {
-        return Err(AdmissionError::Tree {
-            path: path.to_path_buf(),
-            detail: "not a regular file (symbolic links are refused)".to_owned(),
-        });
-    }
-    if meta.len() > MAX_POLICY_FILE_BYTES {
-        return Err(AdmissionError::Tree {
-            path: path.to_path_buf(),
-            detail: format!("larger than {MAX_POLICY_FILE_BYTES} bytes"),
-        });
-    }
-    std::fs::read(path).map_err(|source| AdmissionError::Read {
-        path: path.to_path_buf(),
-        source,
-    })
-}
-
-/// The canonical digest of the policy set under `dir` (see the module documentation).
-pub fn policy_set_digest(dir: &Path) -> Result<String, AdmissionError> {
-    Ok(digest_of(&policy_set_manifest(dir)?))
-}
-
-/// The manifest that [`policy_set_digest`] hashes.
-pub fn policy_set_manifest(dir: &Path) -> Result<String, AdmissionError> {
-    Ok(manifest_of(&read_policy_set(dir)?))
-}
-
-/// Every file of the set under `dir` (relative path → bytes), read once, and the set's
-/// canonical digest over exactly those bytes: for packing a set that must match its digest.
-pub fn policy_set_files(dir: &Path) -> Result<(BTreeMap<String, Vec<u8>>, String), AdmissionError> {
-    let files = read_policy_set(dir)?;
-    let digest = digest_of(&manifest_of(&files));
-    Ok((files, digest))
-}
-
-fn digest_of(manifest: &str) -> String {
-    format!(
-        "sha256:{}",
-        hex::encode(sha2::Sha256::digest(manifest.as_bytes()))
-    )
-}
-
-/// Every `.rego` file of the set, by relative path, with its bytes.
-fn read_policy_set(dir: &Path) -> Result<BTreeMap<String, Vec<u8>>, AdmissionError> {
-    let mut files = BTreeMap::new();
-    collect_rego(dir, dir, &mut files, 0)?;
-    files
-        .into_iter()
-        .map(|(rel, path)| Ok((rel, read_bounded(&path)?)))
-        .collect()
-}
-
-fn manifest_of(set: &BTreeMap<String, Vec<u8>>) -> String {
-    let mut manifest = String::from(MANIFEST_HEADER);
-    for (rel, bytes) in set {
-        manifest.push_str(&hex::encode(sha2::Sha256::digest(bytes)));
-        manifest.push_str("  ");
-        manifest.push_str(rel);
-        manifest.push('\n');
-    }
-    manifest
-}
-
-fn collect_rego(
-    root: &Path,
-    dir: &Path,
-    out: &mut BTreeMap<String, PathBuf>,
-    depth: usize,
-) -> Result<(), AdmissionError> {
-    if depth > 16 {
-        return Err(AdmissionError::Tree {
-            path: dir.to_path_buf(),
-            detail: "nested deeper than 16 directories".to_owned(),
-        });
-    }
-    let read_err = |source| AdmissionError::Read {
-        path: dir.to_path_buf(),
-        source,
-    };
-    for entry in std::fs::read_dir(dir).map_err(read_err)? {
-        let entry = entry.map_err(read_err)?;
-        let path = entry.path();
-        let ft = entry.file_type().map_err(|source| AdmissionError::Read {
-            path: path.clone(),
-            source,
-        })?;
-        if ft.is_symlink() {
-            return Err(AdmissionError::Tree {
-                path,
-                detail: "symbolic links are refused in a policy set".to_owned(),
-            });
-        }
-        if ft.is_dir() {
-            collect_rego(root, &path, out, depth + 1)?;
-            continue;
-        }
-        let is_rego = path.extension().is_some_and(|e| e == "rego");
-        if !is_rego {
-            continue;
-        }
-        if !ft.is_file() {
-            return Err(AdmissionError::Tree {
-                path,
-                detail: "a policy that is not a regular file (symbolic links are refused)"
-                    .to_owned(),
-            });
-        }
-        let rel = path
-            .strip_prefix(root)
-            .ok()
-            .and_then(|r| {
-                r.components()
-                    .map(|c| c.as_os_str().to_str())
-                    .collect::<Option<Vec<_>>>()
-            })
-            .map(|parts| parts.join("/"))
-            .ok_or_else(|| AdmissionError::Tree {
-                path: path.clone(),
-                detail: "file name is not UTF-8".to_owned(),
-            })?;
-        if rel.contains('\n') {
-            return Err(AdmissionError::Tree {
-                path,
-                detail: "file name holds a newline".to_owned(),
-            });
-        }
-        if out.len() >= MAX_POLICY_FILES {
-            return Err(AdmissionError::Tree {
-                path,
-                detail: format!("more than {MAX_POLICY_FILES} policy files"),
-            });
-        }
-        out.insert(rel, path);
-    }
-    Ok(())
 }
 
 // ---- facts ----------------------------------------------------------------------------------
@@ -598,111 +419,6 @@ pub struct Evidence<'a> {
     /// For a version already loaded: what its signature verified at load. The signature is
     /// then checked again without re-reading the model (see `bundle::reverify_model_bytes`).
     pub loaded: Option<&'a bundle::VerifiedModel>,
-}
-
-/// The verifiers built from the key store's anchors.
-#[derive(Debug, Clone, Default)]
-pub struct TrustAnchors {
-    /// Model signers (OMS).
-    pub model_signers: Vec<Verifier>,
-    /// The release authority.
-    pub release_authority: Vec<Verifier>,
-    /// Who may sign attestations (default: the release authority's and the model signers'
-    /// anchors).
-    pub attestation_signers: Vec<Verifier>,
-    /// The fleet authority (revocation lists).
-    pub fleet_authority: Vec<Verifier>,
-}
-
-/// Why anchors could not be read.
-#[derive(Debug, thiserror::Error)]
-pub enum AnchorError {
-    /// The key store.
-    #[error("reading the {role} anchors: {source}")]
-    KeyStore {
-        /// The role.
-        role: Role,
-        /// The key store's error.
-        source: warden_attest::keystore::KeyStoreError,
-    },
-    /// Anchors that are not PEM public keys or certificates.
-    #[error("the {role} anchors: {detail}")]
-    Malformed {
-        /// The role.
-        role: Role,
-        /// Why.
-        detail: String,
-    },
-}
-
-impl TrustAnchors {
-    /// Reads every role's anchors from the key store (absent roles trust nobody).
-    pub fn from_key_store(store: &dyn KeyStore) -> Result<Self, AnchorError> {
-        let read = |role: Role| -> Result<Vec<Verifier>, AnchorError> {
-            match store
-                .anchors(role)
-                .map_err(|source| AnchorError::KeyStore { role, source })?
-            {
-                Some(pem) => verifiers_from_pem(role, &pem),
-                None => Ok(Vec::new()),
-            }
-        };
-        let model_signers = read(Role::ModelSigners)?;
-        let release_authority = read(Role::ReleaseAuthority)?;
-        let fleet_authority = read(Role::FleetAuthority)?;
-        let attestation_signers = release_authority
-            .iter()
-            .chain(model_signers.iter())
-            .cloned()
-            .collect();
-        Ok(Self {
-            model_signers,
-            release_authority,
-            attestation_signers,
-            fleet_authority,
-        })
-    }
-}
-
-/// Verifiers from anchor PEM: each `PUBLIC KEY` block is a key-method signer; all
-/// `CERTIFICATE` blocks together are the roots of one certificate-method verifier.
-pub fn verifiers_from_pem(role: Role, pem: &[u8]) -> Result<Vec<Verifier>, AnchorError> {
-    let malformed = |detail: String| AnchorError::Malformed { role, detail };
-    let text = std::str::from_utf8(pem).map_err(|_| malformed("not PEM text".to_owned()))?;
-    let mut out = Vec::new();
-    let mut certs = String::new();
-    let mut rest = text;
-    while let Some(start) = rest.find("-----BEGIN ") {
-        let after = &rest[start + 11..];
-        let label_end = after
-            .find("-----")
-            .ok_or_else(|| malformed("unterminated PEM header".to_owned()))?;
-        let label = &after[..label_end];
-        let end_marker = format!("-----END {label}-----");
-        let end = rest[start..]
-            .find(&end_marker)
-            .ok_or_else(|| malformed(format!("no END line for {label}")))?;
-        let block = &rest[start..start + end + end_marker.len()];
-        match label {
-            "PUBLIC KEY" => out
-                .push(Verifier::from_public_key_pem(block).map_err(|e| malformed(e.to_string()))?),
-            "CERTIFICATE" => {
-                certs.push_str(block);
-                certs.push('\n');
-            }
-            other => return Err(malformed(format!("unexpected PEM block {other}"))),
-        }
-        rest = &rest[start + end + end_marker.len()..];
-    }
-    if !certs.is_empty() {
-        out.push(
-            Verifier::from_certificate_roots_pem(&certs).map_err(|e| malformed(e.to_string()))?,
-        );
-    }
-    if out.is_empty() {
-        return Err(malformed("no public key or certificate".to_owned()));
-    }
-    Ok(out)
 }
 
 /// How much a signature refusal says about the bundle: a refusal by a signer that verified

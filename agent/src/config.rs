@@ -6,6 +6,7 @@ use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+use warden_keystore::config::BackendConfig;
 
 /// The only schema this build reads.
 pub const SCHEMA_VERSION: u32 = 1;
@@ -294,13 +295,14 @@ pub struct TrustConfig {
     pub model_signer_roots: Vec<PathBuf>,
 }
 
-/// Where the key store is: in this process (a backend of `warden_attest::keystore`) or behind
+/// Where the key store is: in this process (a backend of `warden_keystore`) or behind
 /// the key service's socket (`warden keyd`). Exactly one of `backend` and `keyd_socket`.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(try_from = "toml::Table")]
 pub enum KeystoreConfig {
-    /// `backend = "tpm" | "pkcs11" | "software-development-only"` with its fields.
-    InProcess(warden_attest::keystore::BackendConfig),
+    /// `backend = "software-development-only"`, `dir = …`: key files in this process, for the
+    /// demo and development. A TPM or an HSM is reached only through the key service.
+    Development(warden_keystore::config::SoftwareConfig),
     /// `keyd_socket = "/run/warden/keyd.sock"`.
     Keyd { socket: PathBuf },
 }
@@ -311,13 +313,13 @@ impl TryFrom<toml::Table> for KeystoreConfig {
     fn try_from(table: toml::Table) -> Result<Self, String> {
         match (table.contains_key("backend"), table.get("keyd_socket")) {
             (true, Some(_)) => Err(
-                "set either keystore.backend (in-process) or keystore.keyd_socket (the key \
-                 service), not both"
+                "set either keystore.backend = \"software-development-only\" (development) or \
+                 keystore.keyd_socket (the key service), not both"
                     .into(),
             ),
             (false, None) => Err(
-                "name keystore.backend (\"tpm\", \"pkcs11\", \"software-development-only\") or \
-                 keystore.keyd_socket"
+                "name keystore.keyd_socket (the key service, which holds the TPM or HSM) or, \
+                 for development, keystore.backend = \"software-development-only\""
                     .into(),
             ),
             (false, Some(socket)) => {
@@ -334,10 +336,20 @@ impl TryFrom<toml::Table> for KeystoreConfig {
                     socket: PathBuf::from(socket),
                 })
             }
-            (true, None) => toml::Value::Table(table)
-                .try_into()
-                .map(KeystoreConfig::InProcess)
-                .map_err(|e| format!("keystore: {}", e.to_string().trim_end())),
+            (true, None) => {
+                let backend: BackendConfig = toml::Value::Table(table)
+                    .try_into()
+                    .map_err(|e| format!("keystore: {}", e.to_string().trim_end()))?;
+                match backend {
+                    BackendConfig::Software(c) => Ok(KeystoreConfig::Development(c)),
+                    BackendConfig::Tpm(_) | BackendConfig::Pkcs11(_) => Err(
+                        "keystore.backend: the agent reaches a TPM or an HSM only through the key \
+                         service: give this backend to warden-keyd (keyd.toml) and set \
+                         keystore.keyd_socket here"
+                            .into(),
+                    ),
+                }
+            }
         }
     }
 }
@@ -554,17 +566,7 @@ impl Config {
         }
         match self.keystore.as_mut() {
             Some(KeystoreConfig::Keyd { socket }) => fix(socket),
-            Some(KeystoreConfig::InProcess(b)) => {
-                use warden_attest::keystore::BackendConfig;
-                match b {
-                    BackendConfig::Software(c) => fix(&mut c.dir),
-                    BackendConfig::Pkcs11(c) => {
-                        fix(&mut c.module);
-                        fix(&mut c.pin_file);
-                    }
-                    BackendConfig::Tpm(_) => {}
-                }
-            }
+            Some(KeystoreConfig::Development(c)) => fix(&mut c.dir),
             None => {}
         }
         if let Some(a) = self.admission.as_mut() {
@@ -1086,12 +1088,10 @@ attestations = ["models/demo.slsa.json"]
         let c = parse(KEYSTORE).unwrap();
         assert_eq!(
             c.keystore,
-            Some(KeystoreConfig::InProcess(
-                warden_attest::keystore::BackendConfig::Software(
-                    warden_attest::keystore::SoftwareConfig {
-                        dir: PathBuf::from("/etc/warden/keystore")
-                    }
-                )
+            Some(KeystoreConfig::Development(
+                warden_keystore::config::SoftwareConfig {
+                    dir: PathBuf::from("/etc/warden/keystore")
+                }
             ))
         );
         let a = c.admission.as_ref().unwrap();
@@ -1152,6 +1152,21 @@ attestations = ["models/demo.slsa.json"]
         );
         let typo = KEYSTORE.replace("dir = \"keystore\"", "dri = \"keystore\"");
         assert!(err_of(&typo).contains("dri"), "{}", err_of(&typo));
+        // A TPM or an HSM only through the key service: no hardware backend in the agent.
+        for hardware in [
+            "backend = \"tpm\"\ntcti = \"device:/dev/tpmrm0\"",
+            "backend = \"pkcs11\"\nmodule = \"/m.so\"\ntoken_label = \"t\"\npin_file = \"/p\"",
+        ] {
+            let in_process = KEYSTORE.replace(
+                "backend = \"software-development-only\"\ndir = \"keystore\"",
+                hardware,
+            );
+            let e = err_of(&in_process);
+            assert!(
+                e.contains("only through the key service") && e.contains("keyd_socket"),
+                "{e}"
+            );
+        }
         // [admission] is required with a key store and refused without.
         let no_admission = KEYSTORE.replace(
             "[admission]\npolicy_directory = \"policies\"\nrevocation_list = \"revocations.json\"\n",

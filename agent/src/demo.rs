@@ -36,13 +36,15 @@ pub enum DemoError {
     #[error("the generated config is invalid: {0}")]
     Config(#[from] crate::config::ConfigError),
     #[error("the demo key store: {0}")]
-    KeyStore(#[from] warden_attest::keystore::KeyStoreError),
+    KeyStore(#[from] warden_keystore::KeyStoreError),
     #[error("signing the demo release: {0}")]
     Release(#[from] warden_attest::release::ReleaseError),
     #[error("signing the demo revocation list: {0}")]
     Revocation(#[from] warden_attest::revocation::RevocationError),
     #[error("the demo policy set: {0}")]
     Policy(#[from] crate::admission::AdmissionError),
+    #[error("the demo policy set: {0}")]
+    PolicyFiles(#[from] warden_attest::policyset::files::PolicyFilesError),
 }
 
 /// The startup policy as shipped (`policies/serving/startup.rego`), written by the demo.
@@ -230,9 +232,9 @@ signature = "models/demo.sig"
 /// `release`/`attestations` instead of `[trust]`. The key store is made afresh on every run
 /// (its anchors are write-once).
 pub fn prepare_admitted(dir: &Path, port: u16) -> Result<(DemoFiles, Config), DemoError> {
-    use warden_attest::keystore::{KeyStore, Role, software::SoftwareKeyStore};
     use warden_attest::release::{Release, Stage, sign_attestation, sign_release};
     use warden_attest::revocation::{RevocationList, sign_revocation_list};
+    use warden_keystore::{KeyStore, Role, software::SoftwareKeyStore};
     let (mut files, _) = prepare(dir, port)?;
     let dir = files.dir.clone();
     let werr = |path: &Path| {
@@ -274,7 +276,7 @@ pub fn prepare_admitted(dir: &Path, port: u16) -> Result<(DemoFiles, Config), De
         SHIPPED_STARTUP_REGO.as_bytes(),
         false,
     )?;
-    let policy_digest = crate::admission::policy_set_digest(&policy_dir)?;
+    let policy_digest = warden_attest::policyset::files::policy_set_digest(&policy_dir)?;
     let release = sign_release(
         &Release {
             name: "demo".into(),

@@ -21,7 +21,8 @@ use std::time::Duration;
 use tokio::sync::broadcast;
 use warden_attest::boot::measure::{AppEventLog, DEFAULT_APP_PCR};
 use warden_attest::bundle::{self, Verifier, VerifyOptions};
-use warden_attest::keystore::{KeyStore, KeyStoreError};
+use warden_keystore::software::SoftwareKeyStore;
+use warden_keystore::{KeyStore, KeyStoreError};
 use warden_runtime_client::device::DeviceRequest;
 use warden_runtime_client::model_format::ModelFormat;
 use warden_runtime_client::tensor::ModelSignature;
@@ -68,7 +69,7 @@ pub enum ModelError {
     Anchors {
         name: String,
         version: String,
-        source: admission::AnchorError,
+        source: warden_attest::anchors::AnchorError,
     },
     #[error("model {name} version {version}: measuring the load: {message}")]
     Measure {
@@ -161,11 +162,14 @@ impl std::fmt::Debug for TrustContext {
     }
 }
 
-/// Opens the configured key store: in this process, or the key service's socket.
+/// Opens the configured key store: the key service's socket, or (development) key files in
+/// this process.
 pub fn open_key_store(config: &KeystoreConfig) -> Result<Arc<dyn KeyStore>, KeyStoreError> {
     match config {
-        KeystoreConfig::InProcess(backend) => warden_attest::keystore::open(backend),
-        KeystoreConfig::Keyd { socket } => Ok(Arc::new(crate::keyd::KeydClient::connect(socket)?)),
+        KeystoreConfig::Development(c) => Ok(Arc::new(SoftwareKeyStore::open(&c.dir)?)),
+        KeystoreConfig::Keyd { socket } => Ok(Arc::new(
+            warden_keystore::keyd::KeydClient::connect(socket)?,
+        )),
     }
 }
 
@@ -1199,7 +1203,7 @@ async fn decide_blocking(
 #[derive(Debug, thiserror::Error)]
 enum DecideError {
     #[error(transparent)]
-    Anchors(admission::AnchorError),
+    Anchors(warden_attest::anchors::AnchorError),
     #[error("admission did not complete: {0}")]
     Panicked(String),
 }

@@ -12,11 +12,12 @@
 use std::path::{Path, PathBuf};
 
 use warden_attest::bundle::Verifier;
-use warden_attest::keystore::{Counter, KeyStore};
 use warden_attest::policyset::{PolicySet, PolicySetError, verify_policy_set};
+use warden_keystore::{Counter, KeyStore};
 
-use crate::admission::{TrustAnchors, policy_set_digest};
 use crate::state_files::{Durability, write_atomically};
+use warden_attest::anchors::TrustAnchors;
+use warden_attest::policyset::files::policy_set_digest;
 
 /// Below the state directory: kept sets and the pointer to the active one.
 pub const POLICY_SET_DIR: &str = "policy-set";

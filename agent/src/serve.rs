@@ -93,7 +93,7 @@ pub async fn prepare(config: &Config) -> Result<Prepared, ServeError> {
 /// device key signs the handshakes (no private key on disk).
 pub fn tls_config(
     config: &Config,
-    store: Option<&Arc<dyn warden_attest::keystore::KeyStore>>,
+    store: Option<&Arc<dyn warden_keystore::KeyStore>>,
 ) -> Result<Arc<rustls::ServerConfig>, ServeError> {
     match (&config.tls.private_key, store) {
         (None, Some(store)) => Ok(crate::tls_keystore::server_config(

@@ -1,6 +1,6 @@
 //! The HTTPS listener's TLS configuration with the server key in the key store: handshakes are
 //! signed by the TPM/HSM (in-process or through keyd) via
-//! [`warden_attest::keystore::tls::KeyStoreSigningKey`], so no private key file exists on
+//! [`warden_keystore::tls::KeyStoreSigningKey`], so no private key file exists on
 //! disk. Same protocol versions, ALPN and client-certificate verification as
 //! [`crate::tls::server_config`]; only the source of the server key differs.
 //!
@@ -12,8 +12,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use rustls::sign::CertifiedKey;
-use warden_attest::keystore::KeyStore;
-use warden_attest::keystore::tls::KeyStoreSigningKey;
+use warden_keystore::KeyStore;
+use warden_keystore::tls::KeyStoreSigningKey;
 
 use crate::tls::load_certificates;
 
@@ -25,7 +25,7 @@ pub enum TlsKeyStoreError {
     Pem(#[from] crate::tls::TlsError),
     /// The key store has no usable device key.
     #[error("the key store's device key: {0}")]
-    KeyStore(#[from] warden_attest::keystore::KeyStoreError),
+    KeyStore(#[from] warden_keystore::KeyStoreError),
     /// The leaf certificate does not certify the device key.
     #[error("{path}: the leaf certificate's key is not the key store's device key")]
     KeyMismatch {
@@ -44,22 +44,22 @@ pub enum TlsKeyStoreError {
 struct OffTheReactor(Arc<dyn KeyStore>);
 
 impl KeyStore for OffTheReactor {
-    fn describe(&self) -> warden_attest::keystore::BackendInfo {
+    fn describe(&self) -> warden_keystore::BackendInfo {
         self.0.describe()
     }
 
-    fn capabilities(&self) -> warden_attest::keystore::Capabilities {
+    fn capabilities(&self) -> warden_keystore::Capabilities {
         self.0.capabilities()
     }
 
-    fn device_public_key(&self) -> Result<p256::PublicKey, warden_attest::keystore::KeyStoreError> {
+    fn device_public_key(&self) -> Result<p256::PublicKey, warden_keystore::KeyStoreError> {
         self.0.device_public_key()
     }
 
     fn sign(
         &self,
         message: &[u8],
-    ) -> Result<p256::ecdsa::Signature, warden_attest::keystore::KeyStoreError> {
+    ) -> Result<p256::ecdsa::Signature, warden_keystore::KeyStoreError> {
         let multi_thread = tokio::runtime::Handle::try_current()
             .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
         if multi_thread {

@@ -526,7 +526,7 @@ async fn a_new_model_is_accepted_only_when_allowed_and_is_kept() {
 /// restart; tampered with on disk, it stops the agent from starting.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_pushed_policy_set_is_verified_kept_and_decides_again() {
-    use warden_agent::admission::policy_set_digest;
+    use warden_attest::policyset::files::policy_set_digest;
     use warden_attest::policyset::{PolicySet, sign_policy_set};
     let w = World::new();
     let old_digest = policy_set_digest(&w.policy_dir).unwrap();

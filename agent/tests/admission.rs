@@ -6,17 +6,16 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use warden_agent::admission::{
-    Admission, Decision, Evidence, TrustAnchors, establish_facts, policy_set_digest,
-    policy_set_manifest,
-};
+use warden_agent::admission::{Admission, Decision, Evidence, establish_facts};
+use warden_attest::anchors::TrustAnchors;
 use warden_attest::bundle::{self, Curve, SignOptions, Signer};
-use warden_attest::keystore::software::SoftwareKeyStore;
-use warden_attest::keystore::{Counter, KeyStore, Role};
+use warden_attest::policyset::files::{policy_set_digest, policy_set_manifest};
 use warden_attest::release::{Release, Stage, sign_attestation, sign_release};
 use warden_attest::revocation::{
     RevocationList, RevokedDigest, RevokedVersion, sign_revocation_list,
 };
+use warden_keystore::software::SoftwareKeyStore;
+use warden_keystore::{Counter, KeyStore, Role};
 
 const SLSA: &str = "https://slsa.dev/provenance/v1";
 const EVAL: &str = "https://warden.dev/evaluation/v1";

@@ -131,7 +131,7 @@ fn sign_policies_packs_the_rego_files_and_a_statement_for_their_digest() {
         ],
     );
     assert!(out.status.success(), "{}", text(&out));
-    let digest = warden_agent::admission::policy_set_digest(&policies).unwrap();
+    let digest = warden_attest::policyset::files::policy_set_digest(&policies).unwrap();
     assert!(
         String::from_utf8_lossy(&out.stdout).contains(&digest),
         "{}",

@@ -3,7 +3,7 @@
 //! fresh swtpm; and the `warden keyd` binary end to end.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-#[path = "../../attest/tests/devices/mod.rs"]
+#[path = "../../attest/keyd/tests/devices/mod.rs"]
 mod support_devices;
 
 use std::io::{Read as _, Write as _};
@@ -15,14 +15,18 @@ use std::time::{Duration, Instant};
 
 use p256::ecdsa::signature::Verifier as _;
 use support_devices::{Swtpm, current_uid};
-use warden_agent::keyd::{self, KeydClient, KeydConfig, Operation, Principal};
 use warden_attest::boot::measure::{DEFAULT_APP_PCR, ModelLoadEvent, predict};
-use warden_attest::boot::quote::{self, verify_quote};
-use warden_attest::keystore::software::SoftwareKeyStore;
-use warden_attest::keystore::tpm::{TpmConfig, TpmKeyStore};
-use warden_attest::keystore::{
-    BackendConfig, Counter, KeyStore, KeyStoreError, Role, SoftwareConfig,
-};
+use warden_attest::boot::quote::verify_quote;
+use warden_keyd::config::{KeydConfig, Principal};
+use warden_keyd::server as keyd;
+use warden_keyd::tpm::attestation::ensure_attestation_key;
+use warden_keyd::tpm::keystore::TpmKeyStore;
+use warden_keystore::attestation::{MAX_NONCE, Quote};
+use warden_keystore::config::TpmConfig;
+use warden_keystore::config::{BackendConfig, SoftwareConfig};
+use warden_keystore::keyd::{KeydClient, Operation};
+use warden_keystore::software::SoftwareKeyStore;
+use warden_keystore::{Counter, KeyStore, KeyStoreError, Role};
 
 const ALL: [Operation; 10] = [
     Operation::Describe,
@@ -428,7 +432,7 @@ fn tpm_keyd(operations: &[Operation]) -> TpmKeyd {
         seal_pcrs: vec![0, 2, 4, 7],
     })
     .unwrap();
-    let ak = quote::ensure_attestation_key(store.tpm()).unwrap();
+    let ak = ensure_attestation_key(store.tpm()).unwrap();
     let store: Arc<dyn KeyStore> = Arc::new(store);
     let keyd = start(Arc::clone(&store), me(operations));
     TpmKeyd {
@@ -647,7 +651,7 @@ fn malformed_pcr_and_quote_requests_are_refused() {
     let t = tpm_keyd(&ALL);
     let client = KeydClient::connect(&t.keyd.socket).unwrap();
     // Through the client: an empty and an overlong nonce.
-    for nonce in [&[][..], &[5u8; quote::MAX_NONCE + 1][..]] {
+    for nonce in [&[][..], &[5u8; MAX_NONCE + 1][..]] {
         assert!(
             matches!(
                 client.quote(nonce, &[DEFAULT_APP_PCR]),
@@ -776,7 +780,7 @@ fn the_keyd_binary_as_an_unprivileged_user_authorizes_by_uid() {
             seal_pcrs: vec![0, 2, 4, 7],
         })
         .unwrap();
-        quote::ensure_attestation_key(store.tpm()).unwrap()
+        ensure_attestation_key(store.tpm()).unwrap()
     };
 
     let dir = tempfile::tempdir().unwrap();
@@ -847,7 +851,7 @@ fn the_keyd_binary_as_an_unprivileged_user_authorizes_by_uid() {
     // The principal, in the socket's group: quotes, and the quote verifies.
     let ok = attest_quote(AGENT_UID, &[SOCKET_GID]);
     assert!(ok.status.success(), "{}", out_text(&ok));
-    let q: quote::Quote = serde_json::from_slice(&ok.stdout).unwrap();
+    let q: Quote = serde_json::from_slice(&ok.stdout).unwrap();
     verify_quote(
         &q,
         &ak,

@@ -7,7 +7,7 @@
 //! (runtime/SANDBOX.md) and no capability.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-#[path = "../../attest/tests/devices/mod.rs"]
+#[path = "../../attest/keyd/tests/devices/mod.rs"]
 mod support_devices;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -147,11 +147,13 @@ fn units_for_verify(dir: &Path) -> Vec<PathBuf> {
     ["warden-keyd.service", "warden.service"]
         .iter()
         .map(|name| {
+            let warden = Path::new(env!("CARGO_BIN_EXE_warden"));
             let text = std::fs::read_to_string(systemd_dir().join(name))
                 .unwrap()
+                .replace("/usr/bin/warden ", &format!("{} ", warden.display()))
                 .replace(
-                    "/usr/bin/warden ",
-                    &format!("{} ", env!("CARGO_BIN_EXE_warden")),
+                    "/usr/bin/warden-keyd ",
+                    &format!("{} ", warden.with_file_name("warden-keyd").display()),
                 );
             let path = dir.join(name);
             std::fs::write(&path, text).unwrap();
@@ -286,7 +288,7 @@ fn only_the_key_service_reaches_the_tpm() {
     let agent = service(&systemd_dir().join("warden.service"));
 
     assert_eq!(one(&keyd, "User"), "warden-keyd");
-    assert!(one(&keyd, "ExecStart").ends_with("warden keyd --config /etc/warden/keyd.toml"));
+    assert!(one(&keyd, "ExecStart").ends_with("warden-keyd serve --config /etc/warden/keyd.toml"));
     assert!(words(&keyd, "SupplementaryGroups").contains("tss"));
     assert!(words(&keyd, "SupplementaryGroups").contains("warden"));
     assert_eq!(one(&keyd, "DevicePolicy"), "closed");

@@ -3,7 +3,7 @@
 //! handshake whose server signature comes from the TPM, with no private key file anywhere.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-#[path = "../../attest/tests/devices/mod.rs"]
+#[path = "../../attest/keyd/tests/devices/mod.rs"]
 mod support_devices;
 
 use std::path::{Path, PathBuf};
@@ -12,18 +12,33 @@ use std::sync::Arc;
 
 use support_devices::{Swtpm, current_uid};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-use warden_agent::keyd::{self, KeydClient, KeydConfig, Operation, Principal};
 use warden_agent::tls_keystore::{KeyStoreTlsConfig, TlsKeyStoreError, server_config};
-use warden_attest::boot::measure::{AppEventLog, ModelLoadEvent, measure_model_load};
-use warden_attest::keystore::software::SoftwareKeyStore;
-use warden_attest::keystore::tpm::{TpmConfig, TpmKeyStore};
-use warden_attest::keystore::{BackendConfig, KeyStore, SoftwareConfig};
+use warden_attest::boot::measure::{AppEventLog, ModelLoadEvent};
+use warden_keyd::config::{KeydConfig, Principal};
+use warden_keyd::server as keyd;
+use warden_keyd::tpm::keystore::TpmKeyStore;
+use warden_keystore::KeyStore;
+use warden_keystore::config::TpmConfig;
+use warden_keystore::config::{BackendConfig, SoftwareConfig};
+use warden_keystore::keyd::{KeydClient, Operation};
+use warden_keystore::software::SoftwareKeyStore;
 
 fn warden(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_warden"))
         .args(args)
         .output()
         .unwrap()
+}
+
+/// The key service's own binary, beside `warden` (the workspace builds every binary).
+fn warden_keyd(args: &[&str]) -> Output {
+    let bin = Path::new(env!("CARGO_BIN_EXE_warden")).with_file_name("warden-keyd");
+    assert!(
+        bin.is_file(),
+        "{} is not built: cargo build --workspace --bins",
+        bin.display()
+    );
+    Command::new(bin).args(args).output().unwrap()
 }
 
 fn text(o: &Output) -> String {
@@ -244,23 +259,18 @@ fn provision_on_swtpm_then_tls_is_signed_by_the_tpm() {
     ]);
     assert!(!junk.status.success());
 
-    // Status: backend, anchors per role, the policy digest; absent roles are problems.
-    let pol = policies();
-    let status = warden(&[
-        "status",
-        "--keyd-config",
-        cfg,
-        "--policies",
-        pol.to_str().unwrap(),
-    ]);
+    // Status with keyd stopped: backend, anchors per role; absent roles are problems.
+    let status = warden_keyd(&["status", "--config", cfg]);
     let t = text(&status);
     assert!(!status.status.success(), "absent anchors are problems: {t}");
     assert!(t.contains("anchors model-signers: present"), "{t}");
     assert!(t.contains("anchors tenant-cas: present"), "{t}");
     assert!(t.contains("anchors release-authority: ABSENT"), "{t}");
-    let digest = warden_agent::admission::policy_set_digest(&pol).unwrap();
-    assert!(t.contains(&digest), "{t}");
     assert!(t.contains("device key: present"), "{t}");
+    // `warden` links no TPM code: its status reaches a key store only through keyd.
+    let direct = warden(&["status", "--keyd-config", cfg]);
+    assert!(!direct.status.success());
+    assert!(text(&direct).contains("--keyd-config"), "{}", text(&direct));
 
     // The CSR is signed by the TPM's device key (rcgen checks its signature on parse).
     let csr_pem = std::fs::read_to_string(&csr).unwrap();
@@ -332,7 +342,7 @@ fn tls_signed_through_keyd() {
     let store: Arc<dyn KeyStore> =
         Arc::new(SoftwareKeyStore::open(&dir.path().join("store")).unwrap());
     store.ensure_device_key().unwrap();
-    let csr_pem = warden_agent::trust_cli::device_csr(store.as_ref(), "warden-device").unwrap();
+    let csr_pem = warden_keyd::cli::device_csr(store.as_ref(), "warden-device").unwrap();
     let cert = rcgen::CertificateSigningRequestParams::from_pem(&csr_pem)
         .unwrap()
         .signed_by(&pki.ca)
@@ -414,14 +424,7 @@ fn status_of_a_software_store_is_loudly_development_only() {
     let out = warden(&["provision", "--keyd-config", cfg]);
     assert!(out.status.success(), "{}", text(&out));
     assert!(text(&out).contains("DEVELOPMENT-ONLY"), "{}", text(&out));
-    let pol = policies();
-    let out = warden(&[
-        "status",
-        "--keyd-config",
-        cfg,
-        "--policies",
-        pol.to_str().unwrap(),
-    ]);
+    let out = warden_keyd(&["status", "--config", cfg]);
     let t = text(&out);
     assert!(!out.status.success());
     assert!(t.contains("DEVELOPMENT ONLY"), "{t}");
@@ -441,19 +444,16 @@ fn quote_and_verify_on_swtpm_with_the_application_log() {
     // A model load measured into the application PCR.
     let log = dir.path().join("app-events.log");
     {
-        let t = warden_attest::tpm::Tpm::open(&tpm.tcti).unwrap();
-        measure_model_load(
-            &t,
-            &AppEventLog::new(&log),
-            23,
-            &ModelLoadEvent {
-                model: "fraud".into(),
-                version: "3".into(),
-                root_digest: format!("sha256:{}", "11".repeat(32)),
-                policy_digest: warden_agent::admission::policy_set_digest(&policies()).unwrap(),
-            },
-        )
-        .unwrap();
+        let t = warden_keyd::tpm::Tpm::open(&tpm.tcti).unwrap();
+        // As the agent measures a load: the log line first, then the PCR.
+        let event = ModelLoadEvent {
+            model: "fraud".into(),
+            version: "3".into(),
+            root_digest: format!("sha256:{}", "11".repeat(32)),
+            policy_digest: warden_attest::policyset::files::policy_set_digest(&policies()).unwrap(),
+        };
+        AppEventLog::new(&log).append(&event).unwrap();
+        t.extend_pcr(23, event.digest()).unwrap();
     }
 
     let nonce = "00112233445566778899aabbccddeeff";
@@ -602,7 +602,7 @@ fn status_through_a_running_keyd() {
     let store: Arc<dyn KeyStore> =
         Arc::new(SoftwareKeyStore::open(&dir.path().join("store")).unwrap());
     store.ensure_device_key().unwrap();
-    for role in warden_attest::keystore::Role::ALL {
+    for role in warden_keystore::Role::ALL {
         store
             .install_anchors(role, b"-----BEGIN PUBLIC KEY-----\n")
             .unwrap();
@@ -652,7 +652,7 @@ fn status_through_a_running_keyd() {
     assert!(t.contains("anchors fleet-authority: present"), "{t}");
     assert!(t.contains("counter revocation-serial: 0"), "{t}");
     assert!(
-        t.contains(&warden_agent::admission::policy_set_digest(&pol).unwrap()),
+        t.contains(&warden_attest::policyset::files::policy_set_digest(&pol).unwrap()),
         "{t}"
     );
     // The only problem is the development-only backend.
@@ -723,8 +723,8 @@ fn enrol_and_compare(dir: &Path, answer: &str) {
 
 /// The EK of the TPM at `tcti`.
 fn endorsement_key_of(tcti: &str) -> p256::PublicKey {
-    let t = warden_attest::tpm::Tpm::open(tcti).unwrap();
-    warden_attest::boot::credential::endorsement_key(&t).unwrap()
+    let t = warden_keyd::tpm::Tpm::open(tcti).unwrap();
+    warden_keyd::tpm::credential::endorsement_key(&t).unwrap()
 }
 
 /// The EK of the TPM at `tcti`, as PEM in `to`.
@@ -839,7 +839,7 @@ fn attestation_key_enrolment_by_credential_activation() {
     let nonce = "a1a2a3a4a5a6a7a8";
     write_quote(&tpm.tcti, nonce, "16", &path("quote.json"));
     let pcr16 = {
-        let t = warden_attest::tpm::Tpm::open(&tpm.tcti).unwrap();
+        let t = warden_keyd::tpm::Tpm::open(&tpm.tcti).unwrap();
         hex::encode(t.read_pcrs(&[16]).unwrap()[0].1)
     };
     std::fs::write(path("golden.json"), format!("{{\"16\": \"{pcr16}\"}}")).unwrap();

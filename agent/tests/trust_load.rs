@@ -7,7 +7,7 @@
 
 mod fleet;
 mod support;
-#[path = "../../attest/tests/devices/mod.rs"]
+#[path = "../../attest/keyd/tests/devices/mod.rs"]
 mod support_devices;
 
 use std::path::{Path, PathBuf};
@@ -15,13 +15,16 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use warden_agent::config::{Config, KeystoreConfig, ModelConfig};
-use warden_agent::keyd::{self, KeydConfig, Operation, Principal};
 use warden_agent::models::{ModelError, ModelRegistry};
 use warden_agent::{demo, serve};
 use warden_attest::bundle::{self, SignOptions, Signer};
-use warden_attest::keystore::software::SoftwareKeyStore;
-use warden_attest::keystore::{BackendConfig, KeyStore, SoftwareConfig};
 use warden_attest::release::Stage;
+use warden_keyd::config::{KeydConfig, Principal};
+use warden_keyd::server as keyd;
+use warden_keystore::KeyStore;
+use warden_keystore::config::{BackendConfig, SoftwareConfig, TpmConfig};
+use warden_keystore::keyd::Operation;
+use warden_keystore::software::SoftwareKeyStore;
 
 use support::{Client, tls_config};
 
@@ -37,12 +40,16 @@ struct World {
     fleet: Signer,
     policy_dir: PathBuf,
     revocations: PathBuf,
+    /// The TPM key store, opened: the agent reaches it through keyd (`keyd_socket`).
+    tpm: Option<Arc<dyn KeyStore>>,
 }
 
 /// The key store a world uses.
 enum Backend {
+    /// The development store, in the agent's process.
     Software,
-    /// A TCTI; the key file is removed and the device key signs handshakes.
+    /// A TCTI: the world holds the TPM key store, for a keyd the test starts on
+    /// [`World::keyd_socket`].
     Tpm(String),
 }
 
@@ -65,23 +72,24 @@ impl World {
             &policy_dir,
         );
 
-        let store: Arc<dyn KeyStore> = match &backend {
+        let (store, tpm): (Arc<dyn KeyStore>, _) = match &backend {
             Backend::Software => {
                 let ks_dir = files.dir.join("keystore");
-                config.keystore = Some(KeystoreConfig::InProcess(BackendConfig::Software(
-                    SoftwareConfig {
-                        dir: ks_dir.clone(),
-                    },
-                )));
-                Arc::new(SoftwareKeyStore::open(&ks_dir).unwrap())
+                config.keystore = Some(KeystoreConfig::Development(SoftwareConfig {
+                    dir: ks_dir.clone(),
+                }));
+                (Arc::new(SoftwareKeyStore::open(&ks_dir).unwrap()), None)
             }
             Backend::Tpm(tcti) => {
-                let c = BackendConfig::Tpm(warden_attest::keystore::tpm::TpmConfig {
+                let store = warden_keyd::backend::open(&BackendConfig::Tpm(TpmConfig {
                     tcti: tcti.clone(),
                     seal_pcrs: vec![0, 2, 4, 7],
+                }))
+                .unwrap();
+                config.keystore = Some(KeystoreConfig::Keyd {
+                    socket: files.dir.join("keyd.sock"),
                 });
-                config.keystore = Some(KeystoreConfig::InProcess(c.clone()));
-                warden_attest::keystore::open(&c).unwrap()
+                (Arc::clone(&store), Some(store))
             }
         };
         fleet::install_role_anchors(store.as_ref(), &signer_pub, &release_pub, &fleet_pub);
@@ -104,6 +112,7 @@ impl World {
             fleet,
             policy_dir,
             revocations,
+            tpm,
         };
         let v1 = w.config.models[0].clone();
         let release = w.write_release(&v1, Stage::Approved, None);
@@ -113,8 +122,16 @@ impl World {
         w
     }
 
+    /// Where a TPM world's agent expects keyd.
+    fn keyd_socket(&self) -> PathBuf {
+        match &self.config.keystore {
+            Some(KeystoreConfig::Keyd { socket }) => socket.clone(),
+            _ => panic!("not a TPM world"),
+        }
+    }
+
     fn policy_digest(&self) -> String {
-        warden_agent::admission::policy_set_digest(&self.policy_dir).unwrap()
+        warden_attest::policyset::files::policy_set_digest(&self.policy_dir).unwrap()
     }
 
     fn root_digest(&self, m: &ModelConfig) -> String {
@@ -542,19 +559,15 @@ async fn a_changed_policy_set_unloads_on_refresh() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn on_a_tpm_the_load_is_measured_and_tls_is_signed_by_the_tpm_key() {
+async fn on_a_tpm_through_keyd_the_load_is_measured_and_tls_is_signed_by_the_tpm_key() {
     use warden_attest::boot::measure::{DEFAULT_APP_PCR, ModelLoadEvent, predict};
     let tpm = support_devices::Swtpm::start();
     let mut w = World::new(Backend::Tpm(tpm.tcti.clone()), 60);
+    let store = w.tpm.clone().unwrap();
     // The device key in the TPM; a certificate for it from a CA the client trusts.
-    let c = match w.config.keystore.clone().unwrap() {
-        KeystoreConfig::InProcess(c) => c,
-        KeystoreConfig::Keyd { .. } => unreachable!(),
-    };
     let device_cert = {
-        let store = warden_attest::keystore::open(&c).unwrap();
         store.ensure_device_key().unwrap();
-        let csr = warden_agent::trust_cli::device_csr(store.as_ref(), "localhost").unwrap();
+        let csr = warden_keyd::cli::device_csr(store.as_ref(), "localhost").unwrap();
         let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
         params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
         let ca_key = rcgen::KeyPair::generate().unwrap();
@@ -590,6 +603,21 @@ async fn on_a_tpm_the_load_is_measured_and_tls_is_signed_by_the_tpm_key() {
             policy_digest: format!("sha256:{}", "bb".repeat(32)),
         })
         .unwrap();
+    // keyd is the only holder of the TPM; the agent signs its handshakes through it.
+    let keyd = KeydThread::start(
+        Arc::clone(&store),
+        &w.keyd_socket(),
+        vec![
+            Operation::Describe,
+            Operation::DevicePublicKey,
+            Operation::Sign,
+            Operation::Anchors,
+            Operation::Counter,
+            Operation::AdvanceCounter,
+            Operation::ReadPcr,
+            Operation::ExtendPcr,
+        ],
+    );
     let mut r = w.start().await;
     r.server_ca = device_ca;
 
@@ -626,12 +654,11 @@ async fn on_a_tpm_the_load_is_measured_and_tls_is_signed_by_the_tpm_key() {
     };
     drop(v1);
     assert_eq!(stale.read().unwrap(), vec![expected.clone()]);
-    // swtpm serves one connection at a time: read the PCR once the agent has let go.
     r.stop().await;
-    let tpm_handle = warden_attest::tpm::Tpm::open(&tpm.tcti).unwrap();
-    let pcr = tpm_handle.read_pcrs(&[DEFAULT_APP_PCR]).unwrap()[0].1;
+    drop(keyd);
+    // Read on the TPM itself, behind keyd's back.
     assert_eq!(
-        pcr,
+        store.read_pcr(DEFAULT_APP_PCR).unwrap(),
         predict(&[expected]),
         "the application PCR is not the prediction"
     );
@@ -702,16 +729,11 @@ impl Drop for KeydThread {
 async fn through_keyd_the_load_is_measured_into_the_tpm() {
     use warden_attest::boot::measure::{DEFAULT_APP_PCR, ModelLoadEvent, predict};
     let tpm = support_devices::Swtpm::start();
-    let mut w = World::new(Backend::Tpm(tpm.tcti.clone()), 60);
-    let c = match w.config.keystore.clone().unwrap() {
-        KeystoreConfig::InProcess(c) => c,
-        KeystoreConfig::Keyd { .. } => unreachable!(),
-    };
-    let store = warden_attest::keystore::open(&c).unwrap();
-    let socket = w.files.dir.join("keyd.sock");
+    let w = World::new(Backend::Tpm(tpm.tcti.clone()), 60);
+    let store = w.tpm.clone().unwrap();
     let keyd = KeydThread::start(
         Arc::clone(&store),
-        &socket,
+        &w.keyd_socket(),
         vec![
             Operation::Describe,
             Operation::Anchors,
@@ -721,9 +743,6 @@ async fn through_keyd_the_load_is_measured_into_the_tpm() {
             Operation::ExtendPcr,
         ],
     );
-    w.config.keystore = Some(KeystoreConfig::Keyd {
-        socket: socket.clone(),
-    });
     let r = w.start().await;
     r.assert_serves("1").await;
     let v1 = r.models.resolve("demo", Some("1")).unwrap();

@@ -22,8 +22,8 @@
 use serde::{Deserialize, Serialize};
 
 use crate::bundle::{Signer, Verifier};
-use crate::keystore::{Counter, KeyStore, KeyStoreError};
 use crate::release::{ReleaseError, Subject, sha256_hex, sign_predicate, verify_statement};
+use warden_keystore::{Counter, KeyStore, KeyStoreError};
 
 /// The predicate type of a revocation list.
 pub const REVOCATION_PREDICATE_TYPE: &str = "https://warden.dev/revocation/v1";

@@ -10,10 +10,11 @@ use warden_agent::config::{
 };
 use warden_agent::{demo, pki::DevCa, serve};
 use warden_attest::bundle::{self, Curve, SignOptions, Signer};
-use warden_attest::keystore::software::SoftwareKeyStore;
-use warden_attest::keystore::{BackendConfig, KeyStore, Role, SoftwareConfig};
 use warden_attest::release::{Release, Stage, sign_attestation, sign_release};
 use warden_attest::revocation::{RevocationList, RevokedVersion, sign_revocation_list};
+use warden_keystore::config::SoftwareConfig;
+use warden_keystore::software::SoftwareKeyStore;
+use warden_keystore::{KeyStore, Role};
 
 use crate::support::{Client, Reply, tls_config};
 
@@ -190,11 +191,9 @@ impl World {
             &policy_dir,
         );
         let ks_dir = files.dir.join("keystore");
-        config.keystore = Some(KeystoreConfig::InProcess(BackendConfig::Software(
-            SoftwareConfig {
-                dir: ks_dir.clone(),
-            },
-        )));
+        config.keystore = Some(KeystoreConfig::Development(SoftwareConfig {
+            dir: ks_dir.clone(),
+        }));
         let store = SoftwareKeyStore::open(&ks_dir).unwrap();
         install_role_anchors(&store, &signer_pub, &release_pub, &fleet_pub);
         drop(store);
@@ -253,7 +252,7 @@ impl World {
             .unwrap()
             .clone()
             .unwrap_or_else(|| {
-                warden_agent::admission::policy_set_digest(&self.policy_dir).unwrap()
+                warden_attest::policyset::files::policy_set_digest(&self.policy_dir).unwrap()
             });
         let bytes = signed_release(
             &m.name,

@@ -1,127 +1,32 @@
 //! Binding the attestation key (AK) to the TPM's endorsement key (EK) by credential
-//! activation (TPM 2.0 Part 1, "Credential Protection").
+//! activation (TPM 2.0 Part 1, "Credential Protection"): the verifier's side, in software.
 //!
 //! A verifier that trusts an EK (from the manufacturer's EK certificate, or enrolled at
 //! provisioning) learns whether an AK lives in the same TPM: it encrypts a random secret to
-//! the EK, bound to the AK's name ([`make_credential`], in software: the verifier needs no
-//! TPM); only that TPM can recover it, and only for a loaded object with exactly that name
-//! ([`activate_credential`], on the device). A returned secret proves the AK is that TPM's,
-//! so the AK's quotes can be trusted as much as the EK.
+//! the EK, bound to the AK's name ([`make_credential`]); only that TPM can recover it, and
+//! only for a loaded object with exactly that name (the device's key service answers the
+//! [`Challenge`]). A returned secret proves the AK is that TPM's, so the AK's quotes can be
+//! trusted as much as the EK.
 //!
 //! The EK is the TCG default ECC P-256 EK (template L-2: restricted decryption key,
-//! AES-128-CFB, SHA-256, policy `PolicySecret(TPM_RH_ENDORSEMENT)`), recreated from the
-//! endorsement seed when needed and flushed after use.
+//! AES-128-CFB, SHA-256, policy `PolicySecret(TPM_RH_ENDORSEMENT)`).
 //!
 //! Which EK to trust: either one the verifier recorded for the device, or any EK whose
 //! certificate — written by the TPM's manufacturer into NV index 0x01c0000a, and sent with the
 //! device's identity — chains to a manufacturer CA the verifier trusts
-//! ([`certified_endorsement_key`]).
+//! ([`certified_endorsement_key`]). The AK's public area, as the device sends it, is read
+//! here without a TSS ([`check_ak_public_area`]).
 
 use aes::cipher::{BlockEncrypt as _, KeyInit as _};
 use hmac::Mac as _;
 use sha2::Digest as _;
-use tss_esapi::Context;
-use tss_esapi::abstraction::AsymmetricAlgorithmSelection;
-use tss_esapi::abstraction::ek::{create_ek_object_2, retrieve_ek_pubcert};
-use tss_esapi::handles::{AuthHandle, KeyHandle, ObjectHandle};
-use tss_esapi::interface_types::ecc::EccCurve;
-use tss_esapi::interface_types::session_handles::AuthSession;
-use tss_esapi::structures::{Digest, EncryptedSecret, IdObject, Nonce};
-use tss_esapi::traits::{Marshall as _, UnMarshall as _};
+use warden_keystore::attestation::{Challenge, SECRET_BYTES};
 
 use super::BootError;
-use super::quote::AK_HANDLE;
-use crate::keystore::KeyStoreError;
-use crate::keystore::tpm::{close, ecc_public, flush_session, persistent_key, start_policy};
-use crate::tpm::Tpm;
+use super::tpm_wire::Reader;
 
-/// Bytes of the secret a verifier sends (at most a SHA-256 digest).
-pub const SECRET_BYTES: usize = 32;
 /// TPM_ALG_SHA256, the name algorithm of the AK and the EK.
 const TPM_ALG_SHA256: [u8; 2] = [0x00, 0x0b];
-
-/// What a verifier sends to the device: the encrypted credential (`TPM2B_ID_OBJECT` contents)
-/// and the seed encrypted to the EK (an ephemeral `TPMS_ECC_POINT`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Challenge {
-    pub credential_blob: Vec<u8>,
-    pub encrypted_seed: Vec<u8>,
-}
-
-/// The EK's public key (recreated from the endorsement seed; the same on every call for one
-/// TPM).
-pub fn endorsement_key(tpm: &Tpm) -> Result<p256::PublicKey, BootError> {
-    Ok(tpm.run(|ctx| {
-        let ek = create_ek(ctx)?;
-        let public = ecc_public(ctx, ek);
-        flush(ctx, ek);
-        public
-    })??)
-}
-
-/// The AK's TPM name (`nameAlg || H(TPMT_PUBLIC)`), which a challenge is bound to.
-pub fn attestation_key_name(tpm: &Tpm) -> Result<Vec<u8>, BootError> {
-    Ok(ak_public(tpm)?.1)
-}
-
-/// The AK's public area (`TPMT_PUBLIC`, marshalled) and its name, as the TPM reports them.
-fn ak_public(tpm: &Tpm) -> Result<(Vec<u8>, Vec<u8>), BootError> {
-    Ok(tpm.run(|ctx| {
-        let ak = persistent_key(ctx, AK_HANDLE)?.ok_or(KeyStoreError::NotProvisioned {
-            what: "the attestation key",
-        })?;
-        let read = ctx.execute_without_session(|c| c.read_public(ak));
-        close(ctx, ak);
-        let (public, name, _) = read.map_err(|e| KeyStoreError::tpm("ReadPublic", e))?;
-        let area = public
-            .marshall()
-            .map_err(|e| KeyStoreError::tpm("marshalling the AK's public area", e))?;
-        Ok::<_, KeyStoreError>((area, name.value().to_vec()))
-    })??)
-}
-
-/// What a device tells a verifier to be enrolled: its EK, the EK's certificate when the TPM
-/// has one, and its AK's public area.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DeviceIdentity {
-    pub endorsement_key: p256::PublicKey,
-    /// The AK's `TPMT_PUBLIC`, marshalled: the verifier derives the AK's key and name from it
-    /// and checks its attributes ([`check_ak_public_area`]).
-    pub ak_public_area: Vec<u8>,
-    /// The P-256 EK's certificate (DER) from NV index [`EK_CERTIFICATE_NV_INDEX`], as the
-    /// manufacturer wrote it; `None` when the TPM has none there.
-    pub ek_certificate: Option<Vec<u8>>,
-}
-
-/// Where the TCG EK Credential Profile puts the certificate of the default ECC P-256 EK.
-pub const EK_CERTIFICATE_NV_INDEX: u32 = 0x01c0_000a;
-
-/// The device's identity for enrolment (the AK must exist: `warden provision --ak`).
-pub fn device_identity(tpm: &Tpm) -> Result<DeviceIdentity, BootError> {
-    let (ak_public_area, _) = ak_public(tpm)?;
-    Ok(DeviceIdentity {
-        endorsement_key: endorsement_key(tpm)?,
-        ak_public_area,
-        ek_certificate: ek_certificate(tpm)?,
-    })
-}
-
-/// The EK certificate in NV, if the index exists. Any other failure is an error: a verifier
-/// that needs the certificate must not be told there is none because a read failed.
-fn ek_certificate(tpm: &Tpm) -> Result<Option<Vec<u8>>, BootError> {
-    use tss_esapi::constants::response_code::Tss2ResponseCodeKind;
-    Ok(tpm.run(|ctx| {
-        match retrieve_ek_pubcert(ctx, AsymmetricAlgorithmSelection::Ecc(EccCurve::NistP256)) {
-            Ok(der) => Ok(Some(der)),
-            Err(tss_esapi::Error::Tss2Error(code))
-                if code.kind() == Some(Tss2ResponseCodeKind::Handle) =>
-            {
-                Ok(None)
-            }
-            Err(e) => Err(KeyStoreError::tpm("reading the EK certificate", e)),
-        }
-    })??)
-}
 
 /// TCG's EK certificate extended key usage (2.23.133.8.1), DER content octets.
 const EKU_EK_CERTIFICATE: &[u8] = &[0x67, 0x81, 0x05, 0x08, 0x01];
@@ -192,103 +97,125 @@ pub fn certified_endorsement_key(
     ))
 }
 
-/// An AK as a verifier accepts it: from its public area, the P-256 key quotes are verified
-/// with and the name a challenge is bound to. The area must describe a restricted signing
-/// key that never leaves its TPM (fixedTPM, fixedParent), named with SHA-256; otherwise the
-/// key could sign arbitrary data as "quotes" or be a copy.
+/// An AK as a verifier accepts it: from its public area (`TPMT_PUBLIC`, marshalled), the
+/// P-256 key quotes are verified with and the name a challenge is bound to. The area must
+/// describe a restricted ECDSA signing key on P-256 that never leaves its TPM (fixedTPM,
+/// fixedParent), named with SHA-256; otherwise the key could sign arbitrary data as "quotes"
+/// or be a copy.
 pub fn check_ak_public_area(area: &[u8]) -> Result<(p256::PublicKey, Vec<u8>), BootError> {
-    let public = tss_esapi::structures::Public::unmarshall(area)
-        .map_err(|e| refused(format!("the AK's public area does not parse: {e}")))?;
-    let attributes = public.object_attributes();
-    if !(attributes.fixed_tpm()
-        && attributes.fixed_parent()
-        && attributes.restricted()
-        && attributes.sign_encrypt()
-        && !attributes.decrypt())
+    let public = EccPublicArea::parse(area)?;
+    let a = public.attributes;
+    if !(a & OBJECT_FIXED_TPM != 0
+        && a & OBJECT_FIXED_PARENT != 0
+        && a & OBJECT_RESTRICTED != 0
+        && a & OBJECT_SIGN_ENCRYPT != 0
+        && a & OBJECT_DECRYPT == 0)
     {
         return Err(refused(
             "the AK must be a restricted signing key bound to its TPM (fixedTPM, fixedParent)"
                 .into(),
         ));
     }
-    if public.name_hashing_algorithm()
-        != tss_esapi::interface_types::algorithm::HashingAlgorithm::Sha256
-    {
+    if public.name_alg != ALG_SHA256 {
         return Err(refused("the AK's name algorithm must be SHA-256".into()));
     }
-    let tss_esapi::structures::Public::Ecc { unique, .. } = &public else {
-        return Err(refused("the AK is not an ECC key".into()));
-    };
-    let key = crate::keystore::p256_from_xy(unique.x().value(), unique.y().value())
+    if public.curve != ECC_NIST_P256 {
+        return Err(refused(format!(
+            "the AK is not on NIST P-256 (curve 0x{:04x})",
+            public.curve
+        )));
+    }
+    if public.scheme != (ALG_ECDSA, Some(ALG_SHA256)) {
+        return Err(refused(
+            "the AK's signing scheme must be ECDSA with SHA-256".into(),
+        ));
+    }
+    let key = warden_keystore::backend::p256_from_xy(public.x, public.y)
         .map_err(|e| refused(format!("the AK's point: {e}")))?;
     let mut name = TPM_ALG_SHA256.to_vec();
     name.extend_from_slice(&sha2::Sha256::digest(area));
     Ok((key, name))
 }
 
-/// On the device: recovers the secret of `challenge` with the EK, for the AK. Fails unless the
-/// challenge was made for this TPM's EK and this AK's name.
-pub fn activate_credential(tpm: &Tpm, challenge: &Challenge) -> Result<Vec<u8>, BootError> {
-    let blob = IdObject::try_from(challenge.credential_blob.clone())
-        .map_err(|e| refused(format!("credential blob: {e}")))?;
-    let seed = EncryptedSecret::try_from(challenge.encrypted_seed.clone())
-        .map_err(|e| refused(format!("encrypted seed: {e}")))?;
-    Ok(tpm.run(move |ctx| {
-        let ak = persistent_key(ctx, AK_HANDLE)?.ok_or(KeyStoreError::NotProvisioned {
-            what: "the attestation key",
-        })?;
-        let ek = match create_ek(ctx) {
-            Ok(ek) => ek,
-            Err(e) => {
-                close(ctx, ak);
-                return Err(e);
+/// `TPMA_OBJECT` bits (TPM 2.0 Part 2, 8.3).
+const OBJECT_FIXED_TPM: u32 = 1 << 1;
+const OBJECT_FIXED_PARENT: u32 = 1 << 4;
+const OBJECT_RESTRICTED: u32 = 1 << 16;
+const OBJECT_DECRYPT: u32 = 1 << 17;
+const OBJECT_SIGN_ENCRYPT: u32 = 1 << 18;
+/// Algorithm and curve identifiers (TCG Algorithm Registry).
+const ALG_ECC: u16 = 0x0023;
+const ALG_SHA256: u16 = 0x000b;
+const ALG_NULL: u16 = 0x0010;
+const ALG_ECDSA: u16 = 0x0018;
+const ALG_ECDAA: u16 = 0x001a;
+const ECC_NIST_P256: u16 = 0x0003;
+
+/// The fields of an ECC key's `TPMT_PUBLIC` that the verifier checks.
+struct EccPublicArea<'a> {
+    name_alg: u16,
+    attributes: u32,
+    /// The signing scheme and its hash (`None` for `TPM_ALG_NULL`).
+    scheme: (u16, Option<u16>),
+    curve: u16,
+    x: &'a [u8],
+    y: &'a [u8],
+}
+
+impl<'a> EccPublicArea<'a> {
+    /// Parses the whole area; anything but an ECC key, an unknown scheme layout or trailing
+    /// bytes is refused.
+    fn parse(area: &'a [u8]) -> Result<Self, BootError> {
+        let mut r = Reader::new(area, "AK public area", |detail| {
+            refused(format!("the AK's public area does not parse: {detail}"))
+        });
+        if r.u16()? != ALG_ECC {
+            return Err(refused("the AK is not an ECC key".into()));
+        }
+        let name_alg = r.u16()?;
+        let attributes = r.u32()?;
+        let _auth_policy = r.tpm2b()?;
+        // TPMS_ECC_PARMS. A signing key has no symmetric algorithm.
+        if r.u16()? != ALG_NULL {
+            return Err(refused(
+                "the AK has a symmetric algorithm: not a signing key".into(),
+            ));
+        }
+        let scheme = match r.u16()? {
+            ALG_NULL => (ALG_NULL, None),
+            // TPMS_SCHEME_ECDAA: the hash, then a commit count.
+            ALG_ECDAA => {
+                let hash = r.u16()?;
+                let _count = r.u16()?;
+                (ALG_ECDAA, Some(hash))
+            }
+            // Every other ECC scheme's details are one TPMS_SCHEME_HASH.
+            scheme @ 0x0018..=0x001d => (scheme, Some(r.u16()?)),
+            other => {
+                return Err(refused(format!(
+                    "the AK's public area names an unknown ECC scheme 0x{other:04x}"
+                )));
             }
         };
-        // The EK's use is authorized by its policy: PolicySecret on the endorsement
-        // hierarchy (whose authorization is empty on an appliance's TPM).
-        let result = start_policy(ctx, false).and_then(|session| {
-            let done = ctx
-                .execute_with_session(Some(AuthSession::Password), |c| {
-                    c.policy_secret(
-                        session,
-                        AuthHandle::Endorsement,
-                        Nonce::default(),
-                        Digest::default(),
-                        Nonce::default(),
-                        None,
-                    )
-                })
-                .and_then(|_| {
-                    ctx.execute_with_sessions(
-                        (
-                            Some(AuthSession::Password),
-                            Some(AuthSession::from(session)),
-                            None,
-                        ),
-                        |c| c.activate_credential(ak, ek, blob, seed),
-                    )
-                })
-                .map_err(|e| KeyStoreError::tpm("ActivateCredential", e));
-            flush_session(ctx, session);
-            done
-        });
-        flush(ctx, ek);
-        close(ctx, ak);
-        result.map(|secret| secret.value().to_vec())
-    })??)
-}
-
-fn create_ek(ctx: &mut Context) -> Result<KeyHandle, KeyStoreError> {
-    create_ek_object_2(
-        ctx,
-        AsymmetricAlgorithmSelection::Ecc(EccCurve::NistP256),
-        None,
-    )
-    .map_err(|e| KeyStoreError::tpm("CreatePrimary (endorsement key)", e))
-}
-
-fn flush(ctx: &mut Context, key: KeyHandle) {
-    let _ = ctx.flush_context(ObjectHandle::from(key));
+        let curve = r.u16()?;
+        // TPMT_KDF_SCHEME: a hash unless NULL.
+        if r.u16()? != ALG_NULL {
+            let _kdf_hash = r.u16()?;
+        }
+        let x = r.tpm2b()?;
+        let y = r.tpm2b()?;
+        if !r.is_empty() {
+            return Err(refused("the AK's public area has trailing bytes".into()));
+        }
+        Ok(Self {
+            name_alg,
+            attributes,
+            scheme,
+            curve,
+            x,
+            y,
+        })
+    }
 }
 
 fn refused(detail: String) -> BootError {
@@ -406,4 +333,123 @@ fn aes128_cfb_encrypt(key: &[u8], plain: &[u8]) -> Result<Vec<u8>, BootError> {
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use p256::elliptic_curve::sec1::ToEncodedPoint as _;
+
+    /// A restricted ECDSA P-256 signing key's `TPMT_PUBLIC`, marshalled as a TPM does.
+    fn area(edit: impl FnOnce(&mut Fields)) -> (Vec<u8>, p256::PublicKey) {
+        let key = p256::SecretKey::random(&mut rand_core::OsRng).public_key();
+        let point = key.to_encoded_point(false);
+        let mut f = Fields {
+            kind: ALG_ECC,
+            name_alg: ALG_SHA256,
+            attributes: OBJECT_FIXED_TPM
+                | OBJECT_FIXED_PARENT
+                | (1 << 5)
+                | (1 << 6)
+                | OBJECT_RESTRICTED
+                | OBJECT_SIGN_ENCRYPT,
+            symmetric: vec![0x00, 0x10],
+            scheme: vec![0x00, 0x18, 0x00, 0x0b],
+            curve: ECC_NIST_P256,
+            kdf: vec![0x00, 0x10],
+            x: point.x().map(|x| x.to_vec()).unwrap_or_default(),
+            y: point.y().map(|y| y.to_vec()).unwrap_or_default(),
+            trailing: Vec::new(),
+        };
+        edit(&mut f);
+        let mut out = Vec::new();
+        out.extend_from_slice(&f.kind.to_be_bytes());
+        out.extend_from_slice(&f.name_alg.to_be_bytes());
+        out.extend_from_slice(&f.attributes.to_be_bytes());
+        out.extend_from_slice(&[0, 0]); // empty authPolicy
+        out.extend_from_slice(&f.symmetric);
+        out.extend_from_slice(&f.scheme);
+        out.extend_from_slice(&f.curve.to_be_bytes());
+        out.extend_from_slice(&f.kdf);
+        for coordinate in [&f.x, &f.y] {
+            out.extend_from_slice(&(coordinate.len() as u16).to_be_bytes());
+            out.extend_from_slice(coordinate);
+        }
+        out.extend_from_slice(&f.trailing);
+        (out, key)
+    }
+
+    struct Fields {
+        kind: u16,
+        name_alg: u16,
+        attributes: u32,
+        symmetric: Vec<u8>,
+        scheme: Vec<u8>,
+        curve: u16,
+        kdf: Vec<u8>,
+        x: Vec<u8>,
+        y: Vec<u8>,
+        trailing: Vec<u8>,
+    }
+
+    #[test]
+    fn a_restricted_signing_key_is_accepted_with_its_name() {
+        let (bytes, key) = area(|_| {});
+        let (got, name) = check_ak_public_area(&bytes).unwrap();
+        assert_eq!(got, key);
+        assert_eq!(name.len(), 34);
+        assert_eq!(name[..2], TPM_ALG_SHA256);
+        assert_eq!(name[2..], sha2::Sha256::digest(&bytes)[..]);
+    }
+
+    #[test]
+    fn every_property_an_attestation_key_needs_is_checked() {
+        let refused = |edit: fn(&mut Fields), why: &str| {
+            let (bytes, _) = area(edit);
+            let e = check_ak_public_area(&bytes).unwrap_err().to_string();
+            assert!(e.contains(why), "{why}: {e}");
+        };
+        refused(|f| f.kind = 0x0001, "not an ECC key");
+        refused(
+            |f| f.attributes &= !OBJECT_FIXED_TPM,
+            "restricted signing key",
+        );
+        refused(
+            |f| f.attributes &= !OBJECT_FIXED_PARENT,
+            "restricted signing key",
+        );
+        refused(
+            |f| f.attributes &= !OBJECT_RESTRICTED,
+            "restricted signing key",
+        );
+        refused(|f| f.attributes |= OBJECT_DECRYPT, "restricted signing key");
+        refused(|f| f.name_alg = 0x0004, "name algorithm");
+        refused(|f| f.curve = 0x0004, "NIST P-256");
+        refused(|f| f.scheme = vec![0x00, 0x10], "ECDSA with SHA-256");
+        refused(
+            |f| f.scheme = vec![0x00, 0x18, 0x00, 0x04],
+            "ECDSA with SHA-256",
+        );
+        refused(
+            |f| f.scheme = vec![0x00, 0x1a, 0x00, 0x0b, 0x00, 0x01],
+            "ECDSA with SHA-256",
+        );
+        refused(|f| f.scheme = vec![0x7f, 0x00], "unknown ECC scheme");
+        refused(
+            |f| f.symmetric = vec![0x00, 0x06, 0x00, 0x80, 0x00, 0x43],
+            "symmetric",
+        );
+        refused(|f| f.trailing = vec![0], "trailing bytes");
+        refused(|f| f.x = vec![1; 33], "point");
+        refused(|f| f.y[31] ^= 1, "point");
+    }
+
+    #[test]
+    fn a_cut_area_is_refused_at_every_length() {
+        let (bytes, _) = area(|f| f.kdf = vec![0x00, 0x20, 0x00, 0x0b]);
+        check_ak_public_area(&bytes).unwrap();
+        for len in 0..bytes.len() {
+            assert!(check_ak_public_area(&bytes[..len]).is_err(), "length {len}");
+        }
+    }
 }

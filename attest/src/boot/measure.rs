@@ -21,7 +21,6 @@ use sha2::Digest as _;
 
 use super::BootError;
 use super::eventlog::extend;
-use crate::tpm::Tpm;
 
 /// The application PCR.
 pub const DEFAULT_APP_PCR: u32 = 23;
@@ -151,19 +150,6 @@ impl AppEventLog {
     pub fn truncate(&self) -> Result<(), BootError> {
         std::fs::write(&self.path, b"").map_err(|e| self.err(e))
     }
-}
-
-/// Measures a model load: appends to the log, then extends `pcr`. Returns the PCR value the
-/// log now predicts.
-pub fn measure_model_load(
-    tpm: &Tpm,
-    log: &AppEventLog,
-    pcr: u32,
-    event: &ModelLoadEvent,
-) -> Result<[u8; 32], BootError> {
-    log.append(event)?;
-    tpm.extend_pcr(pcr, event.digest())?;
-    Ok(predict(&log.read()?))
 }
 
 #[cfg(test)]

@@ -1,16 +1,21 @@
-//! Measured boot: PCRs, the firmware event log, quotes, and Warden's own measurements.
+//! Measured boot, as a verifier checks it: nothing here talks to a TPM (the key service
+//! `warden-keyd` does, on the device); everything here reads what a device sends.
 //!
 //! - [`eventlog`]: parse the TCG crypto-agile event log and replay it against the PCRs.
-//! - [`quote`]: a TPM2_Quote over a nonce with an attestation key, and its verification off the
-//!   TPM (p256 and SHA-256 only) against the AK's public key and a golden PCR set.
-//! - [`measure`]: the application PCR ([`measure::APP_PCR`]) extended on every model load with
-//!   the model's root digest and the policy-set digest, an application event log beside it,
-//!   and the function that predicts the PCR from that log.
+//! - [`quote`]: verify a TPM2_Quote off the TPM (p256 and SHA-256 only) against the AK's
+//!   public key and a golden PCR set.
+//! - [`credential`]: enrol an attestation key: check the device's EK (certificate or
+//!   recorded key) and its AK's public area, and make the challenge only that TPM answers.
+//! - [`measure`]: the application PCR ([`measure::DEFAULT_APP_PCR`]) extended on every model
+//!   load with the model's root digest and the policy-set digest, an application event log
+//!   beside it, and the function that predicts the PCR from that log.
+//! - `tpm_wire`: the bounds-checked reader of marshalled TPM structures these parse with.
 
 pub mod credential;
 pub mod eventlog;
 pub mod measure;
 pub mod quote;
+mod tpm_wire;
 
 /// Why a measurement, log or quote was refused.
 #[derive(Debug, thiserror::Error)]
@@ -57,10 +62,4 @@ pub enum BootError {
         /// Why.
         detail: String,
     },
-    /// The TPM.
-    #[error(transparent)]
-    Tpm(#[from] crate::tpm::TpmError),
-    /// The key store (attestation key creation).
-    #[error(transparent)]
-    KeyStore(#[from] crate::keystore::KeyStoreError),
 }

@@ -1,50 +1,27 @@
-//! Quotes: the TPM signs the selected SHA-256 PCRs and a verifier's nonce with a restricted
-//! attestation key (AK); anyone with the AK's public key verifies the quote without a TPM.
+//! Quote verification off the TPM: a quote ([`warden_keystore::attestation::Quote`], made on the
+//! device by the key service) is the TPM's signature over the selected SHA-256 PCRs and a
+//! verifier's nonce with a restricted attestation key (AK); anyone with the AK's public key
+//! checks it here, with p256 and SHA-256 only, against a golden PCR set.
 //!
-//! The AK is a restricted ECDSA P-256 signing key (fixedTPM), created as an owner-hierarchy
-//! primary and made persistent at [`AK_HANDLE`]. A verifier enrols it by credential
-//! activation against the TPM's endorsement key ([`super::credential`]); checking the EK
-//! itself against the manufacturer's EK certificate is the verifier's part and not built
-//! yet.
+//! The verifier learns which AK to trust by credential activation against the TPM's
+//! endorsement key ([`super::credential`]), whose EK it checks against the manufacturer's EK
+//! certificate ([`super::credential::certified_endorsement_key`]) or one recorded for the
+//! device.
 
 use std::collections::BTreeMap;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use p256::ecdsa::signature::Verifier as _;
-use serde::{Deserialize, Serialize};
 use sha2::Digest as _;
-use tss_esapi::structures::{Data, SignatureScheme};
-use tss_esapi::traits::Marshall as _;
+use warden_keystore::attestation::Quote;
 
 use super::BootError;
-use crate::keystore::KeyStoreError;
-use crate::keystore::tpm::{
-    attestation_key_template, close, ecc_public, ensure_persistent_key, persistent_key, pw,
-};
-use crate::tpm::{Tpm, TpmError, pcr_selection, read_pcrs};
-
-/// Persistent handle of the attestation key.
-pub const AK_HANDLE: u32 = 0x8101_5703;
-/// The longest nonce a quote carries (TPM2B_DATA).
-pub const MAX_NONCE: usize = 64;
+use super::tpm_wire::Reader;
 
 const TPM_GENERATED_VALUE: u32 = 0xff54_4347;
 const TPM_ST_ATTEST_QUOTE: u16 = 0x8018;
 const TPM_ALG_SHA256: u16 = 0x000b;
-
-/// A quote as produced on the device and carried to a verifier (JSON).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Quote {
-    /// The signed `TPMS_ATTEST` structure, base64.
-    pub attest: String,
-    /// The AK's ECDSA signature over it (SHA-256), DER, base64.
-    pub signature: String,
-    /// The quoted SHA-256 PCR values, hex, read right after quoting. The verifier recomputes
-    /// their digest and compares it with the signed one.
-    pub pcrs: BTreeMap<u32, String>,
-}
 
 /// What a successfully verified quote attests.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -55,96 +32,9 @@ pub struct VerifiedQuote {
     pub reset_count: u32,
 }
 
-/// Creates the attestation key if absent; returns its public key (to enrol with a verifier).
-pub fn ensure_attestation_key(tpm: &Tpm) -> Result<p256::PublicKey, BootError> {
-    Ok(tpm.run(|ctx| {
-        let ak = ensure_persistent_key(ctx, AK_HANDLE, attestation_key_template()?)?;
-        let public = ecc_public(ctx, ak);
-        close(ctx, ak);
-        public
-    })??)
-}
-
-/// Quotes the SHA-256 `pcrs` over `nonce` (at most [`MAX_NONCE`] bytes).
-pub fn quote(tpm: &Tpm, nonce: &[u8], pcrs: &[u32]) -> Result<Quote, BootError> {
-    if nonce.is_empty() || nonce.len() > MAX_NONCE {
-        return Err(BootError::QuoteRefused {
-            detail: format!("a nonce holds 1 to {MAX_NONCE} bytes, not {}", nonce.len()),
-        });
-    }
-    if pcrs.is_empty() {
-        return Err(BootError::QuoteRefused {
-            detail: "a quote selects at least one PCR".to_owned(),
-        });
-    }
-    let mut pcrs = pcrs.to_vec();
-    pcrs.sort_unstable();
-    pcrs.dedup();
-    let selection = pcr_selection(&pcrs)?;
-    let nonce = Data::try_from(nonce.to_vec()).map_err(|e| TpmError::command("Quote", e))?;
-    let (attest, signature, values) = tpm.run(move |ctx| {
-        let ak = persistent_key(ctx, AK_HANDLE)?.ok_or(KeyStoreError::NotProvisioned {
-            what: "the attestation key",
-        })?;
-        let quoted = pw(ctx, |c| {
-            c.quote(ak, nonce, SignatureScheme::Null, selection)
-        });
-        close(ctx, ak);
-        let (attest, signature) = quoted.map_err(|e| KeyStoreError::tpm("Quote", e))?;
-        let attest = attest
-            .marshall()
-            .map_err(|e| KeyStoreError::tpm("marshalling the quote", e))?;
-        let tss_esapi::structures::Signature::EcDsa(sig) = signature else {
-            return Err(KeyStoreError::tpm("Quote", "not an ECDSA signature"));
-        };
-        let sig = crate::keystore::p256_sig_from_rs(
-            sig.signature_r().value(),
-            sig.signature_s().value(),
-        )?;
-        let values = read_pcrs(ctx, &pcrs).map_err(|e| KeyStoreError::tpm("PCR_Read", e))?;
-        Ok((attest, sig, values))
-    })??;
-    Ok(Quote {
-        attest: STANDARD.encode(attest),
-        signature: STANDARD.encode(signature.to_der().as_bytes()),
-        pcrs: values
-            .into_iter()
-            .map(|(p, v)| (p, hex::encode(v)))
-            .collect(),
-    })
-}
-
 fn refused(detail: impl Into<String>) -> BootError {
     BootError::QuoteRefused {
         detail: detail.into(),
-    }
-}
-
-struct Be<'a>(&'a [u8]);
-
-impl<'a> Be<'a> {
-    fn take(&mut self, n: usize) -> Result<&'a [u8], BootError> {
-        if self.0.len() < n {
-            return Err(refused("truncated TPMS_ATTEST"));
-        }
-        let (a, b) = self.0.split_at(n);
-        self.0 = b;
-        Ok(a)
-    }
-    fn u8(&mut self) -> Result<u8, BootError> {
-        Ok(self.take(1)?[0])
-    }
-    fn u16(&mut self) -> Result<u16, BootError> {
-        let b = self.take(2)?;
-        Ok(u16::from_be_bytes([b[0], b[1]]))
-    }
-    fn u32(&mut self) -> Result<u32, BootError> {
-        let b = self.take(4)?;
-        Ok(u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
-    }
-    fn tpm2b(&mut self) -> Result<&'a [u8], BootError> {
-        let n = usize::from(self.u16()?);
-        self.take(n)
     }
 }
 
@@ -170,7 +60,9 @@ pub fn verify_quote(
         .map_err(|_| refused("the signature does not verify with the attestation key"))?;
 
     // Signed: now parse TPMS_ATTEST.
-    let mut r = Be(&attest);
+    let mut r = Reader::new(&attest, "TPMS_ATTEST", |detail| BootError::QuoteRefused {
+        detail,
+    });
     if r.u32()? != TPM_GENERATED_VALUE {
         return Err(refused("not generated by a TPM (magic)"));
     }
@@ -207,7 +99,7 @@ pub fn verify_quote(
         }
     }
     let signed_digest = r.tpm2b()?;
-    if !r.0.is_empty() {
+    if !r.is_empty() {
         return Err(refused("trailing bytes after the quote"));
     }
 
