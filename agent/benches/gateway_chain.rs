@@ -24,13 +24,14 @@ use ring::rand::SystemRandom;
 use ring::signature::{self, EcdsaKeyPair, KeyPair};
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
-use warden_agent::api::codec;
 use warden_agent::audit::{AuditEvent, AuditLog};
 use warden_agent::config::InputRange;
 use warden_agent::gateway::Gateway;
 use warden_agent::gateway::config::{GatewayConfig, JwtConfig};
 use warden_agent::gateway::identity::CertNames;
-use warden_agent::{demo, serve, validate};
+use warden_agent::inference::codec;
+use warden_agent::inference::validate;
+use warden_agent::{demo, serve};
 use warden_runtime_client::tensor::{DataType, ModelSignature, TensorSpec};
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -64,7 +65,7 @@ fn main() {
 
     // The gateway as the demo configures it, plus a JWKS.
     let policy = dir.path().join("routes.rego");
-    std::fs::write(&policy, warden_agent::gateway::policy::SHIPPED_ROUTES_REGO).unwrap();
+    std::fs::write(&policy, warden_agent::gateway::authz::SHIPPED_ROUTES_REGO).unwrap();
     let grants = dir.path().join("grants.json");
     std::fs::write(
         &grants,

@@ -4,13 +4,13 @@
 //! and the JWKS, each atomically, and (with a `[keystore]`) re-runs model admission, as does
 //! every `admission.refresh_interval_s`.
 
-use crate::api::{Api, Limits};
 use crate::audit::{AuditError, AuditLog};
 use crate::config::Config;
 use crate::gateway::{Gateway, GatewayError};
+use crate::inference::{Api, Limits};
+use crate::listener::Server;
+use crate::listener::tls::TlsError;
 use crate::models::{ModelError, ModelRegistry, TrustContext, TrustError};
-use crate::server::Server;
-use crate::tls::TlsError;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -20,7 +20,7 @@ pub enum ServeError {
     #[error(transparent)]
     Tls(#[from] TlsError),
     #[error("tls (through the key store): {0}")]
-    TlsKeyStore(#[from] crate::tls_keystore::TlsKeyStoreError),
+    TlsKeyStore(#[from] crate::listener::keystore_tls::TlsKeyStoreError),
     #[error(transparent)]
     Trust(#[from] TrustError),
     #[error(transparent)]
@@ -96,15 +96,15 @@ pub fn tls_config(
     store: Option<&Arc<dyn warden_keystore::KeyStore>>,
 ) -> Result<Arc<rustls::ServerConfig>, ServeError> {
     match (&config.tls.private_key, store) {
-        (None, Some(store)) => Ok(crate::tls_keystore::server_config(
-            &crate::tls_keystore::KeyStoreTlsConfig {
+        (None, Some(store)) => Ok(crate::listener::keystore_tls::server_config(
+            &crate::listener::keystore_tls::KeyStoreTlsConfig {
                 certificate: &config.tls.certificate,
                 client_ca: config.tls.client_ca.as_deref(),
                 insecure_allow_anonymous_clients: config.tls.insecure_allow_anonymous_clients,
             },
             store.clone(),
         )?),
-        _ => Ok(crate::tls::server_config(&config.tls)?),
+        _ => Ok(crate::listener::tls::server_config(&config.tls)?),
     }
 }
 
@@ -120,7 +120,7 @@ pub async fn prepare_with(
     let audit = Arc::new(AuditLog::open(config.audit.path.as_deref())?);
     let models = Arc::new(ModelRegistry::load(config, &config.state.directory, trust).await?);
     // Versions pushed before a restart, each re-verified and re-admitted; the chosen defaults.
-    let refused = crate::fleet::restore(&models).await;
+    let refused = crate::models::kept::restore(&models).await;
     if !refused.is_empty() {
         tracing::error!(
             refused = refused.len(),
@@ -137,7 +137,7 @@ pub async fn prepare_with(
         addr: config.server.listen,
         source,
     })?;
-    let mut input_ranges = crate::api::InputRanges::new();
+    let mut input_ranges = crate::inference::InputRanges::new();
     for m in config.models.iter().filter(|m| !m.inputs.is_empty()) {
         if let Some(loaded) = models.resolve(&m.name, Some(&m.version)) {
             let declared: Vec<String> = loaded

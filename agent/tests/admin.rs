@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use fleet::*;
 use support::{Client, tls_config};
-use warden_agent::pki::DevCa;
+use warden_agent::demo::pki::DevCa;
 use warden_attest::revocation::{RevocationList, sign_revocation_list};
 
 /// A tar holding one entry under a raw name (bypassing the builder's own path checks).

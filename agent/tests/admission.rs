@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use warden_agent::admission::{Admission, Decision, Evidence, establish_facts};
+use warden_agent::models::admission::{Admission, Decision, Evidence, establish_facts};
 use warden_attest::anchors::TrustAnchors;
 use warden_attest::bundle::{self, Curve, SignOptions, Signer};
 use warden_attest::policyset::files::{policy_set_digest, policy_set_manifest};
@@ -177,7 +177,7 @@ fn everything_valid_is_admitted() {
     // The loader's one call, and the event it then measures.
     let release = w.good_release();
     let att = vec![w.attestation(SLSA, &w.release_authority.signer)];
-    let (facts, d) = warden_agent::admission::admit(
+    let (facts, d) = warden_agent::models::admission::admit(
         &w.admission,
         &Evidence {
             name: "fraud",
@@ -212,7 +212,7 @@ fn wrong_stage_is_refused() {
     let staging = Admission::with_options(
         &policies(),
         &[Stage::Approved, Stage::Staging],
-        warden_agent::admission::DEFAULT_LIMIT,
+        warden_agent::models::admission::DEFAULT_LIMIT,
     )
     .unwrap();
     let anchors = TrustAnchors::from_key_store(w.store.as_ref()).unwrap();

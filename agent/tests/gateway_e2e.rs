@@ -21,10 +21,10 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use support::{Client, Reply, tls_config};
 use warden_agent::config::Config;
+use warden_agent::demo::pki::DevCa;
 use warden_agent::gateway::config::{JwtConfig, SubjectMapping};
 use warden_agent::gateway::{Gateway, identity::IdentityKind};
 use warden_agent::models::ModelRegistry;
-use warden_agent::pki::DevCa;
 use warden_agent::{demo, serve};
 
 const ISSUER: &str = "https://idp.warden.test";

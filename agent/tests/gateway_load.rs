@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use support::{Client, serving, tls_config};
-use warden_agent::pki::DevCa;
+use warden_agent::demo::pki::DevCa;
 use warden_agent::serve;
 
 /// Tenant `other` calls at 40/s, under the 50/s quota each tenant has.

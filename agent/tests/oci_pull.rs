@@ -15,7 +15,7 @@ use fleet::*;
 use oci_client::client::{ClientConfig, ClientProtocol};
 use oci_client::{Client as OciClient, Reference};
 use sha2::{Digest, Sha256};
-use warden_agent::oci::{CONFIG_MEDIA_TYPE, LAYER_MEDIA_TYPE};
+use warden_agent::admin::oci::{CONFIG_MEDIA_TYPE, LAYER_MEDIA_TYPE};
 
 use support::Reply;
 

@@ -325,7 +325,7 @@ async fn clients_without_a_trusted_certificate_are_refused_at_the_handshake() {
 
     // A certificate from another CA, even with the same name.
     let other_dir = tempfile::tempdir().unwrap();
-    let other = warden_agent::pki::DevCa::new("some other CA").unwrap();
+    let other = warden_agent::demo::pki::DevCa::new("some other CA").unwrap();
     let stranger = other
         .issue_client(
             Some("spiffe://warden.demo/tenant/demo/app/curl"),

@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use support_devices::{Swtpm, current_uid};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-use warden_agent::tls_keystore::{KeyStoreTlsConfig, TlsKeyStoreError, server_config};
+use warden_agent::listener::keystore_tls::{KeyStoreTlsConfig, TlsKeyStoreError, server_config};
 use warden_attest::boot::measure::{AppEventLog, ModelLoadEvent};
 use warden_keyd::config::{KeydConfig, Principal};
 use warden_keyd::server as keyd;

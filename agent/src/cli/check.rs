@@ -18,7 +18,7 @@ pub fn run(path: &Path) -> anyhow::Result<()> {
     if config.keystore.is_some() {
         return check_with_key_store(&config);
     }
-    warden_agent::tls::server_config(&config.tls).context("TLS")?;
+    warden_agent::listener::tls::server_config(&config.tls).context("TLS")?;
     println!(
         "tls: server certificate and key ok; client certificates {}",
         if config.tls.insecure_allow_anonymous_clients {

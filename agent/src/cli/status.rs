@@ -34,10 +34,10 @@ pub fn run(args: &StatusArgs) -> anyhow::Result<()> {
     if let Some(config) = &args.config {
         let config = Config::load(config)?;
         lines.extend(warden_agent::status::report_lines(&config.state.directory));
-        match warden_agent::policy_push::active_set(&config.state.directory) {
+        match warden_agent::models::policy_set::active_set(&config.state.directory) {
             Ok(None) => {}
             Ok(Some(set)) => {
-                let policies = set.join(warden_agent::policy_push::POLICIES);
+                let policies = set.join(warden_agent::models::policy_set::POLICIES);
                 lines.push(match policy_set_digest(&policies) {
                     Ok(d) => Ok(format!(
                         "policy set in force: pushed by the fleet authority, {d} ({})",

@@ -14,20 +14,20 @@
 //! 7. one audit event and the metrics for every request, whatever stage ended it.
 
 pub mod abuse;
+pub mod authz;
 pub mod config;
 pub mod identity;
 pub mod jwt;
 pub mod limits;
 pub mod metrics;
-pub mod policy;
 
+use authz::{Decision, PolicyError, PolicyInput, RoutePolicy};
 use config::GatewayConfig;
 use http::HeaderMap;
 use identity::{CertNames, Identity};
 use jwt::{JwksError, JwtVerifier, TokenError};
 use limits::{Circuits, InFlight, RateLimiter, RateVerdict};
 use metrics::Metrics;
-use policy::{Decision, PolicyError, PolicyInput, RoutePolicy};
 use std::sync::Arc;
 use std::time::Instant;
 

@@ -8,7 +8,8 @@ use std::path::{Path, PathBuf};
 use warden_agent::config::{
     AdminConfig, AdmissionConfig, Config, InputRange, KeystoreConfig, ModelConfig,
 };
-use warden_agent::{demo, pki::DevCa, serve};
+use warden_agent::demo::pki::DevCa;
+use warden_agent::{demo, serve};
 use warden_attest::bundle::{self, Curve, SignOptions, Signer};
 use warden_attest::release::{Release, Stage, sign_attestation, sign_release};
 use warden_attest::revocation::{RevocationList, RevokedVersion, sign_revocation_list};

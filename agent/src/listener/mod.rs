@@ -3,11 +3,14 @@
 //! handshake is audited. On shutdown the listener closes, connections are told to finish their
 //! in-flight requests, and after the grace period whatever is left is dropped.
 
-use crate::api::{Api, Peer};
+pub mod keystore_tls;
+pub mod tls;
+
 use crate::audit::{AuditEvent, AuditLog};
 use crate::config::ServerConfig;
 use crate::gateway::identity::CertNames;
-use crate::tls::ClientIdentity;
+use crate::inference::{Api, Peer};
+use crate::listener::tls::ClientIdentity;
 use bytes::Bytes;
 use http::{Request, Response};
 use http_body_util::Full;

@@ -15,12 +15,12 @@
 //! The policy set is read once, as `warden_attest::policyset::files` digests it, so the
 //! policy evaluated is exactly the bytes whose digest releases pin.
 
-use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use regorus::utils::limits::ExecutionTimerConfig;
 use serde::Serialize;
+
+use crate::policy::{CompiledPolicy, PolicyError, Source, field, strings};
 use warden_attest::anchors::{AnchorError, TrustAnchors};
 use warden_attest::bundle::{self, BundleError, Verifier, VerifyOptions};
 use warden_attest::policyset::files::{PolicyFilesError, policy_set_files};
@@ -66,9 +66,8 @@ pub enum AdmissionError {
 }
 
 /// The startup policy, compiled, with the running policy set's digest.
-#[derive(Clone)]
 pub struct Admission {
-    engine: regorus::Engine,
+    policy: CompiledPolicy,
     digest: String,
     policy_path: PathBuf,
 }
@@ -137,42 +136,31 @@ impl Admission {
             path: path.clone(),
             detail: "not UTF-8".to_owned(),
         })?;
-        let mut engine = regorus::Engine::new();
-        engine.set_rego_v0(false);
-        engine.set_strict_builtin_errors(true);
-        engine.set_execution_timer_config(ExecutionTimerConfig {
-            limit,
-            check_interval: NonZeroU32::MIN,
-        });
-        engine
-            .add_policy(path.display().to_string(), text)
-            .map_err(|e| AdmissionError::Compile {
-                path: path.clone(),
-                message: e.to_string(),
-            })?;
         let stages: Vec<&str> = allowed_stages.iter().map(|s| s.as_str()).collect();
         let data = serde_json::json!({ "startup": { "allowed_stages": stages } });
-        engine
-            .add_data(regorus::Value::from(data))
-            .map_err(|e| AdmissionError::Data {
-                message: e.to_string(),
-            })?;
-        let admission = Self {
-            engine,
-            digest,
-            policy_path: path.clone(),
-        };
-        // A policy that cannot produce a decision is refused at load, not at the first model.
-        let mut probe = admission.engine.clone();
-        probe.set_input(regorus::Value::new_object());
-        let v = probe
-            .eval_rule(DECISION_RULE.to_owned())
-            .map_err(|e| AdmissionError::Compile {
+        let (policy, probe) = CompiledPolicy::compile(
+            &[Source {
+                name: path.display().to_string(),
+                text,
+            }],
+            Some(("admission data", data)),
+            DECISION_RULE,
+            limit,
+        )
+        .map_err(|e| match e {
+            PolicyError::Data { message, .. } => AdmissionError::Data { message },
+            other => AdmissionError::Compile {
                 path: path.clone(),
-                message: format!("{DECISION_RULE} does not evaluate: {e}"),
-            })?;
-        match read_decision(&v) {
-            Some(d) if !d.allowed => Ok(admission),
+                message: other.to_string(),
+            },
+        })?;
+        // A policy that cannot produce a decision is refused at load, not at the first model.
+        match read_decision(&probe) {
+            Some(d) if !d.allowed => Ok(Self {
+                policy,
+                digest,
+                policy_path: path,
+            }),
             Some(_) => Err(AdmissionError::Compile {
                 path,
                 message: "the policy allows an empty input: it must deny by default".to_owned(),
@@ -199,9 +187,7 @@ impl Admission {
 
     /// Evaluates the policy on a raw input (case files; tests). Fail closed.
     pub fn evaluate_json(&self, input: serde_json::Value) -> Decision {
-        let mut engine = self.engine.clone();
-        engine.set_input(regorus::Value::from(input));
-        match engine.eval_rule(DECISION_RULE.to_owned()) {
+        match self.policy.evaluate(regorus::Value::from(input)) {
             Ok(v) => read_decision(&v).unwrap_or_else(|| {
                 Decision::deny("evaluation_error: the policy's decision has the wrong shape")
             }),
@@ -215,19 +201,8 @@ impl Admission {
 
 /// `{"allow": bool, "reasons": set|array of strings}`; allowed only with no reason against.
 fn read_decision(v: &regorus::Value) -> Option<Decision> {
-    let obj = v.as_object().ok()?;
-    let allow = *obj.get(&regorus::Value::from("allow"))?.as_bool().ok()?;
-    let reasons_v = obj.get(&regorus::Value::from("reasons"))?;
-    let mut reasons = Vec::new();
-    if let Ok(set) = reasons_v.as_set() {
-        for r in set.iter() {
-            reasons.push(r.as_string().ok()?.to_string());
-        }
-    } else {
-        for r in reasons_v.as_array().ok()? {
-            reasons.push(r.as_string().ok()?.to_string());
-        }
-    }
+    let allow = *field(v, "allow")?.as_bool().ok()?;
+    let mut reasons = strings(field(v, "reasons")?)?;
     reasons.sort();
     if !allow && reasons.is_empty() {
         reasons.push("denied: the policy gave no reason".to_owned());

@@ -1,14 +1,14 @@
-//! Authorization: `policies/serving/routes.rego` evaluated in-process by regorus (Rego v1).
+//! Authorization: `policies/serving/routes.rego`, evaluated through the agent's one policy
+//! engine ([`crate::policy`]).
 //!
 //! Fail closed everywhere: no policy configured, a policy that does not load, an evaluation
 //! error, a result of the wrong shape or an evaluation past its execution limit all deny. The
-//! prepared engine (policy + data) sits behind an `Arc` that a reload swaps atomically; each
-//! request evaluates on its own clone, so a reload never disturbs a request in flight.
+//! compiled policy (policy + data) sits behind an `Arc` that a reload swaps atomically; a
+//! request evaluates on its own engine, so a reload never disturbs a request in flight.
 
 use super::identity::Identity;
-use regorus::utils::limits::ExecutionTimerConfig;
+use crate::policy::{CompiledPolicy, Source, field};
 use serde::Serialize;
-use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -26,10 +26,10 @@ pub enum PolicyError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("policy {path}: {message}")]
-    Compile { path: PathBuf, message: String },
     #[error("policy data {path}: {message}")]
     Data { path: PathBuf, message: String },
+    #[error(transparent)]
+    Compile(#[from] crate::policy::PolicyError),
 }
 
 /// What the policy decides on.
@@ -61,20 +61,15 @@ impl Decision {
     }
 }
 
-/// A loaded policy: the prepared engine, and a pool of its clones that requests borrow (an
-/// engine is reused for many evaluations; cloning one per request costs more than the
-/// evaluation itself).
+/// A loaded policy and the decisions it made.
 struct Prepared {
-    engine: regorus::Engine,
-    pool: std::sync::Mutex<Vec<regorus::Engine>>,
+    policy: CompiledPolicy,
     /// Decisions by input. A decision is a function of the input and of this policy and data
     /// only (a reload builds a new `Prepared`, so the cache never outlives them); a policy that
     /// calls a builtin whose answer can change between calls is not cached at all.
     cache: Option<std::sync::Mutex<std::collections::HashMap<String, Decision>>>,
 }
 
-/// Idle engines kept per policy version.
-const POOL_MAX: usize = 64;
 /// Distinct inputs whose decisions are kept; when full the cache starts over.
 const CACHE_MAX: usize = 4096;
 /// Builtins whose answer can differ between two evaluations of the same input.
@@ -155,47 +150,35 @@ fn prepare(
     data_path: Option<&Path>,
     limit: Duration,
 ) -> Result<Prepared, PolicyError> {
-    let mut engine = regorus::Engine::new();
-    engine.set_rego_v0(false);
-    engine.set_strict_builtin_errors(true);
-    engine.set_execution_timer_config(ExecutionTimerConfig {
-        limit,
-        check_interval: NonZeroU32::new(64).unwrap_or(NonZeroU32::MIN),
-    });
-    engine
-        .add_policy(path.display().to_string(), text.to_string())
-        .map_err(|e| PolicyError::Compile {
-            path: path.to_path_buf(),
-            message: e.to_string(),
-        })?;
-    if let Some(data) = data {
-        let dpath = data_path.unwrap_or(path).to_path_buf();
-        let value = regorus::Value::from_json_str(data).map_err(|e| PolicyError::Data {
-            path: dpath.clone(),
-            message: e.to_string(),
-        })?;
-        engine.add_data(value).map_err(|e| PolicyError::Data {
-            path: dpath,
-            message: e.to_string(),
-        })?;
-    }
-    // Evaluate once on an empty input so that a policy that cannot produce a decision is
-    // refused at load rather than denying every request at run time. This also leaves the
-    // engine prepared (rules analysed and scheduled), so the per-request clones skip that work.
-    engine.set_input(regorus::Value::new_object());
-    engine
-        .eval_rule(DECISION_RULE.to_string())
-        .map_err(|e| PolicyError::Compile {
-            path: path.to_path_buf(),
-            message: format!("{DECISION_RULE} does not evaluate: {e}"),
-        })?;
-    let cacheable = !NONDETERMINISTIC_BUILTINS.iter().any(|b| text.contains(b));
-    let prepared = Prepared {
-        engine,
-        pool: std::sync::Mutex::new(Vec::new()),
-        cache: cacheable.then(|| std::sync::Mutex::new(std::collections::HashMap::new())),
+    let data = match data {
+        Some(d) => {
+            let dpath = data_path.unwrap_or(path);
+            let value: serde_json::Value =
+                serde_json::from_str(d).map_err(|e| PolicyError::Data {
+                    path: dpath.to_path_buf(),
+                    message: e.to_string(),
+                })?;
+            Some((dpath.display().to_string(), value))
+        }
+        None => None,
     };
-    Ok(prepared)
+    let source = Source {
+        name: path.display().to_string(),
+        text: text.to_owned(),
+    };
+    // The probe on an empty input also leaves the engine prepared (rules analysed and
+    // scheduled), so the per-request engines skip that work.
+    let (policy, _) = CompiledPolicy::compile(
+        std::slice::from_ref(&source),
+        data.as_ref().map(|(n, v)| (n.as_str(), v.clone())),
+        DECISION_RULE,
+        limit,
+    )?;
+    let cacheable = !NONDETERMINISTIC_BUILTINS.iter().any(|b| text.contains(b));
+    Ok(Prepared {
+        policy,
+        cache: cacheable.then(|| std::sync::Mutex::new(std::collections::HashMap::new())),
+    })
 }
 
 fn evaluate(p: &Prepared, input: &PolicyInput<'_>) -> Decision {
@@ -221,35 +204,20 @@ fn evaluate(p: &Prepared, input: &PolicyInput<'_>) -> Decision {
 }
 
 fn evaluate_uncached(p: &Prepared, input: &PolicyInput<'_>) -> Decision {
-    let input = match serde_json::to_value(input) {
-        Ok(v) => regorus::Value::from(v),
-        Err(_) => return Decision::deny("evaluation_error"),
-    };
-    let pooled = p.pool.lock().unwrap_or_else(|e| e.into_inner()).pop();
-    let mut engine = pooled.unwrap_or_else(|| p.engine.clone());
-    engine.set_input(input);
-    let decision = match engine.eval_rule(DECISION_RULE.to_string()) {
+    match p.policy.evaluate_json(input) {
         Ok(v) => read_decision(&v).unwrap_or_else(|| Decision::deny("evaluation_error")),
         Err(e) => {
             tracing::warn!(error = %e, "route policy evaluation failed: denied");
-            // An engine that failed (a time limit mid-way, say) is not reused.
-            return Decision::deny("evaluation_error");
+            Decision::deny("evaluation_error")
         }
-    };
-    let mut pool = p.pool.lock().unwrap_or_else(|e| e.into_inner());
-    if pool.len() < POOL_MAX {
-        pool.push(engine);
     }
-    decision
 }
 
 /// `{"allow": bool, "grants": set, "denies": set}` → a decision naming its rule.
 fn read_decision(v: &regorus::Value) -> Option<Decision> {
-    let obj = v.as_object().ok()?;
-    let get = |k: &str| obj.get(&regorus::Value::from(k));
-    let allow = *get("allow")?.as_bool().ok()?;
+    let allow = *field(v, "allow")?.as_bool().ok()?;
     let first = |k: &str| -> Option<String> {
-        get(k)?
+        field(v, k)?
             .as_set()
             .ok()?
             .iter()

@@ -2,7 +2,7 @@
 //! signed by the TPM/HSM (in-process or through keyd) via
 //! [`warden_keystore::tls::KeyStoreSigningKey`], so no private key file exists on
 //! disk. Same protocol versions, ALPN and client-certificate verification as
-//! [`crate::tls::server_config`]; only the source of the server key differs.
+//! [`crate::listener::tls::server_config`]; only the source of the server key differs.
 //!
 //! The certificate chain (leaf first) is the device CA's answer to the CSR that
 //! `warden provision --csr` wrote; its public key must be the device key, which is checked
@@ -15,14 +15,14 @@ use rustls::sign::CertifiedKey;
 use warden_keystore::KeyStore;
 use warden_keystore::tls::KeyStoreSigningKey;
 
-use crate::tls::load_certificates;
+use crate::listener::tls::load_certificates;
 
 /// Why the TLS configuration could not be built.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsKeyStoreError {
     /// Certificates (chain or client CAs) and the protocol setup.
     #[error(transparent)]
-    Pem(#[from] crate::tls::TlsError),
+    Pem(#[from] crate::listener::tls::TlsError),
     /// The key store has no usable device key.
     #[error("the key store's device key: {0}")]
     KeyStore(#[from] warden_keystore::KeyStoreError),
@@ -86,8 +86,10 @@ pub fn server_config(
     cfg: &KeyStoreTlsConfig<'_>,
     store: Arc<dyn KeyStore>,
 ) -> Result<Arc<rustls::ServerConfig>, TlsKeyStoreError> {
-    let builder =
-        crate::tls::builder_with_client_auth(cfg.client_ca, cfg.insecure_allow_anonymous_clients)?;
+    let builder = crate::listener::tls::builder_with_client_auth(
+        cfg.client_ca,
+        cfg.insecure_allow_anonymous_clients,
+    )?;
     let chain = load_certificates(cfg.certificate)?;
     let key = KeyStoreSigningKey::new(Arc::new(OffTheReactor(store)))?;
     let certified = CertifiedKey::new(chain, Arc::new(key));

@@ -17,13 +17,13 @@
 
 pub mod codec;
 pub mod error;
+pub mod validate;
 
 use crate::audit::{AuditEvent, AuditLog};
 use crate::gateway::Gateway;
 use crate::gateway::identity::{CertNames, Identity};
 use crate::gateway::limits::RateVerdict;
 use crate::models::{LoadedModel, ModelRegistry};
-use crate::validate;
 use bytes::Bytes;
 use error::{ApiError, ErrorClass};
 use http::header::{CONTENT_LENGTH, CONTENT_TYPE, HeaderName, HeaderValue};

@@ -9,8 +9,10 @@
 //! anchors, a release statement and an SLSA attestation for the model, a signed revocation
 //! list, and the startup policy, so the model is served only because admission allowed it.
 
+pub mod pki;
+
 use crate::config::Config;
-use crate::pki::DevCa;
+use crate::demo::pki::DevCa;
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
@@ -18,9 +20,9 @@ use warden_attest::bundle::{self, SignOptions, Signer};
 
 /// The shipped demo model: gradient boosting on scikit-learn's breast-cancer dataset,
 /// trained and exported by `agent/demo-model/train.py`.
-pub const DEMO_MODEL_ONNX: &[u8] = include_bytes!("../demo-model/model/model.onnx");
+pub const DEMO_MODEL_ONNX: &[u8] = include_bytes!("../../demo-model/model/model.onnx");
 /// Two held-out rows of that dataset as an infer request.
-pub const DEMO_REQUEST_JSON: &str = include_str!("../demo-model/sample-request.json");
+pub const DEMO_REQUEST_JSON: &str = include_str!("../../demo-model/sample-request.json");
 
 #[derive(Debug, thiserror::Error)]
 pub enum DemoError {
@@ -30,7 +32,7 @@ pub enum DemoError {
         source: std::io::Error,
     },
     #[error(transparent)]
-    Pki(#[from] crate::pki::PkiError),
+    Pki(#[from] crate::demo::pki::PkiError),
     #[error("signing the demo model: {0}")]
     Sign(#[from] warden_attest::bundle::BundleError),
     #[error("the generated config is invalid: {0}")]
@@ -42,13 +44,13 @@ pub enum DemoError {
     #[error("signing the demo revocation list: {0}")]
     Revocation(#[from] warden_attest::revocation::RevocationError),
     #[error("the demo policy set: {0}")]
-    Policy(#[from] crate::admission::AdmissionError),
+    Policy(#[from] crate::models::admission::AdmissionError),
     #[error("the demo policy set: {0}")]
     PolicyFiles(#[from] warden_attest::policyset::files::PolicyFilesError),
 }
 
 /// The startup policy as shipped (`policies/serving/startup.rego`), written by the demo.
-pub const SHIPPED_STARTUP_REGO: &str = include_str!("../../policies/serving/startup.rego");
+pub const SHIPPED_STARTUP_REGO: &str = include_str!("../../../policies/serving/startup.rego");
 /// The attestation the demo's release requires.
 const DEMO_ATTESTATION_TYPE: &str = "https://slsa.dev/provenance/v1";
 
@@ -155,7 +157,7 @@ pub fn prepare(dir: &Path, port: u16) -> Result<(DemoFiles, Config), DemoError> 
     // The route policy as shipped, and grants for the demo client's tenant only.
     write(
         &dir.join("policies/routes.rego"),
-        crate::gateway::policy::SHIPPED_ROUTES_REGO.as_bytes(),
+        crate::gateway::authz::SHIPPED_ROUTES_REGO.as_bytes(),
         false,
     )?;
     write(
@@ -272,7 +274,7 @@ pub fn prepare_admitted(dir: &Path, port: u16) -> Result<(DemoFiles, Config), De
 
     let policy_dir = dir.join("admission");
     write(
-        &policy_dir.join(crate::admission::STARTUP_POLICY),
+        &policy_dir.join(crate::models::admission::STARTUP_POLICY),
         SHIPPED_STARTUP_REGO.as_bytes(),
         false,
     )?;
@@ -394,7 +396,8 @@ mod tests {
 
     #[test]
     fn embedded_request_is_valid_for_the_demo_model() {
-        let req = crate::api::codec::decode_request(DEMO_REQUEST_JSON.as_bytes(), None).unwrap();
+        let req =
+            crate::inference::codec::decode_request(DEMO_REQUEST_JSON.as_bytes(), None).unwrap();
         assert_eq!(req.inputs[0].shape, vec![2, 30]);
     }
 }

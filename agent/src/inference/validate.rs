@@ -2,8 +2,8 @@
 //! shapes — and the configured value ranges, so that nothing malformed reaches a worker. Messages name the tensor and what the
 //! model declares; they are returned to the client.
 
-use crate::api::codec::RequestedOutput;
 use crate::config::InputRange;
+use crate::inference::codec::RequestedOutput;
 use warden_runtime_client::tensor::{DataType, ModelSignature, Tensor};
 
 #[derive(Debug, thiserror::Error, PartialEq)]

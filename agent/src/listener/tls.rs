@@ -101,7 +101,7 @@ pub fn server_config(cfg: &TlsConfig) -> Result<Arc<rustls::ServerConfig>, TlsEr
         cfg.insecure_allow_anonymous_clients,
     )?;
     let chain = load_certificates(&cfg.certificate)?;
-    // Without a key file the key store's device key signs (crate::tls_keystore); this
+    // Without a key file the key store's device key signs (crate::listener::keystore_tls); this
     // file-key path is only reached when config validation required the file.
     let key_path = cfg.private_key.as_deref().ok_or_else(|| {
         TlsError::Setup("tls.private_key is not set (the key store signs handshakes)".into())

@@ -4,14 +4,18 @@
 //! between verification and load), and only then make it visible to the API. A version that
 //! fails any step is not served.
 //!
-//! With a `[keystore]`, the verification step is admission (`crate::admission`): the startup
+//! With a `[keystore]`, the verification step is admission (`crate::models::admission`): the startup
 //! policy decides on facts verified against the key store's anchors, the load is measured into
 //! the application PCR (TPM) or the application event log, and [`ModelRegistry::refresh`]
 //! re-decides every loaded version on an interval and on SIGHUP, unloading what is refused.
 
-use crate::admission::{self, Admission, AdmissionError, Decision, Evidence};
+pub mod admission;
+pub mod kept;
+pub mod policy_set;
+
 use crate::audit::{AuditError, AuditEvent, AuditLog};
 use crate::config::{AdmissionConfig, Config, KeystoreConfig, ModelConfig};
+use admission::{Admission, AdmissionError, Decision, Evidence};
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 use std::io::Read;
@@ -196,7 +200,7 @@ impl TrustContext {
     ) -> Result<Self, TrustError> {
         // A policy set pushed by the fleet authority replaces the configured one, once it
         // verifies again.
-        let pushed = crate::policy_push::verify_active(state_dir, store.as_ref())
+        let pushed = crate::models::policy_set::verify_active(state_dir, store.as_ref())
             .map_err(TrustError::PushedPolicy)?;
         let (pushed, policy_dir) = match pushed {
             Some((set, dir)) => (Some(set), dir),

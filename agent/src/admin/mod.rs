@@ -24,7 +24,7 @@
 //!   one (`warden_attest::policyset`; anti-rollback in the key store's counter). Compiled,
 //!   kept in the state directory, put in force, then every loaded version is decided again:
 //!   releases pin the policy-set digest, so versions released for the old set are unloaded
-//!   (`crate::policy_push`).
+//!   (`crate::models::policy_set`).
 //! - `GET /admin/v1/models`: what is loaded, active and withdrawn.
 //!
 //! Pushed versions belong to a configured model name (its `file`, input ranges, batching and
@@ -32,13 +32,15 @@
 //! and the bundle's one model file. Errors are `{"error": "<class>: <short text>"}`; the detail goes to the log
 //! and the audit trail.
 
+pub mod oci;
+
 // The OCI pull (crate::admin::oci): it hands its archive to the same unpack-and-load path.
 
 use crate::audit::{AuditEvent, AuditLog};
 use crate::config::{AdminConfig, Config, ModelConfig, ServerConfig, valid_name};
+use crate::listener::tls::ClientIdentity;
+use crate::listener::{ListenerLimits, TlsApp, serve_tls};
 use crate::models::{ModelError, ModelRegistry};
-use crate::server::{ListenerLimits, TlsApp, serve_tls};
-use crate::tls::ClientIdentity;
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
@@ -220,7 +222,7 @@ impl TlsApp for Admin {
     }
 
     fn refused(&self, addr: SocketAddr, reason: &str) {
-        crate::server::audit_tls_refused(&self.audit, "admin", addr, reason);
+        crate::listener::audit_tls_refused(&self.audit, "admin", addr, reason);
     }
 
     async fn handle(
@@ -403,7 +405,7 @@ impl Admin {
                 );
             }
         };
-        let reference = match crate::oci::pinned_reference(&p.reference) {
+        let reference = match crate::admin::oci::pinned_reference(&p.reference) {
             Ok(r) => r,
             Err(e) => {
                 return Done::refuse(
@@ -421,39 +423,39 @@ impl Admin {
         let limit = self.config.max_upload_bytes;
         let insecure = p.insecure_http;
         self.staged(template, version, |archive| async move {
-            crate::oci::pull_bundle(&reference, insecure, &archive, limit)
+            crate::admin::oci::pull_bundle(&reference, insecure, &archive, limit)
                 .await
                 .map_err(|e| {
                     let reason = e.to_string();
                     match e {
-                        crate::oci::OciError::TooLarge { .. } => Done::refuse(
+                        crate::admin::oci::OciError::TooLarge { .. } => Done::refuse(
                             StatusCode::PAYLOAD_TOO_LARGE,
                             "too_large",
                             "the bundle is larger than admin.max_upload_bytes",
                             reason,
                         ),
-                        crate::oci::OciError::DigestMismatch { .. } => Done::refuse(
+                        crate::admin::oci::OciError::DigestMismatch { .. } => Done::refuse(
                             StatusCode::UNPROCESSABLE_ENTITY,
                             "digest_mismatch",
                             "the registry's content does not match the pinned digest",
                             reason,
                         ),
-                        crate::oci::OciError::NotABundle { .. } => Done::refuse(
+                        crate::admin::oci::OciError::NotABundle { .. } => Done::refuse(
                             StatusCode::UNPROCESSABLE_ENTITY,
                             "not_a_bundle",
                             "the artifact is not a Warden bundle",
                             reason,
                         ),
-                        crate::oci::OciError::Write { .. } => Done::refuse(
+                        crate::admin::oci::OciError::Write { .. } => Done::refuse(
                             StatusCode::INTERNAL_SERVER_ERROR,
                             "internal",
                             "the upload could not be staged",
                             reason,
                         ),
-                        crate::oci::OciError::Reference { .. }
-                        | crate::oci::OciError::NotPinned { .. }
-                        | crate::oci::OciError::Registry { .. }
-                        | crate::oci::OciError::Transfer { .. } => Done::refuse(
+                        crate::admin::oci::OciError::Reference { .. }
+                        | crate::admin::oci::OciError::NotPinned { .. }
+                        | crate::admin::oci::OciError::Registry { .. }
+                        | crate::admin::oci::OciError::Transfer { .. } => Done::refuse(
                             StatusCode::BAD_GATEWAY,
                             "registry_failed",
                             "the bundle could not be pulled from the registry",
@@ -470,7 +472,7 @@ impl Admin {
         let template = match self.models.configured(name) {
             Some(template) => template,
             // A model pushed before (and kept) is no longer new, but its template is the same.
-            None if self.config.accept_new_models => crate::fleet::new_model_template(name),
+            None if self.config.accept_new_models => crate::models::kept::new_model_template(name),
             None => {
                 return Err(Done::refuse(
                     StatusCode::NOT_FOUND,
@@ -581,7 +583,7 @@ impl Admin {
                 "no model.sig in the archive".into(),
             );
         }
-        let m = match crate::fleet::bundle_config(&bundle, template, version) {
+        let m = match crate::models::kept::bundle_config(&bundle, template, version) {
             Ok(m) => m,
             Err(reason) => {
                 return Done::refuse(
@@ -599,8 +601,8 @@ impl Admin {
                 // Kept for restarts: the bundle (re-verified and re-admitted at each start)
                 // and the defaults.
                 let state_dir = self.models.state_dir();
-                let kept = crate::fleet::keep(state_dir, &m.name, &m.version, &bundle)
-                    .and_then(|_| crate::fleet::save_active(state_dir, &self.models));
+                let kept = crate::models::kept::keep(state_dir, &m.name, &m.version, &bundle)
+                    .and_then(|_| crate::models::kept::save_active(state_dir, &self.models));
                 if let Err(e) = &kept {
                     tracing::error!(model = %m.name, version = %m.version, error = %e, "admin: the version serves but is not kept across restarts");
                 }
@@ -622,7 +624,7 @@ impl Admin {
     /// Records the chosen defaults after `activate` or `rollback`; a failure is logged (the
     /// change holds until the next restart).
     fn save_defaults(&self) {
-        if let Err(e) = crate::fleet::save_active(self.models.state_dir(), &self.models) {
+        if let Err(e) = crate::models::kept::save_active(self.models.state_dir(), &self.models) {
             tracing::error!(error = %e, "admin: the chosen default is not kept across restarts");
         }
     }
@@ -843,7 +845,7 @@ impl Admin {
             let entries = self.config.max_entries;
             tokio::task::spawn_blocking(move || {
                 unpack(&archive, &set_dir, limit, entries, &POLICY_LAYOUT)?;
-                only_rego_files(&set_dir.join(crate::policy_push::POLICIES))
+                only_rego_files(&set_dir.join(crate::models::policy_set::POLICIES))
             })
             .await
         };
@@ -864,16 +866,18 @@ impl Admin {
         let checked = {
             let set_dir = set_dir.clone();
             tokio::task::spawn_blocking(move || {
-                let current = store
-                    .counter(Counter::PolicySetSerial)
-                    .map_err(|e| crate::policy_push::PolicyPushError::Internal(e.to_string()))?;
+                let current = store.counter(Counter::PolicySetSerial).map_err(|e| {
+                    crate::models::policy_set::PolicyPushError::Internal(e.to_string())
+                })?;
                 let (set, digest) =
-                    crate::policy_push::verify_set(&set_dir, store.as_ref(), current)?;
+                    crate::models::policy_set::verify_set(&set_dir, store.as_ref(), current)?;
                 if set.serial == current && current > 0 && digest != running {
-                    return Err(crate::policy_push::PolicyPushError::Replayed(format!(
-                        "policy set serial {} is already accepted for other policies",
-                        set.serial
-                    )));
+                    return Err(crate::models::policy_set::PolicyPushError::Replayed(
+                        format!(
+                            "policy set serial {} is already accepted for other policies",
+                            set.serial
+                        ),
+                    ));
                 }
                 Ok((set, digest))
             })
@@ -881,7 +885,7 @@ impl Admin {
         };
         let (set, digest) = match checked {
             Ok(Ok(v)) => v,
-            Ok(Err(crate::policy_push::PolicyPushError::Replayed(reason))) => {
+            Ok(Err(crate::models::policy_set::PolicyPushError::Replayed(reason))) => {
                 return Done::refuse(
                     StatusCode::CONFLICT,
                     "policy_set_replayed",
@@ -889,7 +893,7 @@ impl Admin {
                     reason,
                 );
             }
-            Ok(Err(crate::policy_push::PolicyPushError::Invalid(reason))) => {
+            Ok(Err(crate::models::policy_set::PolicyPushError::Invalid(reason))) => {
                 return Done::refuse(
                     StatusCode::UNPROCESSABLE_ENTITY,
                     "policy_set_invalid",
@@ -897,13 +901,13 @@ impl Admin {
                     reason,
                 );
             }
-            Ok(Err(crate::policy_push::PolicyPushError::Internal(reason))) => {
+            Ok(Err(crate::models::policy_set::PolicyPushError::Internal(reason))) => {
                 return internal("checking the policy set", &reason);
             }
             Err(e) => return internal("checking the policy set", &e),
         };
         // It must compile and pass the same checks as a configured set before it is kept.
-        let policies = set_dir.join(crate::policy_push::POLICIES);
+        let policies = set_dir.join(crate::models::policy_set::POLICIES);
         let compiled = match trust.compile_policy(&policies) {
             Ok(a) => a,
             Err(e) => {
@@ -916,10 +920,11 @@ impl Admin {
             }
         };
         let state_dir = self.models.state_dir().to_path_buf();
-        let kept = match crate::policy_push::keep_and_activate(&state_dir, &set_dir, set.serial) {
-            Ok(kept) => kept,
-            Err(e) => return internal("keeping the policy set", &e),
-        };
+        let kept =
+            match crate::models::policy_set::keep_and_activate(&state_dir, &set_dir, set.serial) {
+                Ok(kept) => kept,
+                Err(e) => return internal("keeping the policy set", &e),
+            };
         // The pointer is written before the counter moves: a crash in between leaves a set
         // whose serial the next start records.
         if let Err(e) = trust
@@ -928,7 +933,10 @@ impl Admin {
         {
             return internal("advancing the policy-set counter", &e);
         }
-        trust.set_admission(Arc::new(compiled), kept.join(crate::policy_push::POLICIES));
+        trust.set_admission(
+            Arc::new(compiled),
+            kept.join(crate::models::policy_set::POLICIES),
+        );
         tracing::info!(serial = set.serial, policy_digest = %digest, "admin: policy set in force");
         let unloaded = self.models.refresh().await;
         Done::ok(serde_json::json!({
@@ -1138,8 +1146,8 @@ const BUNDLE_LAYOUT: Layout = Layout {
 
 /// A policy set (`PUT /admin/v1/policies`).
 const POLICY_LAYOUT: Layout = Layout {
-    dirs: &[crate::policy_push::POLICIES],
-    files: &[crate::policy_push::STATEMENT],
+    dirs: &[crate::models::policy_set::POLICIES],
+    files: &[crate::models::policy_set::STATEMENT],
 };
 
 /// Unpacks `archive` into `into`: regular files and directories only, relative paths without
