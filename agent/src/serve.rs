@@ -9,7 +9,7 @@ use crate::config::Config;
 use crate::gateway::{Gateway, GatewayError};
 use crate::inference::{Api, Limits};
 use crate::listener::Server;
-use crate::listener::tls::TlsError;
+use crate::listener::keystore_tls::{TlsKeyStoreError, listener_config};
 use crate::models::{ModelError, ModelRegistry, TrustContext, TrustError};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -17,10 +17,8 @@ use std::sync::Arc;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
-    #[error(transparent)]
-    Tls(#[from] TlsError),
-    #[error("tls (through the key store): {0}")]
-    TlsKeyStore(#[from] crate::listener::keystore_tls::TlsKeyStoreError),
+    #[error("tls: {0}")]
+    Tls(#[from] TlsKeyStoreError),
     #[error(transparent)]
     Trust(#[from] TrustError),
     #[error(transparent)]
@@ -89,25 +87,6 @@ pub async fn prepare(config: &Config) -> Result<Prepared, ServeError> {
     prepare_with(config, trust).await
 }
 
-/// The TLS listener's configuration: the key file when configured, else the key store's
-/// device key signs the handshakes (no private key on disk).
-pub fn tls_config(
-    config: &Config,
-    store: Option<&Arc<dyn warden_keystore::KeyStore>>,
-) -> Result<Arc<rustls::ServerConfig>, ServeError> {
-    match (&config.tls.private_key, store) {
-        (None, Some(store)) => Ok(crate::listener::keystore_tls::server_config(
-            &crate::listener::keystore_tls::KeyStoreTlsConfig {
-                certificate: &config.tls.certificate,
-                client_ca: config.tls.client_ca.as_deref(),
-                insecure_allow_anonymous_clients: config.tls.insecure_allow_anonymous_clients,
-            },
-            store.clone(),
-        )?),
-        _ => Ok(crate::listener::tls::server_config(&config.tls)?),
-    }
-}
-
 /// [`prepare`] with an already opened key store and admission policy (tests hand in their
 /// own software or TPM key store).
 pub async fn prepare_with(
@@ -115,7 +94,7 @@ pub async fn prepare_with(
     trust: Option<Arc<TrustContext>>,
 ) -> Result<Prepared, ServeError> {
     create_private_dir(&config.state.directory)?;
-    let tls = tls_config(config, trust.as_ref().map(|t| &t.store))?;
+    let tls = listener_config(&config.tls, trust.as_ref().map(|t| &t.store))?;
     let gateway = Arc::new(Gateway::new(&config.gateway)?);
     let audit = Arc::new(AuditLog::open(config.audit.path.as_deref())?);
     let models = Arc::new(ModelRegistry::load(config, &config.state.directory, trust).await?);

@@ -7,6 +7,7 @@
 //! an input: nothing the agent does depends on it.
 
 use crate::models::ModelRegistry;
+use crate::models::report::{ModelStatus, Withdrawn};
 use crate::state_files::Durability;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -43,35 +44,6 @@ pub struct AgentStatus {
     pub running: bool,
     pub models: Vec<ModelStatus>,
     pub withdrawn: Vec<Withdrawn>,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ModelStatus {
-    pub name: String,
-    pub version: String,
-    /// The version requests without a version get.
-    pub active: bool,
-    pub root_digest: String,
-    /// A worker is up and its connection usable.
-    pub ready: bool,
-    /// Why the model is no longer restarted, when it is not.
-    pub quarantined: Option<String>,
-    /// Dynamic batching is on (configured, and the model can batch).
-    pub batching: bool,
-    /// Where the worker runs it (absent in a status file of an older agent).
-    #[serde(default)]
-    pub placement: Option<warden_runtime_client::device::Placement>,
-    /// Requests handed to the worker since the load.
-    pub forwarded: u64,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Withdrawn {
-    pub name: String,
-    pub version: String,
-    pub reason: String,
 }
 
 fn now_unix() -> u64 {

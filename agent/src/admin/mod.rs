@@ -38,8 +38,8 @@ pub mod oci;
 
 use crate::audit::{AuditEvent, AuditLog};
 use crate::config::{AdminConfig, Config, ModelConfig, ServerConfig, valid_name};
-use crate::listener::tls::ClientIdentity;
-use crate::listener::{ListenerLimits, TlsApp, serve_tls};
+use crate::listener::accept::{ListenerLimits, TlsApp, audit_tls_refused, serve_tls};
+use crate::listener::tls::CertNames;
 use crate::models::{ModelError, ModelRegistry};
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
@@ -133,10 +133,10 @@ impl AdminServer {
             return Ok(None);
         };
         let store = models.trust().map(|t| t.store.clone());
-        let mut tls_cfg = config.clone();
-        tls_cfg.tls.client_ca = Some(client_ca(config, admin, store.as_ref())?);
-        tls_cfg.tls.insecure_allow_anonymous_clients = false;
-        let tls = crate::serve::tls_config(&tls_cfg, store.as_ref())
+        let mut tls_cfg = config.tls.clone();
+        tls_cfg.client_ca = Some(client_ca(config, admin, store.as_ref())?);
+        tls_cfg.insecure_allow_anonymous_clients = false;
+        let tls = crate::listener::keystore_tls::listener_config(&tls_cfg, store.as_ref())
             .map_err(|e| AdminError::Tls(e.to_string()))?;
         let listener =
             TcpListener::bind(admin.listen)
@@ -217,12 +217,12 @@ impl TlsApp for Admin {
     type Peer = (String, SocketAddr);
 
     fn peer(&self, tls: &rustls::ServerConnection, addr: SocketAddr) -> (String, SocketAddr) {
-        let identity = ClientIdentity::from_peer_certificates(tls.peer_certificates());
-        (identity.as_audit_string(), addr)
+        let names = CertNames::from_peer_certificates(tls.peer_certificates());
+        (CertNames::audit_name(names.as_ref()), addr)
     }
 
     fn refused(&self, addr: SocketAddr, reason: &str) {
-        crate::listener::audit_tls_refused(&self.audit, "admin", addr, reason);
+        audit_tls_refused(&self.audit, "admin", addr, reason);
     }
 
     async fn handle(

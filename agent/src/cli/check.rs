@@ -132,7 +132,8 @@ fn check_with_key_store(config: &Config) -> anyhow::Result<()> {
         .context("[keystore] and [admission] are both required")?;
     let info = trust.store.describe();
     println!("keystore: {info}");
-    warden_agent::serve::tls_config(config, Some(&trust.store)).context("TLS")?;
+    warden_agent::listener::keystore_tls::listener_config(&config.tls, Some(&trust.store))
+        .context("TLS")?;
     println!(
         "tls: server certificate ok; handshakes signed by {}",
         if config.tls.private_key.is_some() {

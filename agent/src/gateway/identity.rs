@@ -3,7 +3,7 @@
 //! mapping) or from an OIDC bearer token (see `jwt.rs`).
 
 use super::config::IdentityConfig;
-use rustls::pki_types::CertificateDer;
+use crate::listener::tls::CertNames;
 use serde::Serialize;
 
 /// How an identity was established.
@@ -36,43 +36,6 @@ pub struct Identity {
     pub subject: String,
     /// Token scopes; empty for certificates.
     pub scopes: Vec<String>,
-}
-
-/// The names of a verified client certificate that identities are made from.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct CertNames {
-    pub uris: Vec<String>,
-    /// `(attribute, value)` for O, OU and CN, in certificate order.
-    pub subject: Vec<(&'static str, String)>,
-}
-
-impl CertNames {
-    /// Reads the leaf of a connection's verified chain; `None` without a certificate.
-    pub fn from_peer_certificates(certs: Option<&[CertificateDer<'_>]>) -> Option<CertNames> {
-        let leaf = certs?.first()?;
-        let (_, cert) = x509_parser::parse_x509_certificate(leaf.as_ref()).ok()?;
-        let mut names = CertNames::default();
-        if let Ok(Some(san)) = cert.subject_alternative_name() {
-            for name in &san.value.general_names {
-                if let x509_parser::extensions::GeneralName::URI(uri) = name {
-                    names.uris.push((*uri).to_string());
-                }
-            }
-        }
-        let subject = cert.subject();
-        for (attr, iter) in [
-            ("O", subject.iter_organization().collect::<Vec<_>>()),
-            ("OU", subject.iter_organizational_unit().collect()),
-            ("CN", subject.iter_common_name().collect()),
-        ] {
-            for v in iter {
-                if let Ok(s) = v.as_str() {
-                    names.subject.push((attr, s.to_string()));
-                }
-            }
-        }
-        Some(names)
-    }
 }
 
 /// A tenant or app name as it may appear in identities, policy input and metrics labels.

@@ -21,10 +21,11 @@ pub mod jwt;
 pub mod limits;
 pub mod metrics;
 
+use crate::listener::tls::CertNames;
 use authz::{Decision, PolicyError, PolicyInput, RoutePolicy};
 use config::GatewayConfig;
 use http::HeaderMap;
-use identity::{CertNames, Identity};
+use identity::Identity;
 use jwt::{JwksError, JwtVerifier, TokenError};
 use limits::{Circuits, InFlight, RateLimiter, RateVerdict};
 use metrics::Metrics;

@@ -21,8 +21,9 @@ pub mod validate;
 
 use crate::audit::{AuditEvent, AuditLog};
 use crate::gateway::Gateway;
-use crate::gateway::identity::{CertNames, Identity};
+use crate::gateway::identity::Identity;
 use crate::gateway::limits::RateVerdict;
+use crate::listener::tls::CertNames;
 use crate::models::{LoadedModel, ModelRegistry};
 use bytes::Bytes;
 use error::{ApiError, ErrorClass};

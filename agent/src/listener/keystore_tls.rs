@@ -15,14 +15,15 @@ use rustls::sign::CertifiedKey;
 use warden_keystore::KeyStore;
 use warden_keystore::tls::KeyStoreSigningKey;
 
-use crate::listener::tls::load_certificates;
+use crate::config::TlsConfig;
+use crate::listener::tls::{TlsError, builder_with_client_auth, load_certificates};
 
 /// Why the TLS configuration could not be built.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsKeyStoreError {
     /// Certificates (chain or client CAs) and the protocol setup.
     #[error(transparent)]
-    Pem(#[from] crate::listener::tls::TlsError),
+    Pem(#[from] TlsError),
     /// The key store has no usable device key.
     #[error("the key store's device key: {0}")]
     KeyStore(#[from] warden_keystore::KeyStoreError),
@@ -86,10 +87,7 @@ pub fn server_config(
     cfg: &KeyStoreTlsConfig<'_>,
     store: Arc<dyn KeyStore>,
 ) -> Result<Arc<rustls::ServerConfig>, TlsKeyStoreError> {
-    let builder = crate::listener::tls::builder_with_client_auth(
-        cfg.client_ca,
-        cfg.insecure_allow_anonymous_clients,
-    )?;
+    let builder = builder_with_client_auth(cfg.client_ca, cfg.insecure_allow_anonymous_clients)?;
     let chain = load_certificates(cfg.certificate)?;
     let key = KeyStoreSigningKey::new(Arc::new(OffTheReactor(store)))?;
     let certified = CertifiedKey::new(chain, Arc::new(key));
@@ -104,4 +102,24 @@ pub fn server_config(
     )));
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(Arc::new(config))
+}
+
+/// The listener's TLS configuration: the key file when `tls.private_key` names one, else the
+/// key store's device key (the TPM/HSM signs every handshake). Every HTTPS listener of the
+/// agent builds its configuration here.
+pub fn listener_config(
+    tls: &TlsConfig,
+    store: Option<&Arc<dyn KeyStore>>,
+) -> Result<Arc<rustls::ServerConfig>, TlsKeyStoreError> {
+    match (&tls.private_key, store) {
+        (None, Some(store)) => server_config(
+            &KeyStoreTlsConfig {
+                certificate: &tls.certificate,
+                client_ca: tls.client_ca.as_deref(),
+                insecure_allow_anonymous_clients: tls.insecure_allow_anonymous_clients,
+            },
+            store.clone(),
+        ),
+        _ => Ok(crate::listener::tls::server_config(tls)?),
+    }
 }

@@ -114,49 +114,103 @@ pub fn server_config(cfg: &TlsConfig) -> Result<Arc<rustls::ServerConfig>, TlsEr
     Ok(Arc::new(config))
 }
 
-/// Who is on the other end of a connection, as the client certificate says.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ClientIdentity {
-    /// A certificate's URI SAN (a SPIFFE ID, for example), the preferred name.
-    Uri(String),
-    /// A certificate without a URI SAN, named by its subject common name.
-    CommonName(String),
-    /// Connections without a certificate (only with `insecure_allow_anonymous_clients`).
-    Anonymous,
+/// The names of a verified client certificate that identities are made from.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CertNames {
+    pub uris: Vec<String>,
+    /// `(attribute, value)` for O, OU and CN, in certificate order.
+    pub subject: Vec<(&'static str, String)>,
 }
 
-impl ClientIdentity {
-    /// Reads the identity from the verified leaf certificate of a connection.
-    pub fn from_peer_certificates(certs: Option<&[CertificateDer<'_>]>) -> ClientIdentity {
-        let Some(leaf) = certs.and_then(|c| c.first()) else {
-            return ClientIdentity::Anonymous;
-        };
+impl CertNames {
+    /// Reads the leaf of a connection's verified chain, once per connection; `None` without
+    /// a certificate. A leaf that does not parse (rustls verified it, so this does not happen
+    /// in practice) has no names: it maps to no identity.
+    pub fn from_peer_certificates(certs: Option<&[CertificateDer<'_>]>) -> Option<CertNames> {
+        let leaf = certs?.first()?;
+        let mut names = CertNames::default();
         let Ok((_, cert)) = x509_parser::parse_x509_certificate(leaf.as_ref()) else {
-            // rustls has already verified the chain, so this is unreachable in practice; name
-            // it rather than guess.
-            return ClientIdentity::CommonName("<unparsable certificate>".into());
+            return Some(names);
         };
         if let Ok(Some(san)) = cert.subject_alternative_name() {
             for name in &san.value.general_names {
                 if let x509_parser::extensions::GeneralName::URI(uri) = name {
-                    return ClientIdentity::Uri((*uri).to_string());
+                    names.uris.push((*uri).to_string());
                 }
             }
         }
-        let cn = cert
-            .subject()
-            .iter_common_name()
-            .next()
-            .and_then(|cn| cn.as_str().ok())
-            .unwrap_or("<no common name>");
-        ClientIdentity::CommonName(cn.to_string())
+        let subject = cert.subject();
+        for (attr, iter) in [
+            ("O", subject.iter_organization().collect::<Vec<_>>()),
+            ("OU", subject.iter_organizational_unit().collect()),
+            ("CN", subject.iter_common_name().collect()),
+        ] {
+            for v in iter {
+                if let Ok(s) = v.as_str() {
+                    names.subject.push((attr, s.to_string()));
+                }
+            }
+        }
+        Some(names)
     }
 
-    pub fn as_audit_string(&self) -> String {
-        match self {
-            ClientIdentity::Uri(u) => u.clone(),
-            ClientIdentity::CommonName(cn) => format!("cn:{cn}"),
-            ClientIdentity::Anonymous => "anonymous".into(),
+    /// How the audit trail names the connection before authentication: the first URI SAN
+    /// (a SPIFFE ID, say), else `cn:` and the first common name; `anonymous` without a
+    /// certificate (only with `insecure_allow_anonymous_clients`).
+    pub fn audit_name(names: Option<&CertNames>) -> String {
+        let Some(names) = names else {
+            return "anonymous".into();
+        };
+        if let Some(uri) = names.uris.first() {
+            return uri.clone();
         }
+        let cn = names
+            .subject
+            .iter()
+            .find(|(attr, _)| *attr == "CN")
+            .map_or("<no common name>", |(_, v)| v.as_str());
+        format!("cn:{cn}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One parse of the leaf names both the audit trail's peer and the gateway's identity.
+    #[test]
+    fn a_client_certificate_is_named_by_its_uri_else_its_common_name() {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::OrganizationName, "acme");
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "teller");
+        let cn_only = params.self_signed(&key).unwrap();
+        params.subject_alt_names = vec![rcgen::SanType::URI(
+            "spiffe://bank.example/tenant/acme/app/teller"
+                .try_into()
+                .unwrap(),
+        )];
+        let with_uri = params.self_signed(&key).unwrap();
+
+        let names = CertNames::from_peer_certificates(Some(&[cn_only.der().clone()])).unwrap();
+        assert_eq!(
+            names.subject,
+            vec![("O", "acme".to_owned()), ("CN", "teller".to_owned())]
+        );
+        assert_eq!(CertNames::audit_name(Some(&names)), "cn:teller");
+        let names = CertNames::from_peer_certificates(Some(&[with_uri.der().clone()])).unwrap();
+        assert_eq!(
+            CertNames::audit_name(Some(&names)),
+            "spiffe://bank.example/tenant/acme/app/teller"
+        );
+        assert_eq!(CertNames::audit_name(None), "anonymous");
+        assert_eq!(CertNames::from_peer_certificates(None), None);
+        let garbage = CertificateDer::from(vec![0x30, 0x03, 1, 2, 3]);
+        let names = CertNames::from_peer_certificates(Some(&[garbage])).unwrap();
+        assert_eq!(CertNames::audit_name(Some(&names)), "cn:<no common name>");
     }
 }

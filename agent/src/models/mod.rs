@@ -12,6 +12,7 @@
 pub mod admission;
 pub mod kept;
 pub mod policy_set;
+pub mod report;
 
 use crate::audit::{AuditError, AuditEvent, AuditLog};
 use crate::config::{AdmissionConfig, Config, KeystoreConfig, ModelConfig};
@@ -668,18 +669,13 @@ impl ModelRegistry {
     }
 
     /// Every loaded version's state and what was withdrawn, for `warden status`.
-    pub fn report(
-        &self,
-    ) -> (
-        Vec<crate::status::ModelStatus>,
-        Vec<crate::status::Withdrawn>,
-    ) {
+    pub fn report(&self) -> (Vec<report::ModelStatus>, Vec<report::Withdrawn>) {
         let map = self.snapshot();
         let mut models = Vec::new();
         for (name, versions) in map.iter() {
             let active = self.resolve(name, None).map(|m| m.version.clone());
             for m in versions.iter() {
-                models.push(crate::status::ModelStatus {
+                models.push(report::ModelStatus {
                     name: name.clone(),
                     version: m.version.clone(),
                     active: active.as_deref() == Some(m.version.as_str()),
@@ -697,7 +693,7 @@ impl ModelRegistry {
             .read()
             .map(|w| {
                 w.iter()
-                    .map(|((n, v), why)| crate::status::Withdrawn {
+                    .map(|((n, v), why)| report::Withdrawn {
                         name: n.clone(),
                         version: v.clone(),
                         reason: why.clone(),

@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use super::{Counter, Role};
+use crate::roles::{Counter, Role};
 
 /// Everything that can go wrong in a key store.
 #[derive(Debug, thiserror::Error)]

@@ -6,7 +6,8 @@ use ort::session::SessionOutputs;
 use ort::value::{DynValue, TensorElementType};
 use warden_runtime_client::tensor::{DataType, Tensor};
 
-use crate::engine::{EngineError, OutputSink};
+use crate::engine::error::EngineError;
+use crate::engine::options::OutputSink;
 
 pub(super) fn supported() -> String {
     DataType::ALL

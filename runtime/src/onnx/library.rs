@@ -8,15 +8,16 @@ use std::sync::Mutex;
 use warden_runtime_client::device::Device;
 use warden_runtime_client::worker::TELEMETRY_OPT_OUT;
 
-use super::lock;
-use crate::engine::EngineError;
+use crate::engine::error::EngineError;
 
 /// Loads the ONNX Runtime library (`dlopen` and API lookup) without creating anything in it.
 /// The sandboxed worker calls this with the agent's privileges, before it drops them: creating
 /// the environment starts threads, which must come after the sandbox (a process with more
 /// than one thread cannot enter a user namespace). Loading twice is harmless.
 pub fn load_library(onnxruntime_library: &Path) -> Result<(), EngineError> {
-    let mut loaded = lock(&LIBRARY);
+    let mut loaded = LIBRARY
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
     if loaded.is_some() {
         return Ok(());
     }

@@ -26,7 +26,9 @@ use ort::value::ValueType;
 use warden_runtime_client::device::{Device, Placement};
 use warden_runtime_client::tensor::{ModelSignature, Tensor, TensorSpec, byte_len};
 
-use crate::engine::{EngineError, EngineOptions, OutputSink, fell_back_to_cpu};
+use crate::engine::error::EngineError;
+use crate::engine::options::{EngineOptions, OutputSink};
+use crate::engine::placement::fell_back_to_cpu;
 use convert::{collect_outputs, from_ort_type, supported, to_ort};
 pub use library::{find_soname, load_library, preload_gpu_libraries};
 

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
 use warden_attest::boot::measure::DEFAULT_APP_PCR;
-use warden_keystore::attestation::{ChallengeFile, IdentityFile};
+use warden_keystore::attestation::{ChallengeFile, IdentityFile, MAX_NONCE};
 
 use crate::tpm::{Tpm, attestation, credential};
 
@@ -68,7 +68,7 @@ pub fn run(cmd: DeviceCommand) -> anyhow::Result<()> {
             pcrs,
             output,
         } => {
-            let nonce = super::parse_nonce(&nonce)?;
+            let nonce = parse_nonce(&nonce)?;
             let quote = attestation::quote(&open(&tcti)?, &nonce, &pcrs)?;
             let json = serde_json::to_string_pretty(&quote)?;
             match output {
@@ -104,4 +104,14 @@ pub fn run(cmd: DeviceCommand) -> anyhow::Result<()> {
 
 fn write(path: &Path, json: &str) -> anyhow::Result<()> {
     std::fs::write(path, format!("{json}\n")).with_context(|| format!("writing {}", path.display()))
+}
+
+/// A verifier's nonce from the command line (hex, 1 to [`MAX_NONCE`] bytes).
+fn parse_nonce(hex_nonce: &str) -> anyhow::Result<Vec<u8>> {
+    use anyhow::Context as _;
+    let nonce = hex::decode(hex_nonce).context("--nonce is not hex")?;
+    if nonce.is_empty() || nonce.len() > MAX_NONCE {
+        anyhow::bail!("--nonce holds 1 to {MAX_NONCE} bytes, not {}", nonce.len());
+    }
+    Ok(nonce)
 }

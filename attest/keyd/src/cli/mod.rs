@@ -11,7 +11,6 @@ mod status;
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
-use warden_keystore::attestation::MAX_NONCE;
 
 pub use device::DeviceCommand;
 pub use provision::{AnchorArg, ProvisionArgs, device_csr};
@@ -73,14 +72,4 @@ pub fn run(command: Command) -> anyhow::Result<()> {
         Command::Attest(cmd) => device::run(cmd),
         Command::Status { config } => status::run(&config),
     }
-}
-
-/// A verifier's nonce from the command line (hex, 1 to [`MAX_NONCE`] bytes).
-pub fn parse_nonce(hex_nonce: &str) -> anyhow::Result<Vec<u8>> {
-    use anyhow::Context as _;
-    let nonce = hex::decode(hex_nonce).context("--nonce is not hex")?;
-    if nonce.is_empty() || nonce.len() > MAX_NONCE {
-        anyhow::bail!("--nonce holds 1 to {MAX_NONCE} bytes, not {}", nonce.len());
-    }
-    Ok(nonce)
 }

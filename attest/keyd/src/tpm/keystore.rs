@@ -3,19 +3,21 @@
 //! - **Device key**: an ECDSA P-256 signing key (fixedTPM, fixedParent, sensitiveDataOrigin)
 //!   created in the owner hierarchy and made persistent at [`DEVICE_KEY_HANDLE`]. Its private
 //!   half never leaves the TPM; the message is hashed on the host and the TPM signs the digest.
-//! - **Anchors**: one NV index per role at [`ANCHOR_NV_BASE`] + role, *write-once*: its only
-//!   write authorization is the policy `PolicyNvWritten(NO)` (with `TPMA_NV_WRITEALL`), so the
-//!   single write that installs the anchors also locks them; the owner can read but not write
-//!   (no `OWNERWRITE`). On read the index's attributes and policy are checked again, so an
-//!   index redefined with looser attributes is refused. (tss-esapi 7.7 has no `NV_WriteLock`;
-//!   this needs none.) Deleting the index takes owner authorization: provisioning must set an
-//!   owner password (`tpm2_changeauth -c o`) on production devices.
-//! - **Seal**: a keyed-hash sealed object under a persistent ECC storage key
-//!   ([`SRK_HANDLE`]) whose only authorization is `PolicyPCR` over the configured SHA-256 PCRs
-//!   at sealing time; unsealing runs the policy again, so it fails once any of those PCRs moves.
-//! - **Counters**: an NV counter index per [`Counter`] at [`COUNTER_NV_BASE`]; a TPM counter
-//!   starts at an arbitrary value (the highest any counter reached), so its first value is kept
-//!   in a write-once index at [`COUNTER_BASELINE_NV_BASE`] and values are reported from 0.
+//! - **Anchors**: one NV index per role at [`super::nv::ANCHOR_NV_BASE`] + role, *write-once*:
+//!   its only write authorization is the policy `PolicyNvWritten(NO)` (with
+//!   `TPMA_NV_WRITEALL`), so the single write that installs the anchors also locks them; the
+//!   owner can read but not write (no `OWNERWRITE`). On read the index's attributes and policy
+//!   are checked again, so an index redefined with looser attributes is refused. (tss-esapi
+//!   7.7 has no `NV_WriteLock`; this needs none.) Deleting the index takes owner
+//!   authorization: provisioning must set an owner password (`tpm2_changeauth -c o`) on
+//!   production devices.
+//! - **Seal**: a keyed-hash sealed object under a persistent ECC storage key ([`super::seal::SRK_HANDLE`])
+//!   whose only authorization is `PolicyPCR` over the configured SHA-256 PCRs at sealing time;
+//!   unsealing runs the policy again, so it fails once any of those PCRs moves.
+//! - **Counters**: an NV counter index per [`Counter`] at [`super::nv::COUNTER_NV_BASE`]; a TPM
+//!   counter starts at an arbitrary value (the highest any counter reached), so its first
+//!   value is kept in a write-once index at [`super::nv::COUNTER_BASELINE_NV_BASE`] and values
+//!   are reported from 0.
 
 use sha2::Digest as _;
 use tss_esapi::Context;
@@ -26,7 +28,9 @@ use warden_keystore::config::TpmConfig;
 use warden_keystore::{BackendInfo, Capabilities, Counter, KeyStore, KeyStoreError, Role};
 use zeroize::Zeroizing;
 
-use super::nv::{advance, counter_value, max_nv_write, nv_lookup, nv_read_once, nv_write_once};
+use super::nv::{
+    ANCHOR_NV_BASE, advance, counter_value, max_nv_write, nv_lookup, nv_read_once, nv_write_once,
+};
 use super::objects::{
     close, ecc_public, ecc_signing_template, ensure_persistent_key, persistent_key, pw, sign_digest,
 };
@@ -34,18 +38,6 @@ use super::{Tpm, attestation, credential, pcr_selection, seal, tpm_err};
 
 /// Persistent handle of the device key.
 pub const DEVICE_KEY_HANDLE: u32 = 0x8101_5701;
-/// Persistent handle of the storage key that parents sealed objects.
-pub const SRK_HANDLE: u32 = 0x8101_5702;
-/// First NV index of the anchors (plus [`Role`] order: model signers, release authority,
-/// fleet authority, tenant CAs).
-pub const ANCHOR_NV_BASE: u32 = 0x0157_0000;
-/// First NV index of the counters.
-pub const COUNTER_NV_BASE: u32 = 0x0157_0100;
-/// First NV index of the counters' baselines.
-pub const COUNTER_BASELINE_NV_BASE: u32 = 0x0157_0180;
-
-/// The tag of this backend's sealed blobs.
-pub(super) const SEAL_TAG: u8 = 1;
 
 /// A TPM 2.0.
 #[derive(Debug, Clone)]

@@ -16,9 +16,9 @@
 pub mod attestation;
 pub mod credential;
 pub mod keystore;
-mod nv;
+pub mod nv;
 mod objects;
-mod seal;
+pub mod seal;
 
 use std::str::FromStr as _;
 use std::sync::mpsc;

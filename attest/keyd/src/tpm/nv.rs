@@ -12,8 +12,15 @@ use tss_esapi::structures::{Digest, MaxNvBuffer, NvPublicBuilder};
 use warden_keystore::backend::counter_step;
 use warden_keystore::{Counter, KeyStoreError};
 
-use super::keystore::{COUNTER_BASELINE_NV_BASE, COUNTER_NV_BASE};
 use super::objects::{close, flush_session, handle_exists, pw, start_policy, trial_digest};
+
+/// First NV index of the anchors (plus [`warden_keystore::Role`] order: model signers, release authority,
+/// fleet authority, tenant CAs).
+pub const ANCHOR_NV_BASE: u32 = 0x0157_0000;
+/// First NV index of the counters.
+pub const COUNTER_NV_BASE: u32 = 0x0157_0100;
+/// First NV index of the counters' baselines.
+pub const COUNTER_BASELINE_NV_BASE: u32 = 0x0157_0180;
 
 pub(super) fn nv_tpm_handle(index: u32) -> Result<NvIndexTpmHandle, KeyStoreError> {
     NvIndexTpmHandle::new(index).map_err(|e| KeyStoreError::tpm("NV index", e))

@@ -16,12 +16,16 @@ use warden_keystore::KeyStoreError;
 use warden_keystore::backend::{seal_body, seal_header};
 use zeroize::Zeroizing;
 
-use super::keystore::{SEAL_TAG, SRK_HANDLE};
 use super::objects::{
     close, ensure_persistent_key, flush_session, persistent_key, pw, srk_template, start_policy,
     trial_digest,
 };
 use super::{flush, pcr_selection};
+
+/// Persistent handle of the storage key that parents sealed objects.
+pub const SRK_HANDLE: u32 = 0x8101_5702;
+/// The tag of this backend's sealed blobs.
+const SEAL_TAG: u8 = 1;
 
 fn put_u16_prefixed(out: &mut Vec<u8>, data: &[u8]) -> Result<(), KeyStoreError> {
     let len = u16::try_from(data.len()).map_err(|_| KeyStoreError::InvalidInput {

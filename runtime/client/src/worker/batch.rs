@@ -11,33 +11,13 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Weak};
-use std::time::Duration;
 
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
-use super::{Supervisor, WorkerError};
+use super::error::{Reply, WorkerError, unavailable};
+use super::options::BatchPolicy;
+use super::supervisor::Supervisor;
 use crate::tensor::{ModelSignature, Tensor};
-
-/// How long to gather requests, and how many rows one batch may hold.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BatchPolicy {
-    /// Extra wait for more rows once a session is free (0: none; a batch then holds what
-    /// queued while the sessions were busy).
-    pub window: Duration,
-    /// A batch is run as soon as it holds this many rows.
-    pub max_rows: usize,
-}
-
-impl Default for BatchPolicy {
-    fn default() -> Self {
-        BatchPolicy {
-            window: Duration::ZERO,
-            max_rows: 64,
-        }
-    }
-}
-
-type Reply = Result<Vec<Tensor>, WorkerError>;
 
 pub(super) struct Job {
     inputs: Vec<Tensor>,
@@ -121,7 +101,7 @@ impl Batcher {
         }
         Ok(answer
             .await
-            .unwrap_or_else(|_| Err(super::unavailable("the batcher stopped (worker gone)"))))
+            .unwrap_or_else(|_| Err(unavailable("the batcher stopped (worker gone)"))))
     }
 }
 

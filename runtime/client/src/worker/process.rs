@@ -30,13 +30,12 @@ use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::process::{Child, Command};
 use tokio::sync::{mpsc, oneshot, watch};
 
-use super::{WorkerError, WorkerOptions, unavailable};
+use super::error::{Reply, WorkerError, unavailable};
+use super::options::WorkerOptions;
 use crate::device::Placement;
 use crate::protocol::{ErrorClass, Message, PROTOCOL_VERSION, ReadError, read_frame_async};
 use crate::shm::{Arena, Slot};
 use crate::tensor::{ModelSignature, Tensor};
-
-type Reply = Result<Vec<Tensor>, WorkerError>;
 
 /// In-flight calls, and whether the connection is finished.
 struct Pending {
