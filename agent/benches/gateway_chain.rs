@@ -28,9 +28,9 @@ use warden_agent::audit::{AuditEvent, AuditLog};
 use warden_agent::config::InputRange;
 use warden_agent::gateway::Gateway;
 use warden_agent::gateway::config::{GatewayConfig, JwtConfig};
-use warden_agent::gateway::identity::CertNames;
 use warden_agent::inference::codec;
 use warden_agent::inference::validate;
+use warden_agent::listener::tls::CertNames;
 use warden_agent::{demo, serve};
 use warden_runtime_client::tensor::{DataType, ModelSignature, TensorSpec};
 
@@ -182,9 +182,7 @@ fn main() {
         validate::inputs(&signature, &req.inputs).unwrap();
         validate::ranges(&ranges, &req.inputs).unwrap();
         audit_line(&identity, &d.rule);
-        gateway
-            .metrics
-            .request("/v2/models/{name}/infer", "demo", "ok", started.elapsed());
+        gateway.record("/v2/models/{name}/infer", "demo", "ok", started.elapsed());
         std::hint::black_box(req);
     };
 
@@ -240,7 +238,7 @@ fn main() {
         audit_line(&id, "tenant_model_grant")
     });
     stage("  metrics", &|| {
-        gateway.metrics.request(
+        gateway.record(
             "/v2/models/{name}/infer",
             "demo",
             "ok",

@@ -37,15 +37,6 @@ pub enum ServeError {
         addr: SocketAddr,
         source: std::io::Error,
     },
-    #[error(
-        "model {model} version {version}: a value range names {input:?}, which is not an input of the model (inputs: {declared:?})"
-    )]
-    RangeInput {
-        model: String,
-        version: String,
-        input: String,
-        declared: Vec<String>,
-    },
     #[error(transparent)]
     Admin(#[from] crate::admin::AdminError),
     #[error("cannot install signal handlers: {0}")]
@@ -116,26 +107,6 @@ pub async fn prepare_with(
         addr: config.server.listen,
         source,
     })?;
-    let mut input_ranges = crate::inference::InputRanges::new();
-    for m in config.models.iter().filter(|m| !m.inputs.is_empty()) {
-        if let Some(loaded) = models.resolve(&m.name, Some(&m.version)) {
-            let declared: Vec<String> = loaded
-                .signature
-                .inputs
-                .iter()
-                .map(|i| i.name.clone())
-                .collect();
-            if let Some(input) = m.inputs.keys().find(|k| !declared.contains(k)) {
-                return Err(ServeError::RangeInput {
-                    model: m.name.clone(),
-                    version: m.version.clone(),
-                    input: input.clone(),
-                    declared,
-                });
-            }
-            input_ranges.insert((m.name.clone(), m.version.clone()), m.inputs.clone());
-        }
-    }
     let (metrics_listener, metrics_addr) = if config.metrics.enabled {
         let addr = config.metrics.listen;
         let l = tokio::net::TcpListener::bind(addr)
@@ -155,7 +126,6 @@ pub async fn prepare_with(
         Limits {
             max_body_bytes: config.server.max_body_bytes,
             request_timeout: config.server.request_timeout(),
-            input_ranges,
         },
         gateway.clone(),
     ));
@@ -240,7 +210,7 @@ impl Prepared {
         let metrics_task = self.metrics_listener.map(|l| {
             tokio::spawn(crate::gateway::metrics::serve(
                 l,
-                self.gateway.metrics.clone(),
+                self.gateway.metrics().clone(),
                 async move {
                     let _ = stopped.await;
                 },

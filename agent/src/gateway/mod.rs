@@ -1,17 +1,17 @@
-//! The inference gateway: who is calling (authn), whether they may (authz), how much (limits),
-//! and what is counted (metrics). The HTTP handler (`api`) runs these stages in one fixed order
-//! for every request; each stage is a plain method here so that it can be tested alone:
+//! The gateway: who is calling (authn), whether they may (authz), how much (limits and abuse
+//! signals), whether the model's worker is trusted with more (circuit breaker), and what is
+//! counted (metrics). Each is one stage method of [`Gateway`], testable alone; the order in
+//! which a request meets them is the inference stack's, numbered once in
+//! [`crate::inference`].
 //!
-//! 1. [`Gateway::admit`] — global concurrency limit with load shedding (quick 503, no queue);
-//! 2. the request deadline (`api`), around everything below;
-//! 3. [`Gateway::authenticate`] — client certificate or bearer JWT → [`Identity`] (401);
-//! 4. [`Gateway::authorize`] — `routes.rego` on {identity, tenant, method, route, model,
-//!    version} (403, default deny);
-//! 5. [`Gateway::rate`] — per-identity and per-tenant GCRA (429 with `Retry-After`);
-//! 6. validation (`api::codec`, `validate`), then the abuse signals
-//!    ([`abuse::AbuseDetector`]: throttle, label only or deny), the circuit breaker
-//!    ([`Circuits`]) and the worker;
-//! 7. one audit event and the metrics for every request, whatever stage ended it.
+//! - [`Gateway::admit`]: the global concurrency limit with load shedding (a quick 503).
+//! - [`Gateway::authenticate`]: client certificate or bearer JWT → [`Identity`] (401).
+//! - [`Gateway::authorize`]: `routes.rego` on {identity, tenant, method, route, model, version}
+//!   (403, default deny).
+//! - [`Gateway::rate`]: per-identity and per-tenant GCRA (429 with `Retry-After`).
+//! - [`Gateway::observe_abuse`]: sweep and near-duplicate signals (throttle, label only, deny).
+//! - [`Gateway::circuit_admit`] / [`Gateway::circuit_record`]: the per-version circuit breaker.
+//! - [`Gateway::record`]: the metrics of one finished request.
 
 pub mod abuse;
 pub mod authz;
@@ -31,6 +31,7 @@ use limits::{Circuits, InFlight, RateLimiter, RateVerdict};
 use metrics::Metrics;
 use std::sync::Arc;
 use std::time::Instant;
+use warden_runtime_client::tensor::Tensor;
 
 #[derive(Debug, thiserror::Error)]
 pub enum GatewayError {
@@ -61,9 +62,9 @@ pub struct Gateway {
     policy: RoutePolicy,
     rates: RateLimiter,
     in_flight: InFlight,
-    pub circuits: Circuits,
-    pub abuse: abuse::AbuseDetector,
-    pub metrics: Arc<Metrics>,
+    circuits: Circuits,
+    abuse: abuse::AbuseDetector,
+    metrics: Arc<Metrics>,
 }
 
 impl Gateway {
@@ -97,7 +98,12 @@ impl Gateway {
         Ok(())
     }
 
-    /// Stage 1: a permit for one request, or `None` to shed it.
+    /// The counters `/metrics` renders.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// A permit for one request, or `None` to shed it.
     pub fn admit(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
         let p = self.in_flight.try_acquire();
         if p.is_none() {
@@ -106,7 +112,7 @@ impl Gateway {
         p
     }
 
-    /// Stage 3: a bearer token, when the request carries one, decides alone (a bad token is
+    /// A bearer token, when the request carries one, decides alone (a bad token is
     /// refused even on a connection with a good certificate); otherwise the certificate.
     pub fn authenticate(
         &self,
@@ -130,7 +136,7 @@ impl Gateway {
         identity::from_certificate(cert, &self.cfg.identity).ok_or(AuthnError::UnmappedCertificate)
     }
 
-    /// Stage 4: the route policy's decision; counted when it denies.
+    /// The route policy's decision; counted when it denies.
     pub fn authorize(
         &self,
         identity: &Identity,
@@ -153,7 +159,7 @@ impl Gateway {
         d
     }
 
-    /// Stage 5: rate limits for this identity and its tenant; counted when they refuse.
+    /// Rate limits for this identity and its tenant; counted when they refuse.
     pub fn rate(&self, identity: &Identity) -> RateVerdict {
         let v = self
             .rates
@@ -162,5 +168,46 @@ impl Gateway {
             self.metrics.limited(by);
         }
         v
+    }
+
+    /// The abuse signals of one inference request of `identity`: `Some` when the identity is
+    /// flagged (counted and logged once, when it is first flagged).
+    pub fn observe_abuse(&self, identity: &str, inputs: &[Tensor]) -> Option<abuse::AbuseVerdict> {
+        let verdict = self.abuse.observe(identity, inputs, Instant::now())?;
+        if verdict.newly_flagged {
+            self.metrics.abuse(verdict.signal);
+            tracing::warn!(
+                identity,
+                signal = verdict.signal,
+                "abuse signal: identity flagged"
+            );
+        }
+        Some(verdict)
+    }
+
+    /// The outputs a flagged identity still gets under `label_only`.
+    pub fn label_outputs(&self) -> &[String] {
+        self.abuse.label_outputs()
+    }
+
+    /// Whether the version's circuit lets a request through; counted when it is open.
+    pub fn circuit_admit(&self, model: &str, version: &str) -> bool {
+        let admitted = self.circuits.admit(model, version, Instant::now());
+        if !admitted {
+            self.metrics.circuit_open();
+        }
+        admitted
+    }
+
+    /// How the version's worker answered (a refused input is the caller's fault, not the
+    /// worker's).
+    pub fn circuit_record(&self, model: &str, version: &str, worker_failed: bool) {
+        self.circuits
+            .record(model, version, worker_failed, Instant::now());
+    }
+
+    /// The metrics of one finished request.
+    pub fn record(&self, route: &str, model: &str, outcome: &str, latency: std::time::Duration) {
+        self.metrics.request(route, model, outcome, latency);
     }
 }

@@ -5,6 +5,7 @@ use crate::audit::AuditLog;
 use crate::config::ServerConfig;
 use crate::inference::{Api, Peer};
 use crate::listener::tls::CertNames;
+use crate::models::ModelRegistry;
 use bytes::Bytes;
 use http::{Request, Response};
 use http_body_util::Full;
@@ -19,7 +20,7 @@ use super::accept::{ListenerLimits, TlsApp, audit_tls_refused, serve_tls};
 pub struct Server {
     pub listener: TcpListener,
     pub tls: Arc<rustls::ServerConfig>,
-    pub api: Arc<Api>,
+    pub api: Arc<Api<ModelRegistry>>,
     pub audit: Arc<AuditLog>,
     pub config: ServerConfig,
 }
@@ -51,7 +52,7 @@ impl Server {
 
 /// The inference listener: the Open Inference Protocol API behind the gateway.
 struct Inference {
-    api: Arc<Api>,
+    api: Arc<Api<ModelRegistry>>,
     audit: Arc<AuditLog>,
 }
 
@@ -72,9 +73,6 @@ impl TlsApp for Inference {
     }
 
     async fn handle(&self, req: Request<Incoming>, peer: &Peer) -> Response<Full<Bytes>> {
-        match self.api.handle(req, peer).await {
-            Ok(response) => response,
-            Err(never) => match never {},
-        }
+        self.api.handle(req, peer).await
     }
 }
