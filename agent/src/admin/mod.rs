@@ -37,7 +37,7 @@
 //! spools and unpacks, [`router`] routes and audits, [`oci`] pulls from a registry.
 
 mod activate;
-mod archive;
+pub mod archive;
 mod context;
 mod load;
 pub mod oci;
