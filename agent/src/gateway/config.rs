@@ -56,6 +56,7 @@ pub struct SubjectMapping {
 pub struct JwtConfig {
     /// The JWKS file (`{"keys": [...]}`); reloaded on SIGHUP and when a token names an unknown
     /// `kid` and the file has changed.
+    #[serde(deserialize_with = "crate::config::paths::relative")]
     pub jwks: PathBuf,
     /// Required `iss`.
     pub issuer: String,
@@ -79,8 +80,10 @@ pub struct JwtConfig {
 #[serde(deny_unknown_fields)]
 pub struct AuthzConfig {
     /// The route policy (`policies/serving/routes.rego`). Absent: every request is denied.
+    #[serde(default, deserialize_with = "crate::config::paths::relative_opt")]
     pub policy: Option<PathBuf>,
     /// JSON data for the policy (the grants). Absent: no data.
+    #[serde(default, deserialize_with = "crate::config::paths::relative_opt")]
     pub data: Option<PathBuf>,
     /// Execution limit of one evaluation; past it the request is denied.
     #[serde(default = "default_eval_limit_ms")]
@@ -232,18 +235,6 @@ fn default_circuit_open_ms() -> u64 {
 pub const SUPPORTED_ALGORITHMS: &[&str] = &["RS256", "ES256"];
 
 impl GatewayConfig {
-    pub fn anchor_paths(&mut self, fix: &dyn Fn(&mut PathBuf)) {
-        if let Some(j) = self.jwt.as_mut() {
-            fix(&mut j.jwks);
-        }
-        if let Some(p) = self.authz.policy.as_mut() {
-            fix(p);
-        }
-        if let Some(p) = self.authz.data.as_mut() {
-            fix(p);
-        }
-    }
-
     pub fn eval_limit(&self) -> Duration {
         Duration::from_millis(self.authz.eval_limit_ms)
     }

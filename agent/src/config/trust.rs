@@ -1,0 +1,117 @@
+//! `[trust]`, `[keystore]` and `[admission]`: who may sign models (files, in development),
+//! where the key store is, and the startup policy that decides every load.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+use warden_keystore::config::BackendConfig;
+
+use super::paths::{anchor, relative, relative_opt, relative_vec};
+
+/// Who may sign the models this appliance serves. A model loads when its signature verifies
+/// against any one anchor.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrustConfig {
+    /// PEM public keys of model signers (OMS key method).
+    #[serde(default, deserialize_with = "relative_vec")]
+    pub model_signer_keys: Vec<PathBuf>,
+    /// PEM root certificates for model signers (OMS certificate method).
+    #[serde(default, deserialize_with = "relative_vec")]
+    pub model_signer_roots: Vec<PathBuf>,
+}
+
+/// Where the key store is: in this process (a backend of `warden_keystore`) or behind
+/// the key service's socket (`warden keyd`). Exactly one of `backend` and `keyd_socket`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "toml::Table")]
+pub enum KeystoreConfig {
+    /// `backend = "software-development-only"`, `dir = …`: key files in this process, for the
+    /// demo and development. A TPM or an HSM is reached only through the key service.
+    Development(warden_keystore::config::SoftwareConfig),
+    /// `keyd_socket = "/run/warden/keyd.sock"`.
+    Keyd { socket: PathBuf },
+}
+
+impl TryFrom<toml::Table> for KeystoreConfig {
+    type Error = String;
+
+    fn try_from(table: toml::Table) -> Result<Self, String> {
+        match (table.contains_key("backend"), table.get("keyd_socket")) {
+            (true, Some(_)) => Err(
+                "set either keystore.backend = \"software-development-only\" (development) or \
+                 keystore.keyd_socket (the key service), not both"
+                    .into(),
+            ),
+            (false, None) => Err(
+                "name keystore.keyd_socket (the key service, which holds the TPM or HSM) or, \
+                 for development, keystore.backend = \"software-development-only\""
+                    .into(),
+            ),
+            (false, Some(socket)) => {
+                if let Some(other) = table.keys().find(|k| *k != "keyd_socket") {
+                    return Err(format!(
+                        "unknown field keystore.{other}: with keyd_socket the key service holds \
+                         the backend's settings"
+                    ));
+                }
+                let socket = socket
+                    .as_str()
+                    .ok_or("keystore.keyd_socket must be a path string")?;
+                Ok(KeystoreConfig::Keyd {
+                    socket: anchor(PathBuf::from(socket)),
+                })
+            }
+            (true, None) => {
+                let backend: BackendConfig = toml::Value::Table(table)
+                    .try_into()
+                    .map_err(|e| format!("keystore: {}", e.to_string().trim_end()))?;
+                match backend {
+                    BackendConfig::Software(mut c) => {
+                        c.dir = anchor(c.dir);
+                        Ok(KeystoreConfig::Development(c))
+                    }
+                    BackendConfig::Tpm(_) | BackendConfig::Pkcs11(_) => Err(
+                        "keystore.backend: the agent reaches a TPM or an HSM only through the key \
+                         service: give this backend to warden-keyd (keyd.toml) and set \
+                         keystore.keyd_socket here"
+                            .into(),
+                    ),
+                }
+            }
+        }
+    }
+}
+
+/// Model admission: `policies/serving/startup.rego` decides every load and every refresh.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdmissionConfig {
+    /// The policy set (its canonical digest must equal the release's `policySetDigest`).
+    #[serde(deserialize_with = "relative")]
+    pub policy_directory: PathBuf,
+    /// Release stages this appliance serves.
+    #[serde(default = "default_allowed_stages")]
+    pub allowed_stages: Vec<warden_attest::release::Stage>,
+    /// The fleet authority's signed revocation list. Once one was accepted, its absence is
+    /// refused (`revocation_list_missing`).
+    #[serde(default, deserialize_with = "relative_opt")]
+    pub revocation_list: Option<PathBuf>,
+    /// Seconds between re-runs of admission on every loaded version (also on SIGHUP).
+    #[serde(default = "default_refresh_interval_s")]
+    pub refresh_interval_s: u64,
+}
+
+fn default_allowed_stages() -> Vec<warden_attest::release::Stage> {
+    vec![warden_attest::release::Stage::Approved]
+}
+fn default_refresh_interval_s() -> u64 {
+    60
+}
+
+impl AdmissionConfig {
+    pub fn refresh_interval(&self) -> Duration {
+        Duration::from_secs(self.refresh_interval_s)
+    }
+}
