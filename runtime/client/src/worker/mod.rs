@@ -22,6 +22,7 @@
 //! and reports [`WorkerEvent::Hung`]; the restart follows as for a crash.
 
 mod batch;
+mod connection;
 pub mod error;
 pub mod event;
 pub mod options;
