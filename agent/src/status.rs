@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use warden_keystore::report::Line;
 
 /// The file's name inside the state directory.
 pub const STATUS_FILE: &str = "status.json";
@@ -92,19 +93,19 @@ pub async fn keep_written(state_dir: PathBuf, models: Arc<ModelRegistry>, listen
     }
 }
 
-/// `warden status --config`: lines about the running agent and the accelerators; `Err` lines
-/// are problems (with a hint).
-pub fn report_lines(state_dir: &Path) -> Vec<Result<String, String>> {
+/// `warden status --config`: lines about the running agent and the accelerators; problems
+/// carry a hint.
+pub fn report_lines(state_dir: &Path) -> Vec<Line> {
     let mut out = Vec::new();
     let path = state_dir.join(STATUS_FILE);
     match std::fs::read(&path) {
-        Err(e) => out.push(Err(format!(
+        Err(e) => out.push(Line::Problem(format!(
             "agent: no status at {} ({e})\n  hint: is `warden serve` running with this config, \
              and are you its user or root?",
             path.display()
         ))),
         Ok(bytes) => match serde_json::from_slice::<AgentStatus>(&bytes) {
-            Err(e) => out.push(Err(format!(
+            Err(e) => out.push(Line::Problem(format!(
                 "agent: unreadable status file {}: {e}",
                 path.display()
             ))),
@@ -113,14 +114,16 @@ pub fn report_lines(state_dir: &Path) -> Vec<Result<String, String>> {
     }
     let inv = warden_runtime_client::accel::discover();
     match (&inv.none_because, inv.gpus.is_empty()) {
-        (Some(why), true) => out.push(Ok(format!("accelerators: none ({why}); models run on CPU"))),
+        (Some(why), true) => out.push(Line::Fine(format!(
+            "accelerators: none ({why}); models run on CPU"
+        ))),
         _ => {
-            out.push(Ok(format!(
+            out.push(Line::Fine(format!(
                 "accelerators: CUDA driver {}",
                 inv.driver_version.as_deref().unwrap_or("unknown")
             )));
             for g in &inv.gpus {
-                out.push(Ok(format!(
+                out.push(Line::Fine(format!(
                     "  gpu {}: {} (compute {}), {} MiB total, {} MiB free",
                     g.ordinal,
                     g.name,
@@ -134,21 +137,21 @@ pub fn report_lines(state_dir: &Path) -> Vec<Result<String, String>> {
     out
 }
 
-fn agent_lines(s: &AgentStatus, out: &mut Vec<Result<String, String>>) {
+fn agent_lines(s: &AgentStatus, out: &mut Vec<Line>) {
     let age = now_unix().saturating_sub(s.written_at_unix);
     if !s.running {
-        out.push(Err(format!(
+        out.push(Line::Problem(format!(
             "agent: stopped (pid {} wrote its last status {age} s ago)",
             s.pid
         )));
     } else if age > STALE_AFTER.as_secs() {
-        out.push(Err(format!(
+        out.push(Line::Problem(format!(
             "agent: status is {age} s old: the agent (pid {}) is not running or is stuck\n  \
              hint: `systemctl status warden`",
             s.pid
         )));
     } else {
-        out.push(Ok(format!(
+        out.push(Line::Fine(format!(
             "agent: pid {}, serving on {}, status {age} s old",
             s.pid, s.listen
         )));
@@ -161,12 +164,12 @@ fn agent_lines(s: &AgentStatus, out: &mut Vec<Result<String, String>>) {
             if m.active { " (active)" } else { "" }
         );
         match &m.quarantined {
-            Some(why) => out.push(Err(format!(
+            Some(why) => out.push(Line::Problem(format!(
                 "{what}: QUARANTINED: {why}\n  hint: its worker kept dying (audit events of kind \
                  worker say how); fix the model or its [sandbox] and [runtime.restart] limits, \
                  then push a new version or restart the agent"
             ))),
-            None => out.push(Ok(format!(
+            None => out.push(Line::Fine(format!(
                 "{what}: {}; {}; batching {}; {} request(s) served; root digest {}",
                 if m.ready { "ready" } else { "restarting" },
                 m.placement
@@ -179,7 +182,7 @@ fn agent_lines(s: &AgentStatus, out: &mut Vec<Result<String, String>>) {
         }
     }
     for w in &s.withdrawn {
-        out.push(Ok(format!(
+        out.push(Line::Fine(format!(
             "model {} version {}: WITHDRAWN (no longer admitted): {}",
             w.name, w.version, w.reason
         )));
@@ -231,7 +234,12 @@ mod tests {
     fn problems(s: &AgentStatus) -> Vec<String> {
         let mut out = Vec::new();
         agent_lines(s, &mut out);
-        out.into_iter().filter_map(Result::err).collect()
+        out.into_iter()
+            .filter_map(|l| match l {
+                Line::Problem(t) => Some(t),
+                Line::Fine(_) => None,
+            })
+            .collect()
     }
 
     #[test]

@@ -211,7 +211,7 @@ pub(crate) struct Subject {
 
 impl Subject {
     /// A subject for a `sha256:<hex>` digest.
-    pub(crate) fn for_digest(name: &str, digest: &str) -> Result<Self, String> {
+    pub(crate) fn for_digest(name: &str, digest: &str) -> Result<Self, DigestError> {
         let hex = sha256_hex(digest)?;
         Ok(Self {
             name: name.to_owned(),
@@ -224,17 +224,26 @@ impl Subject {
     }
 }
 
+/// A digest that is not `sha256:<64 lowercase hex>`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DigestError {
+    #[error("digest {0:?} does not start with sha256:")]
+    Prefix(String),
+    #[error("digest {0:?} is not 64 lowercase hex digits")]
+    Hex(String),
+}
+
 /// The hex part of a `sha256:<64 lowercase hex>` digest.
-pub(crate) fn sha256_hex(digest: &str) -> Result<&str, String> {
+pub(crate) fn sha256_hex(digest: &str) -> Result<&str, DigestError> {
     let hex = digest
         .strip_prefix("sha256:")
-        .ok_or_else(|| format!("digest {digest:?} does not start with sha256:"))?;
+        .ok_or_else(|| DigestError::Prefix(digest.to_owned()))?;
     if hex.len() != 64
         || !hex
             .bytes()
             .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
     {
-        return Err(format!("digest {digest:?} is not 64 lowercase hex digits"));
+        return Err(DigestError::Hex(digest.to_owned()));
     }
     Ok(hex)
 }
@@ -339,9 +348,9 @@ pub fn sign_release(
     root_digest: &str,
     signer: &Signer,
 ) -> Result<Vec<u8>, ReleaseError> {
-    let malformed = |detail: String| ReleaseError::Malformed {
+    let malformed = |e: DigestError| ReleaseError::Malformed {
         what: "release statement",
-        detail,
+        detail: e.to_string(),
     };
     sha256_hex(&release.policy_set_digest).map_err(malformed)?;
     sign_predicate(
@@ -363,8 +372,10 @@ pub fn verify_release(
     let (statement, signer) =
         verify_statement::<Release>(WHAT, bundle_json, release_authority, RELEASE_PREDICATE_TYPE)?;
     check_subject(WHAT, &statement.subject, root_digest)?;
-    sha256_hex(&statement.predicate.policy_set_digest)
-        .map_err(|detail| ReleaseError::Malformed { what: WHAT, detail })?;
+    sha256_hex(&statement.predicate.policy_set_digest).map_err(|e| ReleaseError::Malformed {
+        what: WHAT,
+        detail: e.to_string(),
+    })?;
     Ok(VerifiedRelease {
         release: statement.predicate,
         root_digest: root_digest.to_owned(),
@@ -380,9 +391,9 @@ pub fn sign_attestation(
     root_digest: &str,
     signer: &Signer,
 ) -> Result<Vec<u8>, ReleaseError> {
-    let malformed = |detail: String| ReleaseError::Malformed {
+    let malformed = |e: DigestError| ReleaseError::Malformed {
         what: "attestation",
-        detail,
+        detail: e.to_string(),
     };
     sign_predicate(
         "attestation",

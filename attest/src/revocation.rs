@@ -22,7 +22,9 @@
 use serde::{Deserialize, Serialize};
 
 use crate::bundle::{Signer, Verifier};
-use crate::release::{ReleaseError, Subject, sha256_hex, sign_predicate, verify_statement};
+use crate::release::{
+    DigestError, ReleaseError, Subject, sha256_hex, sign_predicate, verify_statement,
+};
 use warden_keystore::{Counter, KeyStore, KeyStoreError};
 
 /// The predicate type of a revocation list.
@@ -148,7 +150,7 @@ impl RevocationList {
         Ok(())
     }
 
-    fn subjects(&self) -> Result<Vec<Subject>, String> {
+    fn subjects(&self) -> Result<Vec<Subject>, DigestError> {
         self.revoked_digests
             .iter()
             .map(|r| Subject::for_digest("revoked", &r.digest))
@@ -161,9 +163,9 @@ pub fn sign_revocation_list(
     list: &RevocationList,
     signer: &Signer,
 ) -> Result<Vec<u8>, RevocationError> {
-    let subject = list
-        .subjects()
-        .map_err(|detail| RevocationError::Malformed { detail })?;
+    let subject = list.subjects().map_err(|e| RevocationError::Malformed {
+        detail: e.to_string(),
+    })?;
     sign_predicate(
         "revocation list",
         subject,
@@ -190,7 +192,9 @@ pub fn verify_revocation_list(
     .map_err(Box::new)?;
     let list = statement.predicate;
     for r in &list.revoked_digests {
-        sha256_hex(&r.digest).map_err(|detail| RevocationError::Malformed { detail })?;
+        sha256_hex(&r.digest).map_err(|e| RevocationError::Malformed {
+            detail: e.to_string(),
+        })?;
     }
     let mut listed: Vec<String> = list
         .revoked_digests

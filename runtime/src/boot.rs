@@ -52,6 +52,45 @@ pub enum Mode {
     Probe,
 }
 
+/// Why a worker does not start: its command line, its model file, its library, its socket.
+/// The worker logs it, tells the agent when it can, and exits 2.
+#[derive(Debug, thiserror::Error)]
+enum StartError {
+    #[error("{USAGE}")]
+    Help,
+    #[error("{flag} needs a value")]
+    MissingValue { flag: String },
+    #[error("{flag}: {detail}")]
+    BadValue { flag: String, detail: String },
+    #[error("unknown argument {0:?}")]
+    UnknownArgument(String),
+    #[error("{0} is required")]
+    Required(&'static str),
+    #[error("--sha256 must be 64 hex digits")]
+    BadDigest,
+    #[error("--device: {0}")]
+    Device(#[from] warden_runtime_client::device::InvalidDeviceRequest),
+    #[error(
+        "--shared-memory-bytes {bytes} is over half the sandbox's address space limit ({limit} bytes)"
+    )]
+    ArenaTooLarge { bytes: usize, limit: u64 },
+    #[error(transparent)]
+    Format(#[from] warden_runtime_client::model_format::UnknownModelFormat),
+    #[error("cannot read model {}: {source}", path.display())]
+    ReadModel {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("model sha256 mismatch: expected {expected}, file has {actual}; refusing to load")]
+    DigestMismatch { expected: String, actual: String },
+    #[error(transparent)]
+    Engine(#[from] crate::engine::EngineError),
+    #[error("cannot take stdin: {0}")]
+    Stdin(std::io::Error),
+    #[error("stdin is not a connected Unix socket: {0}")]
+    NotASocket(std::io::Error),
+}
+
 struct Args {
     model: PathBuf,
     sha256: String,
@@ -79,7 +118,7 @@ const USAGE: &str = "usage: warden-runtime --model FILE --sha256 HEX [--onnxrunt
                      [--cuda-library-dir DIR]... [--poll-us N] [--shared-memory-bytes N] \
                      (stdin: the agent's socket)";
 
-fn parse_args(mode: Mode) -> Result<Args, String> {
+fn parse_args(mode: Mode) -> Result<Args, StartError> {
     let mut model = None;
     let mut sha256 = None;
     let mut onnxruntime = None;
@@ -96,11 +135,21 @@ fn parse_args(mode: Mode) -> Result<Args, String> {
     let mut it = std::env::args_os().skip(1);
     while let Some(flag) = it.next() {
         let flag = flag.to_string_lossy().into_owned();
-        let mut value = || it.next().ok_or_else(|| format!("{flag} needs a value"));
+        let mut value = || {
+            it.next()
+                .ok_or_else(|| StartError::MissingValue { flag: flag.clone() })
+        };
         let number = |v: std::ffi::OsString| {
             v.to_string_lossy()
                 .parse::<usize>()
-                .map_err(|_| format!("{flag}: not a number: {v:?}"))
+                .map_err(|_| StartError::BadValue {
+                    flag: flag.clone(),
+                    detail: format!("not a number: {v:?}"),
+                })
+        };
+        let bad = |detail: String| StartError::BadValue {
+            flag: flag.clone(),
+            detail,
         };
         match flag.as_str() {
             "--model" => model = Some(PathBuf::from(value()?)),
@@ -111,13 +160,12 @@ fn parse_args(mode: Mode) -> Result<Args, String> {
             "--max-frame-bytes" => max_frame_bytes = number(value()?)?,
             "--sandbox" => {
                 sandbox = serde_json::from_str(&value()?.to_string_lossy())
-                    .map_err(|e| format!("--sandbox: {e}"))?;
+                    .map_err(|e| bad(e.to_string()))?;
             }
             "--device" => {
-                device.device = value()?
-                    .to_string_lossy()
-                    .parse()
-                    .map_err(|e| format!("--device: {e}"))?;
+                device.device = value()?.to_string_lossy().parse().map_err(
+                    |e: warden_runtime_client::device::DeviceParseError| bad(e.to_string()),
+                )?;
             }
             "--gpu-memory-bytes" => {
                 device.memory_budget_bytes = Some(number(value()?)? as u64);
@@ -127,10 +175,10 @@ fn parse_args(mode: Mode) -> Result<Args, String> {
             "--poll-us" => {
                 let window = std::time::Duration::from_micros(number(value()?)? as u64);
                 if window > warden_runtime_client::worker::MAX_POLL_WINDOW {
-                    return Err(format!(
-                        "--poll-us: at most {}",
+                    return Err(bad(format!(
+                        "at most {}",
                         warden_runtime_client::worker::MAX_POLL_WINDOW.as_micros()
-                    ));
+                    )));
                 }
                 poll_window = window;
             }
@@ -145,30 +193,29 @@ fn parse_args(mode: Mode) -> Result<Args, String> {
             }
             "--probe-connect" if mode == Mode::Probe => {
                 let v = value()?.to_string_lossy().into_owned();
-                probe.connect = Some(v.parse().map_err(|_| format!("{flag}: bad address {v}"))?);
+                probe.connect = Some(v.parse().map_err(|_| bad(format!("bad address {v}")))?);
             }
-            "--help" | "-h" => return Err(USAGE.to_string()),
-            other => return Err(format!("unknown argument {other:?}")),
+            "--help" | "-h" => return Err(StartError::Help),
+            other => return Err(StartError::UnknownArgument(other.to_owned())),
         }
     }
-    let sha256 = sha256.ok_or("--sha256 is required")?;
+    let sha256 = sha256.ok_or(StartError::Required("--sha256"))?;
     if sha256.len() != 64 || !sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return Err("--sha256 must be 64 hex digits".into());
+        return Err(StartError::BadDigest);
     }
-    device.validate().map_err(|e| format!("--device: {e}"))?;
+    device.validate()?;
     // The arena is mapped into the worker's address space, which the sandbox limits.
     if shared_memory_bytes as u64 > sandbox.address_space_bytes / 2 {
-        return Err(format!(
-            "--shared-memory-bytes {shared_memory_bytes} is over half the sandbox's address \
-             space limit ({} bytes)",
-            sandbox.address_space_bytes
-        ));
+        return Err(StartError::ArenaTooLarge {
+            bytes: shared_memory_bytes,
+            limit: sandbox.address_space_bytes,
+        });
     }
     probe.address_space_bytes = sandbox.address_space_bytes;
-    let model: PathBuf = model.ok_or("--model is required")?;
-    let format = ModelFormat::of(&model).map_err(|e| e.to_string())?;
+    let model: PathBuf = model.ok_or(StartError::Required("--model"))?;
+    let format = ModelFormat::of(&model)?;
     if format == ModelFormat::Onnx && onnxruntime.is_none() {
-        return Err("--onnxruntime is required for an ONNX model".into());
+        return Err(StartError::Required("--onnxruntime (for an ONNX model)"));
     }
     // A GPU needs its device nodes inside the sandbox. candle gets them only in a build with
     // its CUDA backend (`candle-cuda`); otherwise its engine refuses or falls back.
@@ -200,18 +247,20 @@ fn hex(bytes: &[u8]) -> String {
 
 /// The privileged part: the model bytes (checked) and, for an ONNX model, the ONNX Runtime
 /// library. A candle model needs no library: candle is linked in.
-fn open_resources(args: &Args) -> Result<Vec<u8>, String> {
-    let bytes = std::fs::read(&args.model)
-        .map_err(|e| format!("cannot read model {}: {e}", args.model.display()))?;
+fn open_resources(args: &Args) -> Result<Vec<u8>, StartError> {
+    let bytes = std::fs::read(&args.model).map_err(|source| StartError::ReadModel {
+        path: args.model.clone(),
+        source,
+    })?;
     let actual = hex(&Sha256::digest(&bytes));
     if actual != args.sha256 {
-        return Err(format!(
-            "model sha256 mismatch: expected {}, file has {actual}; refusing to load",
-            args.sha256
-        ));
+        return Err(StartError::DigestMismatch {
+            expected: args.sha256.clone(),
+            actual,
+        });
     }
     if let (ModelFormat::Onnx, Some(library)) = (args.format, &args.onnxruntime) {
-        crate::onnx::load_library(library).map_err(|e| e.to_string())?;
+        crate::onnx::load_library(library)?;
         if args.device.device.gpu().is_some() {
             for missing in crate::onnx::preload_gpu_libraries(
                 library,
@@ -227,16 +276,14 @@ fn open_resources(args: &Args) -> Result<Vec<u8>, String> {
 
 /// The agent's socket (our stdin). Taken only after the sandbox is entered, so that the
 /// sandbox's waiting parent holds no copy of it.
-fn take_socket() -> Result<UnixStream, String> {
+fn take_socket() -> Result<UnixStream, StartError> {
     let stream = std::io::stdin()
         .as_fd()
         .try_clone_to_owned()
         .map(UnixStream::from)
-        .map_err(|e| format!("cannot take stdin: {e}"))?;
+        .map_err(StartError::Stdin)?;
     // `peer_addr` fails (ENOTSOCK, ENOTCONN) for anything but a connected socket.
-    stream
-        .peer_addr()
-        .map_err(|e| format!("stdin is not a connected Unix socket: {e}"))?;
+    stream.peer_addr().map_err(StartError::NotASocket)?;
     Ok(stream)
 }
 
@@ -271,6 +318,10 @@ pub fn main(mode: Mode) -> ExitCode {
 
     let args = match parse_args(mode) {
         Ok(a) => a,
+        Err(StartError::Help) => {
+            eprintln!("{USAGE}");
+            return ExitCode::from(2);
+        }
         Err(e) => {
             tracing::error!("{e}");
             eprintln!("{USAGE}");
@@ -298,7 +349,7 @@ pub fn main(mode: Mode) -> ExitCode {
     drop(socket);
     let bytes = match open_resources(&args) {
         Ok(bytes) => bytes,
-        Err(message) => return refuse(message, args.max_frame_bytes),
+        Err(e) => return refuse(e.to_string(), args.max_frame_bytes),
     };
     if let Err(e) = sandbox::enter(&args.sandbox, &args.devices) {
         return refuse(e.to_string(), args.max_frame_bytes);
@@ -306,7 +357,7 @@ pub fn main(mode: Mode) -> ExitCode {
     // From here on: inside the sandbox.
     let stream = match take_socket() {
         Ok(s) => s,
-        Err(message) => return refuse(message, args.max_frame_bytes),
+        Err(e) => return refuse(e.to_string(), args.max_frame_bytes),
     };
     let engine = match Engine::load(
         args.format,

@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use crate::engine::{Engine, EngineError};
 use warden_runtime_client::protocol::{
-    ErrorClass, Message, PROTOCOL_VERSION, ProtocolError, ReadError, read_frame,
+    ArenaRefusal, ErrorClass, Message, PROTOCOL_VERSION, ProtocolError, ReadError, read_frame,
 };
 use warden_runtime_client::shm::{Mapping, Region, ReplyWriter};
 use warden_runtime_client::tensor::Tensor;
@@ -200,9 +200,9 @@ fn next_job(
     let (writer, max_frame_bytes) = (&context.writer, context.max_frame_bytes);
     let mut resolve = |offset: u64, len: usize| match &context.arena {
         Some(arena) => usize::try_from(offset)
-            .map_err(|_| format!("offset {offset}"))
-            .and_then(|offset| arena.view(offset, len).map_err(|e| e.to_string())),
-        None => Err("tensor in shared memory, but this worker has no tensor arena".into()),
+            .map_err(|_| ArenaRefusal::Offset(offset))
+            .and_then(|offset| Ok(arena.view(offset, len)?)),
+        None => Err(ArenaRefusal::NoArena("this worker has no tensor arena")),
     };
     loop {
         let body = match read_frame(reader, max_frame_bytes) {

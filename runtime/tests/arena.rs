@@ -241,10 +241,8 @@ fn a_request_outside_the_arena_is_refused_and_the_worker_carries_on() {
     let body = read_frame(&mut s, DEFAULT_MAX_FRAME_BYTES)
         .unwrap()
         .unwrap();
-    match Message::decode_resolving(body, &mut |offset, len| {
-        slot.take_output(offset, len).map_err(|e| e.to_string())
-    })
-    .unwrap()
+    match Message::decode_resolving(body, &mut |offset, len| Ok(slot.take_output(offset, len)?))
+        .unwrap()
     {
         Message::InferResponse { id: 3, tensors } => assert!(tensors[0].data == big.data),
         other => panic!("unexpected {other:?}"),

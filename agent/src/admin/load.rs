@@ -85,10 +85,10 @@ async fn unpack_and_load(
             reason: "no model.sig in the archive".into(),
         });
     }
-    let m = crate::models::kept::bundle_config(&bundle, template, version).map_err(|reason| {
+    let m = crate::models::kept::bundle_config(&bundle, template, version).map_err(|e| {
         Refusal::ArchiveInvalid {
             what: "a new model's bundle must hold exactly one model file",
-            reason,
+            reason: e.to_string(),
         }
     })?;
     // The current default stays the default until `activate`.

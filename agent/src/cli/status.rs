@@ -11,7 +11,7 @@ use warden_agent::config::Config;
 use warden_attest::policyset::files::policy_set_digest;
 use warden_keystore::KeyStore;
 use warden_keystore::keyd::KeydClient;
-use warden_keystore::report::{print_lines, status_lines};
+use warden_keystore::report::{Line, print_lines, status_lines};
 
 /// Options of `warden status`.
 #[derive(Debug, clap::Args)]
@@ -39,14 +39,14 @@ pub fn run(args: &StatusArgs) -> anyhow::Result<()> {
             Ok(Some(set)) => {
                 let policies = set.join(warden_agent::models::policy_set::POLICIES);
                 lines.push(match policy_set_digest(&policies) {
-                    Ok(d) => Ok(format!(
+                    Ok(d) => Line::Fine(format!(
                         "policy set in force: pushed by the fleet authority, {d} ({})",
                         set.display()
                     )),
-                    Err(e) => Err(format!("pushed policy set {}: {e}", set.display())),
+                    Err(e) => Line::Problem(format!("pushed policy set {}: {e}", set.display())),
                 });
             }
-            Err(e) => lines.push(Err(format!("pushed policy set: {e}"))),
+            Err(e) => lines.push(Line::Problem(format!("pushed policy set: {e}"))),
         }
     }
     match &args.keyd_socket {
@@ -57,11 +57,11 @@ pub fn run(args: &StatusArgs) -> anyhow::Result<()> {
             );
             lines.extend(status_lines(store.as_ref()));
             lines.push(match policy_set_digest(&args.policies) {
-                Ok(d) => Ok(format!(
+                Ok(d) => Line::Fine(format!(
                     "policy set {}: {d} (releases must pin this digest)",
                     args.policies.display()
                 )),
-                Err(e) => Err(format!(
+                Err(e) => Line::Problem(format!(
                     "policy set: {e}\n  hint: pass --policies DIR (the directory holding serving/startup.rego)"
                 )),
             });

@@ -116,7 +116,7 @@ impl ModelConfig {
             let f = format!("model.{}.accelerator", self.name);
             self.device_request()
                 .validate()
-                .map_err(|e| invalid(f.clone(), e))?;
+                .map_err(|e| invalid(f.clone(), e.to_string()))?;
             if a.memory_budget_mib
                 .is_some_and(|mib| mib > MAX_GPU_BUDGET_MIB)
             {

@@ -34,50 +34,67 @@ pub enum KeystoreConfig {
     Keyd { socket: PathBuf },
 }
 
-impl TryFrom<toml::Table> for KeystoreConfig {
-    type Error = String;
+/// Why a `[keystore]` section was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum KeystoreConfigError {
+    #[error(
+        "set either keystore.backend = \"software-development-only\" (development) or \
+         keystore.keyd_socket (the key service), not both"
+    )]
+    Both,
+    #[error(
+        "name keystore.keyd_socket (the key service, which holds the TPM or HSM) or, for \
+         development, keystore.backend = \"software-development-only\""
+    )]
+    Neither,
+    #[error(
+        "unknown field keystore.{0}: with keyd_socket the key service holds the backend's settings"
+    )]
+    BesideSocket(String),
+    #[error("keystore.keyd_socket must be a path string")]
+    SocketNotAPath,
+    #[error("keystore: {0}")]
+    Backend(String),
+    #[error(
+        "keystore.backend: the agent reaches a TPM or an HSM only through the key service: give \
+         this backend to warden-keyd (keyd.toml) and set keystore.keyd_socket here"
+    )]
+    HardwareInProcess,
+}
 
-    fn try_from(table: toml::Table) -> Result<Self, String> {
+impl TryFrom<toml::Table> for KeystoreConfig {
+    type Error = KeystoreConfigError;
+
+    fn try_from(table: toml::Table) -> Result<Self, KeystoreConfigError> {
         match (table.contains_key("backend"), table.get("keyd_socket")) {
-            (true, Some(_)) => Err(
-                "set either keystore.backend = \"software-development-only\" (development) or \
-                 keystore.keyd_socket (the key service), not both"
-                    .into(),
-            ),
-            (false, None) => Err(
-                "name keystore.keyd_socket (the key service, which holds the TPM or HSM) or, \
-                 for development, keystore.backend = \"software-development-only\""
-                    .into(),
-            ),
+            (true, Some(_)) => Err(KeystoreConfigError::Both),
+            (false, None) => Err(KeystoreConfigError::Neither),
             (false, Some(socket)) => {
                 if let Some(other) = table.keys().find(|k| *k != "keyd_socket") {
-                    return Err(format!(
-                        "unknown field keystore.{other}: with keyd_socket the key service holds \
-                         the backend's settings"
-                    ));
+                    return Err(KeystoreConfigError::BesideSocket(other.clone()));
                 }
-                let socket = socket
-                    .as_str()
-                    .ok_or("keystore.keyd_socket must be a path string")?;
+                let socket = socket.as_str().ok_or(KeystoreConfigError::SocketNotAPath)?;
                 Ok(KeystoreConfig::Keyd {
                     socket: anchor(PathBuf::from(socket)),
                 })
             }
             (true, None) => {
-                let backend: BackendConfig = toml::Value::Table(table)
-                    .try_into()
-                    .map_err(|e| format!("keystore: {}", e.to_string().trim_end()))?;
+                let backend: BackendConfig =
+                    toml::Value::Table(table)
+                        .try_into()
+                        .map_err(|e: toml::de::Error| {
+                            // The message alone: the span points into a table rebuilt here, not
+                            // into the operator's file.
+                            KeystoreConfigError::Backend(e.message().trim_end().to_owned())
+                        })?;
                 match backend {
                     BackendConfig::Software(mut c) => {
                         c.dir = anchor(c.dir);
                         Ok(KeystoreConfig::Development(c))
                     }
-                    BackendConfig::Tpm(_) | BackendConfig::Pkcs11(_) => Err(
-                        "keystore.backend: the agent reaches a TPM or an HSM only through the key \
-                         service: give this backend to warden-keyd (keyd.toml) and set \
-                         keystore.keyd_socket here"
-                            .into(),
-                    ),
+                    BackendConfig::Tpm(_) | BackendConfig::Pkcs11(_) => {
+                        Err(KeystoreConfigError::HardwareInProcess)
+                    }
                 }
             }
         }

@@ -290,7 +290,7 @@ impl<'de> DeserializeSeed<'de> for Elements<'_> {
 impl Elements<'_> {
     fn push<E: de::Error>(
         &mut self,
-        f: impl FnOnce(&mut BytesMut) -> Result<(), String>,
+        f: impl FnOnce(&mut BytesMut) -> Result<(), ElementError>,
     ) -> Result<usize, E> {
         if self.remaining == 0 {
             return Err(E::custom("more data elements than the shape holds"));
@@ -301,10 +301,26 @@ impl Elements<'_> {
     }
 }
 
-fn put_int(out: &mut BytesMut, dtype: DataType, v: i128) -> Result<(), String> {
+/// A data element that does not fit its tensor's datatype.
+#[derive(Debug, thiserror::Error)]
+enum ElementError {
+    #[error("{value} is out of range for {dtype}")]
+    OutOfRange { value: String, dtype: DataType },
+    #[error("{0} is not a boolean")]
+    NotBoolean(i128),
+    #[error("non-finite number")]
+    NonFinite,
+    #[error("{value} is not an integer, the datatype is {dtype}")]
+    NotInteger { value: f64, dtype: DataType },
+}
+
+fn put_int(out: &mut BytesMut, dtype: DataType, v: i128) -> Result<(), ElementError> {
     let range = |lo: i128, hi: i128| {
         if v < lo || v > hi {
-            Err(format!("{v} is out of range for {dtype}"))
+            Err(ElementError::OutOfRange {
+                value: v.to_string(),
+                dtype,
+            })
         } else {
             Ok(())
         }
@@ -332,31 +348,35 @@ fn put_int(out: &mut BytesMut, dtype: DataType, v: i128) -> Result<(), String> {
         }
         // Integers are fine for float tensors; the conversion rounds to nearest as JSON does.
         DataType::Fp16 | DataType::Fp32 | DataType::Fp64 => put_float(out, dtype, v as f64),
-        DataType::Bool => Err(format!("{v} is not a boolean")),
+        DataType::Bool => Err(ElementError::NotBoolean(v)),
     }
 }
 
-fn put_float(out: &mut BytesMut, dtype: DataType, v: f64) -> Result<(), String> {
+fn put_float(out: &mut BytesMut, dtype: DataType, v: f64) -> Result<(), ElementError> {
+    let out_of_range = || ElementError::OutOfRange {
+        value: v.to_string(),
+        dtype,
+    };
     if !v.is_finite() {
-        return Err("non-finite number".into());
+        return Err(ElementError::NonFinite);
     }
     match dtype {
         DataType::Fp64 => out.extend_from_slice(&v.to_le_bytes()),
         DataType::Fp32 => {
             let f = v as f32;
             if !f.is_finite() {
-                return Err(format!("{v} is out of range for FP32"));
+                return Err(out_of_range());
             }
             out.extend_from_slice(&f.to_le_bytes())
         }
         DataType::Fp16 => {
             let h = half::f16::from_f64(v);
             if !h.is_finite() {
-                return Err(format!("{v} is out of range for FP16"));
+                return Err(out_of_range());
             }
             out.extend_from_slice(&h.to_le_bytes())
         }
-        _ => return Err(format!("{v} is not an integer, the datatype is {dtype}")),
+        _ => return Err(ElementError::NotInteger { value: v, dtype }),
     }
     Ok(())
 }

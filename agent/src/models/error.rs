@@ -43,11 +43,11 @@ pub enum ModelError {
         version: String,
         source: warden_attest::anchors::AnchorError,
     },
-    #[error("model {name} version {version}: measuring the load: {message}")]
+    #[error("model {name} version {version}: measuring the load: {source}")]
     Measure {
         name: String,
         version: String,
-        message: String,
+        source: super::trust::MeasureError,
     },
     #[error(
         "model {name} version {version}: a value range names {input:?}, which is not an input of the model (inputs: {declared:?})"
@@ -111,5 +111,5 @@ pub enum TrustError {
     #[error("the application event log: {0}")]
     AppLog(warden_attest::boot::BootError),
     #[error("{0}")]
-    PushedPolicy(String),
+    PushedPolicy(#[from] super::policy_set::KeptSetError),
 }

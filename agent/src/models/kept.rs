@@ -78,11 +78,32 @@ pub fn new_model_template(name: &str) -> ModelConfig {
     }
 }
 
+/// Why an unpacked bundle cannot be a version of its model.
+#[derive(Debug, thiserror::Error)]
+pub enum BundleLayoutError {
+    #[error("{}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("model/ holds no .onnx or .safetensors file")]
+    NoModelFile,
+    #[error(
+        "model/ holds {} model files ({}); a new model's bundle must hold exactly one",
+        .0.len(),
+        .0.join(", ")
+    )]
+    SeveralModelFiles(Vec<String>),
+}
+
 /// The one `.onnx` or `.safetensors` file at the top of `model_dir`, for a model whose
 /// configuration names no file.
-fn sole_model_file(model_dir: &Path) -> Result<PathBuf, String> {
+fn sole_model_file(model_dir: &Path) -> Result<PathBuf, BundleLayoutError> {
     let mut found: Vec<PathBuf> = std::fs::read_dir(model_dir)
-        .map_err(|e| format!("{}: {e}", model_dir.display()))?
+        .map_err(|source| BundleLayoutError::Read {
+            path: model_dir.to_path_buf(),
+            source,
+        })?
         .filter_map(Result::ok)
         .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
         .map(|e| PathBuf::from(e.file_name()))
@@ -91,15 +112,9 @@ fn sole_model_file(model_dir: &Path) -> Result<PathBuf, String> {
     found.sort();
     match found.len() {
         1 => Ok(found.remove(0)),
-        0 => Err("model/ holds no .onnx or .safetensors file".into()),
-        _ => Err(format!(
-            "model/ holds {} model files ({}); a new model's bundle must hold exactly one",
-            found.len(),
-            found
-                .iter()
-                .map(|p| p.display().to_string())
-                .collect::<Vec<_>>()
-                .join(", ")
+        0 => Err(BundleLayoutError::NoModelFile),
+        _ => Err(BundleLayoutError::SeveralModelFiles(
+            found.iter().map(|p| p.display().to_string()).collect(),
         )),
     }
 }
@@ -111,7 +126,7 @@ pub fn bundle_config(
     bundle: &Path,
     template: ModelConfig,
     version: &str,
-) -> Result<ModelConfig, String> {
+) -> Result<ModelConfig, BundleLayoutError> {
     let release = bundle.join("release.json");
     let mut attestations: Vec<PathBuf> = std::fs::read_dir(bundle.join("attestations"))
         .map(|d| {

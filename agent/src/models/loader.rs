@@ -126,13 +126,13 @@ impl Loader {
         // Measured once the worker serves it, before the API can see it: a quote then names
         // exactly what can answer.
         if let (Some(trust), Some(event)) = (&self.trust, &staged.load_event)
-            && let Err(message) = measure(trust, event)
+            && let Err(source) = measure(trust, event)
         {
             worker.shutdown().await;
             return Err(ModelError::Measure {
                 name: m.name.clone(),
                 version: m.version.clone(),
-                message,
+                source,
             });
         }
         tracing::info!(

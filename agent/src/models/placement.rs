@@ -36,14 +36,32 @@ impl GpuPlacer {
             .gpus
             .get_or_init(warden_runtime_client::accel::discover);
         let mut granted = self.budgets.lock().unwrap_or_else(|p| p.into_inner());
-        grant_device(inventory, &mut granted, &m.name, request).map_err(|message| {
-            ModelError::Device {
-                name: m.name.clone(),
-                version: m.version.clone(),
-                message,
-            }
+        grant_device(inventory, &mut granted, &m.name, request).map_err(|e| ModelError::Device {
+            name: m.name.clone(),
+            version: m.version.clone(),
+            message: e.to_string(),
         })
     }
+}
+
+/// Why a model cannot have the device its configuration asks for.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PlacementRefused {
+    /// The GPU does not exist and the request allows no CPU fallback.
+    #[error(transparent)]
+    Unavailable(#[from] warden_runtime_client::device::DeviceUnavailable),
+    /// The budget does not fit beside the others granted on that GPU.
+    #[error(
+        "a GPU memory budget of {budget_mib} MiB does not fit on {device} ({total_mib} MiB in \
+         all{}); lower model.accelerator.memory_budget_mib or move a model to another GPU",
+        if granted.is_empty() { String::new() } else { format!(", already granted: {}", granted.join(", ")) }
+    )]
+    BudgetTooLarge {
+        budget_mib: u64,
+        device: warden_runtime_client::device::Device,
+        total_mib: u64,
+        granted: Vec<String>,
+    },
 }
 
 /// What [`grant_device`] gives a model: the request for its worker, and why it is the CPU
@@ -64,7 +82,7 @@ pub(super) fn grant_device(
     granted: &mut BTreeMap<u32, BTreeMap<String, u64>>,
     name: &str,
     request: DeviceRequest,
-) -> Result<Granted, String> {
+) -> Result<Granted, PlacementRefused> {
     let Some(ordinal) = request.device.gpu() else {
         return Ok(Granted {
             request,
@@ -88,7 +106,7 @@ pub(super) fn grant_device(
                 request,
                 fallback_reason: Some(why),
             }),
-            Err(e) => Err(e.to_string()),
+            Err(e) => Err(PlacementRefused::Unavailable(e)),
         };
     };
     let budget = request.memory_budget_bytes.unwrap_or(0);
@@ -96,22 +114,15 @@ pub(super) fn grant_device(
     let others: Vec<(&String, &u64)> = on_gpu.iter().filter(|(n, _)| *n != name).collect();
     let held: u64 = others.iter().map(|(_, b)| **b).sum();
     if held.saturating_add(budget) > gpu.total_memory_bytes {
-        let listed = others
-            .iter()
-            .map(|(n, b)| format!("{n} {} MiB", **b >> 20))
-            .collect::<Vec<_>>();
-        return Err(format!(
-            "a GPU memory budget of {} MiB does not fit on {} ({} MiB in all{}); lower \
-             model.accelerator.memory_budget_mib or move a model to another GPU",
-            budget >> 20,
-            request.device,
-            gpu.total_memory_bytes >> 20,
-            if listed.is_empty() {
-                String::new()
-            } else {
-                format!(", already granted: {}", listed.join(", "))
-            }
-        ));
+        return Err(PlacementRefused::BudgetTooLarge {
+            budget_mib: budget >> 20,
+            device: request.device,
+            total_mib: gpu.total_memory_bytes >> 20,
+            granted: others
+                .iter()
+                .map(|(n, b)| format!("{n} {} MiB", **b >> 20))
+                .collect(),
+        });
     }
     on_gpu.insert(name.to_string(), budget);
     Ok(Granted {
@@ -161,8 +172,9 @@ mod tests {
             })
         );
         // Another model does not fit beside it; the refusal names what holds the GPU.
-        let err =
-            grant_device(&inventory, &mut granted, "b", ask(Device::Cuda(0), 8, true)).unwrap_err();
+        let err = grant_device(&inventory, &mut granted, "b", ask(Device::Cuda(0), 8, true))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("8192 MiB does not fit on cuda:0"), "{err}");
         assert!(err.contains("already granted: a 10240 MiB"), "{err}");
         // A new version of the same model shares its budget.
@@ -201,7 +213,8 @@ mod tests {
             "c",
             ask(Device::Cuda(1), 1, false),
         )
-        .unwrap_err();
+        .unwrap_err()
+        .to_string();
         assert!(
             err.contains("no GPU 1 on this machine (1 GPU(s) found)"),
             "{err}"

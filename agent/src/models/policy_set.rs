@@ -40,17 +40,48 @@ pub enum PolicyPushError {
     Internal(String),
 }
 
+/// Why the kept policy set cannot be used at start.
+#[derive(Debug, thiserror::Error)]
+pub enum KeptSetError {
+    /// The pointer file cannot be read, or names no kept set.
+    #[error("{}: {detail}", path.display())]
+    Pointer { path: PathBuf, detail: String },
+    /// The kept set no longer verifies (changed on disk, or the anchors changed).
+    #[error(
+        "the pushed policy set {} does not verify: {source}; remove {} to fall back to \
+         admission.policy_directory",
+        set.display(),
+        pointer.display()
+    )]
+    Refused {
+        set: PathBuf,
+        pointer: PathBuf,
+        source: PolicyPushError,
+    },
+    /// The key store's counter.
+    #[error("the policy-set counter: {0}")]
+    Counter(#[from] warden_keystore::KeyStoreError),
+}
+
 /// The kept set named by the pointer file, if any.
-pub fn active_set(state_dir: &Path) -> Result<Option<PathBuf>, String> {
+pub fn active_set(state_dir: &Path) -> Result<Option<PathBuf>, KeptSetError> {
     let root = state_dir.join(POLICY_SET_DIR);
     let pointer = root.join(ACTIVE_FILE);
     let name = match std::fs::read_to_string(&pointer) {
         Ok(name) => name.trim().to_owned(),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(format!("{}: {e}", pointer.display())),
+        Err(e) => {
+            return Err(KeptSetError::Pointer {
+                path: pointer,
+                detail: e.to_string(),
+            });
+        }
     };
     if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
-        return Err(format!("{}: not a kept set's name", pointer.display()));
+        return Err(KeptSetError::Pointer {
+            path: pointer,
+            detail: "not a kept set's name".to_owned(),
+        });
     }
     Ok(Some(root.join(name)))
 }
@@ -105,24 +136,18 @@ fn verify_with_any(
 pub fn verify_active(
     state_dir: &Path,
     store: &dyn KeyStore,
-) -> Result<Option<(PolicySet, PathBuf)>, String> {
+) -> Result<Option<(PolicySet, PathBuf)>, KeptSetError> {
     let Some(set_dir) = active_set(state_dir)? else {
         return Ok(None);
     };
-    let current = store
-        .counter(Counter::PolicySetSerial)
-        .map_err(|e| e.to_string())?;
-    let (set, _) = verify_set(&set_dir, store, current).map_err(|e| {
-        format!(
-            "the pushed policy set {} does not verify: {e}; remove {} to fall back to \
-             admission.policy_directory",
-            set_dir.display(),
-            state_dir.join(POLICY_SET_DIR).join(ACTIVE_FILE).display()
-        )
-    })?;
-    store
-        .advance_counter(Counter::PolicySetSerial, set.serial)
-        .map_err(|e| e.to_string())?;
+    let current = store.counter(Counter::PolicySetSerial)?;
+    let (set, _) =
+        verify_set(&set_dir, store, current).map_err(|source| KeptSetError::Refused {
+            set: set_dir.clone(),
+            pointer: state_dir.join(POLICY_SET_DIR).join(ACTIVE_FILE),
+            source,
+        })?;
+    store.advance_counter(Counter::PolicySetSerial, set.serial)?;
     Ok(Some((set, set_dir.join(POLICIES))))
 }
 

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
 use super::error::{ActivateError, ModelError};
@@ -96,17 +96,14 @@ impl ModelRegistry {
     }
 
     fn snapshot(&self) -> Arc<Map> {
-        match self.map.read() {
-            Ok(m) => m.clone(),
-            Err(poisoned) => poisoned.into_inner().clone(),
-        }
+        self.map
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     fn swap(&self, f: impl FnOnce(&mut Map)) {
-        let mut guard = match self.map.write() {
-            Ok(g) => g,
-            Err(poisoned) => poisoned.into_inner(),
-        };
+        let mut guard = self.map.write().unwrap_or_else(PoisonError::into_inner);
         let mut next = (**guard).clone();
         f(&mut next);
         *guard = Arc::new(next);
@@ -249,20 +246,18 @@ impl ModelRegistry {
     }
 
     fn active_version(&self, name: &str) -> Option<String> {
-        match self.active.read() {
-            Ok(a) => a.get(name).map(|(v, _)| v.clone()),
-            Err(poisoned) => poisoned.into_inner().get(name).map(|(v, _)| v.clone()),
-        }
+        self.active
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(name)
+            .map(|(v, _)| v.clone())
     }
 
     fn with_active<T>(
         &self,
         f: impl FnOnce(&mut BTreeMap<String, (String, Option<String>)>) -> T,
     ) -> T {
-        match self.active.write() {
-            Ok(mut a) => f(&mut a),
-            Err(poisoned) => f(&mut poisoned.into_inner()),
-        }
+        f(&mut self.active.write().unwrap_or_else(PoisonError::into_inner))
     }
 
     /// Pins the current default of `name` (when it has none pinned yet), so that a version

@@ -3,7 +3,7 @@
 //! and its event log, and auditing each decision.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, PoisonError, RwLock};
 
 use warden_attest::boot::measure::{AppEventLog, DEFAULT_APP_PCR};
 use warden_keystore::software::SoftwareKeyStore;
@@ -23,10 +23,10 @@ pub const APP_EVENT_LOG: &str = "app-events.jsonl";
 pub struct TrustContext {
     pub store: Arc<dyn KeyStore>,
     pub config: AdmissionConfig,
-    /// Swapped whole on refresh; evaluations clone the `Arc` and never hold the lock.
-    admission: RwLock<Arc<Admission>>,
-    /// Where the policy set in force was read from (a pushed set, or the configured one).
-    policy_dir: RwLock<PathBuf>,
+    /// The admission policy and the directory it was compiled from (a pushed set, or the
+    /// configured one), swapped together on refresh so that no reader sees one without the
+    /// other; evaluations clone the `Arc` and never hold the lock.
+    in_force: RwLock<(Arc<Admission>, PathBuf)>,
     app_log: AppEventLog,
 }
 
@@ -73,8 +73,7 @@ impl TrustContext {
     ) -> Result<Self, TrustError> {
         // A policy set pushed by the fleet authority replaces the configured one, once it
         // verifies again.
-        let pushed = crate::models::policy_set::verify_active(state_dir, store.as_ref())
-            .map_err(TrustError::PushedPolicy)?;
+        let pushed = crate::models::policy_set::verify_active(state_dir, store.as_ref())?;
         let (pushed, policy_dir) = match pushed {
             Some((set, dir)) => (Some(set), dir),
             None => (None, config.policy_directory.clone()),
@@ -95,18 +94,18 @@ impl TrustContext {
         Ok(Self {
             store,
             config,
-            admission: RwLock::new(Arc::new(admission)),
-            policy_dir: RwLock::new(policy_dir),
+            in_force: RwLock::new((Arc::new(admission), policy_dir)),
             app_log,
         })
     }
 
     /// The running admission policy.
     pub fn admission(&self) -> Arc<Admission> {
-        match self.admission.read() {
-            Ok(a) => a.clone(),
-            Err(poisoned) => poisoned.into_inner().clone(),
-        }
+        self.in_force
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .0
+            .clone()
     }
 
     /// Re-reads the policy set in force (the pushed one, or `admission.policy_directory`). A
@@ -122,10 +121,11 @@ impl TrustContext {
 
     /// The directory of the policy set in force.
     pub fn policy_dir(&self) -> PathBuf {
-        match self.policy_dir.read() {
-            Ok(d) => d.clone(),
-            Err(poisoned) => poisoned.into_inner().clone(),
-        }
+        self.in_force
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .1
+            .clone()
     }
 
     /// Compiles the policy set in `dir` as admission would run it (refusing what
@@ -136,14 +136,10 @@ impl TrustContext {
 
     /// Puts `admission`, compiled from `dir`, in force.
     pub fn set_admission(&self, admission: Arc<Admission>, dir: PathBuf) {
-        match self.admission.write() {
-            Ok(mut a) => *a = admission,
-            Err(poisoned) => *poisoned.into_inner() = admission,
-        }
-        match self.policy_dir.write() {
-            Ok(mut d) => *d = dir,
-            Err(poisoned) => *poisoned.into_inner() = dir,
-        }
+        *self
+            .in_force
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = (admission, dir);
     }
 
     /// The revocation list as it is now. An unreadable or absent file is offered as no list:
@@ -201,8 +197,8 @@ fn start_app_log(store: &dyn KeyStore, log: &AppEventLog) -> Result<(), TrustErr
 pub(super) fn measure(
     trust: &TrustContext,
     event: &warden_attest::boot::measure::ModelLoadEvent,
-) -> Result<(), String> {
-    trust.app_log.append(event).map_err(|e| e.to_string())?;
+) -> Result<(), MeasureError> {
+    trust.app_log.append(event)?;
     let extended = if trust.store.capabilities().pcrs {
         trust.store.extend_pcr(DEFAULT_APP_PCR, event.digest())
     } else {
@@ -217,8 +213,18 @@ pub(super) fn measure(
             tracing::warn!(model = %event.model, version = %event.version, backend, "this key store has no PCRs: the load is recorded in the application event log only, not measured");
             Ok(())
         }
-        Err(e) => Err(e.to_string()),
+        Err(e) => Err(MeasureError::Extend(e)),
     }
+}
+
+/// Why a load could not be measured (the load is then refused: a quote must name exactly
+/// what can answer).
+#[derive(Debug, thiserror::Error)]
+pub enum MeasureError {
+    #[error("the application event log: {0}")]
+    Log(#[from] warden_attest::boot::BootError),
+    #[error("extending the application PCR: {0}")]
+    Extend(KeyStoreError),
 }
 
 /// Runs admission off the async threads (it hashes the whole model).

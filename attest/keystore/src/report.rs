@@ -4,16 +4,39 @@
 
 use crate::{Counter, KeyStore, Role};
 
-/// The report, a line each; `Err` lines are problems, with a hint.
-pub fn status_lines(store: &dyn KeyStore) -> Vec<Result<String, String>> {
+/// One line of a status report.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Line {
+    /// As it should be.
+    Fine(String),
+    /// Something an operator must fix, with a hint on the lines after the first.
+    Problem(String),
+}
+
+impl Line {
+    /// The text, whichever kind.
+    pub fn text(&self) -> &str {
+        match self {
+            Line::Fine(t) | Line::Problem(t) => t,
+        }
+    }
+
+    /// Whether this line is a problem.
+    pub fn is_problem(&self) -> bool {
+        matches!(self, Line::Problem(_))
+    }
+}
+
+/// The report, a line each; problems carry a hint.
+pub fn status_lines(store: &dyn KeyStore) -> Vec<Line> {
     let mut out = Vec::new();
     let info = store.describe();
     if info.development_only {
-        out.push(Err(format!(
+        out.push(Line::Problem(format!(
             "key store: {info}\n  hint: choose backend = \"tpm\" or \"pkcs11\" in keyd.toml for production"
         )));
     } else {
-        out.push(Ok(format!("key store: {info}")));
+        out.push(Line::Fine(format!("key store: {info}")));
     }
     let c = store.capabilities();
     let qualified = |supported: bool, strong: bool, how: &str| {
@@ -23,7 +46,7 @@ pub fn status_lines(store: &dyn KeyStore) -> Vec<Result<String, String>> {
             if strong { how } else { "" }
         )
     };
-    out.push(Ok(format!(
+    out.push(Line::Fine(format!(
         "capabilities: anchors {}, device key {}, seal {}, counters {}, PCRs and quotes {}",
         qualified(c.anchors, c.anchors_hardware_locked, " (hardware-locked)"),
         qualified(
@@ -40,42 +63,38 @@ pub fn status_lines(store: &dyn KeyStore) -> Vec<Result<String, String>> {
         qualified(c.pcrs, false, ""),
     )));
     match store.device_public_key() {
-        Ok(_) => out.push(Ok("device key: present".to_owned())),
-        Err(e) => out.push(Err(format!(
+        Ok(_) => out.push(Line::Fine("device key: present".to_owned())),
+        Err(e) => out.push(Line::Problem(format!(
             "device key: {e}\n  hint: run `warden-keyd provision --config …`"
         ))),
     }
     for role in Role::ALL {
         match store.anchors(role) {
-            Ok(Some(pem)) => out.push(Ok(format!("anchors {role}: present ({} bytes)", pem.len()))),
-            Ok(None) => out.push(Err(format!(
+            Ok(Some(pem)) => out.push(Line::Fine(format!(
+                "anchors {role}: present ({} bytes)",
+                pem.len()
+            ))),
+            Ok(None) => out.push(Line::Problem(format!(
                 "anchors {role}: ABSENT\n  hint: `warden-keyd provision --anchor {role}=FILE.pem`"
             ))),
-            Err(e) => out.push(Err(format!("anchors {role}: {e}"))),
+            Err(e) => out.push(Line::Problem(format!("anchors {role}: {e}"))),
         }
     }
     for counter in [Counter::RevocationSerial, Counter::PolicySetSerial] {
         match store.counter(counter) {
-            Ok(v) => out.push(Ok(format!("counter {counter}: {v}"))),
-            Err(e) => out.push(Err(format!("counter {counter}: {e}"))),
+            Ok(v) => out.push(Line::Fine(format!("counter {counter}: {v}"))),
+            Err(e) => out.push(Line::Problem(format!("counter {counter}: {e}"))),
         }
     }
     out
 }
 
 /// Prints `lines` and counts the problems among them.
-pub fn print_lines(lines: Vec<Result<String, String>>) -> usize {
-    let mut problems = 0;
-    for line in lines {
-        match line {
-            Ok(l) => println!("{l}"),
-            Err(l) => {
-                problems += 1;
-                println!("{l}");
-            }
-        }
+pub fn print_lines(lines: Vec<Line>) -> usize {
+    for line in &lines {
+        println!("{}", line.text());
     }
-    problems
+    lines.iter().filter(|l| l.is_problem()).count()
 }
 
 #[cfg(test)]
@@ -88,7 +107,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = SoftwareKeyStore::open(dir.path()).unwrap();
         let lines = status_lines(&store);
-        let problems: Vec<&String> = lines.iter().filter_map(|l| l.as_ref().err()).collect();
+        let problems: Vec<&str> = lines
+            .iter()
+            .filter(|l| l.is_problem())
+            .map(Line::text)
+            .collect();
         // Development only, no device key, four roles without anchors.
         assert_eq!(problems.len(), 6, "{lines:?}");
         assert!(problems[0].contains("DEVELOPMENT ONLY"), "{}", problems[0]);
@@ -103,11 +126,11 @@ mod tests {
             .unwrap();
         let lines = status_lines(&store);
         assert!(
-            lines.contains(&Ok("device key: present".to_owned())),
+            lines.contains(&Line::Fine("device key: present".to_owned())),
             "{lines:?}"
         );
         assert!(
-            lines.contains(&Ok("counter revocation-serial: 0".to_owned())),
+            lines.contains(&Line::Fine("counter revocation-serial: 0".to_owned())),
             "{lines:?}"
         );
     }

@@ -134,7 +134,7 @@ impl EventLog {
             ));
         }
         let header = r.take(size, "Spec ID header")?;
-        let algorithms = parse_spec_id(header).map_err(|d| r.err(d))?;
+        let algorithms = parse_spec_id(header).map_err(|e| r.err(e.to_string()))?;
 
         let mut events = Vec::new();
         while r.pos < bytes.len() {
@@ -287,31 +287,47 @@ impl EventLog {
     }
 }
 
-fn parse_spec_id(header: &[u8]) -> Result<Vec<(u16, u16)>, String> {
+/// Why the Spec ID header is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+enum SpecIdError {
+    #[error("truncated {0}")]
+    Truncated(&'static str),
+    #[error("the header is not a `Spec ID Event03` (not a crypto-agile log)")]
+    NotSpecId,
+    #[error("spec version {0} (expected 2)")]
+    Version(u8),
+    #[error("{0} digest algorithms")]
+    AlgorithmCount(u32),
+    #[error("algorithm {alg:#06x} with digest size {size}")]
+    Algorithm { alg: u16, size: u16 },
+}
+
+fn parse_spec_id(header: &[u8]) -> Result<Vec<(u16, u16)>, SpecIdError> {
     let mut r = Reader {
         buf: header,
         pos: 0,
     };
-    let e = |b: BootError| b.to_string();
-    if r.take(16, "signature").map_err(e)? != SPEC_ID_SIGNATURE {
-        return Err("the header is not a `Spec ID Event03` (not a crypto-agile log)".to_owned());
+    // The inner reader's own errors carry the field that was cut; its offset is the outer one.
+    let cut = |what: &'static str| move |_: BootError| SpecIdError::Truncated(what);
+    if r.take(16, "signature").map_err(cut("signature"))? != SPEC_ID_SIGNATURE {
+        return Err(SpecIdError::NotSpecId);
     }
-    r.u32("platform class").map_err(e)?;
-    let _minor = r.u8("version").map_err(e)?;
-    let major = r.u8("version").map_err(e)?;
-    r.u8("errata").map_err(e)?;
-    r.u8("uintn size").map_err(e)?;
+    r.u32("platform class").map_err(cut("platform class"))?;
+    let _minor = r.u8("version").map_err(cut("version"))?;
+    let major = r.u8("version").map_err(cut("version"))?;
+    r.u8("errata").map_err(cut("errata"))?;
+    r.u8("uintn size").map_err(cut("uintn size"))?;
     if major != 2 {
-        return Err(format!("spec version {major} (expected 2)"));
+        return Err(SpecIdError::Version(major));
     }
-    let n = r.u32("algorithm count").map_err(e)?;
+    let n = r.u32("algorithm count").map_err(cut("algorithm count"))?;
     if n == 0 || n > MAX_ALGORITHMS {
-        return Err(format!("{n} digest algorithms"));
+        return Err(SpecIdError::AlgorithmCount(n));
     }
     let mut algs = Vec::new();
     for _ in 0..n {
-        let alg = r.u16("algorithm").map_err(e)?;
-        let size = r.u16("digest size").map_err(e)?;
+        let alg = r.u16("algorithm").map_err(cut("algorithm"))?;
+        let size = r.u16("digest size").map_err(cut("digest size"))?;
         let known = match alg {
             ALG_SHA1 => Some(20),
             ALG_SHA256 => Some(32),
@@ -320,12 +336,13 @@ fn parse_spec_id(header: &[u8]) -> Result<Vec<(u16, u16)>, String> {
             _ => None,
         };
         if known.is_some_and(|k| k != size) || size == 0 || size > 64 {
-            return Err(format!("algorithm {alg:#06x} with digest size {size}"));
+            return Err(SpecIdError::Algorithm { alg, size });
         }
         algs.push((alg, size));
     }
-    let vendor = r.u8("vendor info size").map_err(e)?;
-    r.take(usize::from(vendor), "vendor info").map_err(e)?;
+    let vendor = r.u8("vendor info size").map_err(cut("vendor info size"))?;
+    r.take(usize::from(vendor), "vendor info")
+        .map_err(cut("vendor info"))?;
     Ok(algs)
 }
 

@@ -73,8 +73,11 @@ pub enum PolicySetError {
 
 /// Signs a policy set as the fleet authority.
 pub fn sign_policy_set(set: &PolicySet, signer: &Signer) -> Result<Vec<u8>, PolicySetError> {
-    let subject = Subject::for_digest("policy-set", &set.policy_set_digest)
-        .map_err(|detail| PolicySetError::Malformed { detail })?;
+    let subject = Subject::for_digest("policy-set", &set.policy_set_digest).map_err(|e| {
+        PolicySetError::Malformed {
+            detail: e.to_string(),
+        }
+    })?;
     sign_predicate(
         "policy set",
         vec![subject],
@@ -102,7 +105,9 @@ pub fn verify_policy_set(
     )
     .map_err(Box::new)?;
     let set = statement.predicate;
-    sha256_hex(&set.policy_set_digest).map_err(|detail| PolicySetError::Malformed { detail })?;
+    sha256_hex(&set.policy_set_digest).map_err(|e| PolicySetError::Malformed {
+        detail: e.to_string(),
+    })?;
     let subjects: Vec<String> = statement
         .subject
         .iter()

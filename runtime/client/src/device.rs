@@ -122,24 +122,29 @@ impl DeviceRequest {
     }
 
     /// Checks the request's own consistency.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), InvalidDeviceRequest> {
         match (self.device, self.memory_budget_bytes) {
-            (Device::Cpu, Some(_)) => {
-                Err("a memory budget applies to a GPU device only (device is \"cpu\")".into())
-            }
-            (Device::Cpu, None) if self.cpu_fallback => {
-                Err("cpu_fallback applies to a GPU device only (device is \"cpu\")".into())
-            }
+            (Device::Cpu, Some(_)) => Err(InvalidDeviceRequest::BudgetOnCpu),
+            (Device::Cpu, None) if self.cpu_fallback => Err(InvalidDeviceRequest::FallbackOnCpu),
             (Device::Cpu, None) => Ok(()),
-            (gpu, None) => Err(format!(
-                "device {gpu} needs a GPU memory budget (memory_budget_mib)"
-            )),
-            (gpu, Some(0)) => Err(format!(
-                "device {gpu}: the GPU memory budget must be above 0"
-            )),
+            (gpu, None) => Err(InvalidDeviceRequest::NoBudget(gpu)),
+            (gpu, Some(0)) => Err(InvalidDeviceRequest::ZeroBudget(gpu)),
             (_, Some(_)) => Ok(()),
         }
     }
+}
+
+/// A device request that contradicts itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum InvalidDeviceRequest {
+    #[error("a memory budget applies to a GPU device only (device is \"cpu\")")]
+    BudgetOnCpu,
+    #[error("cpu_fallback applies to a GPU device only (device is \"cpu\")")]
+    FallbackOnCpu,
+    #[error("device {0} needs a GPU memory budget (memory_budget_mib)")]
+    NoBudget(Device),
+    #[error("device {0}: the GPU memory budget must be above 0")]
+    ZeroBudget(Device),
 }
 
 /// The GPU a model asked for cannot be used, and its request allows no CPU fallback.
@@ -219,7 +224,13 @@ mod tests {
         };
         assert!(DeviceRequest::default().validate().is_ok());
         assert!(gpu(Some(1 << 30), false).validate().is_ok());
-        assert!(gpu(None, false).validate().unwrap_err().contains("budget"));
+        assert!(
+            gpu(None, false)
+                .validate()
+                .unwrap_err()
+                .to_string()
+                .contains("budget")
+        );
         assert!(gpu(Some(0), false).validate().is_err());
         let cpu_with_budget = DeviceRequest {
             memory_budget_bytes: Some(1),

@@ -11,7 +11,7 @@
 use bytes::Bytes;
 
 use crate::device::Placement;
-use crate::shm::Region;
+use crate::shm::{Region, ShmError};
 use crate::tensor::{DataType, ModelSignature, Tensor, byte_len};
 
 /// Version sent in `Hello`; a peer refuses any other. 2: `Hello` carries the placement.
@@ -215,7 +215,7 @@ impl Message {
     /// tensor arena: a tensor placed in one is malformed.
     pub fn decode(body: Bytes) -> Result<Message, ProtocolError> {
         Self::decode_resolving(body, &mut |_, _| {
-            Err("tensor in shared memory, but this connection has no tensor arena".into())
+            Err(ArenaRefusal::NoArena("this connection has no tensor arena"))
         })
     }
 
@@ -223,7 +223,7 @@ impl Message {
     /// the tensor arena (its error makes the frame malformed).
     pub fn decode_resolving(
         body: Bytes,
-        resolve: &mut dyn FnMut(u64, usize) -> Result<Bytes, String>,
+        resolve: &mut dyn FnMut(u64, usize) -> Result<Bytes, ArenaRefusal>,
     ) -> Result<Message, ProtocolError> {
         if body.len() < HEADER_BYTES {
             return Err(ProtocolError::FrameTooShort(body.len()));
@@ -371,12 +371,26 @@ fn put_tensors(
     Ok(())
 }
 
+/// Why a tensor placed in the tensor arena cannot be read: the frame is then malformed.
+#[derive(Debug, thiserror::Error)]
+pub enum ArenaRefusal {
+    /// This connection (or this request) has no arena, or no reply region in it.
+    #[error("tensor in shared memory, but {0}")]
+    NoArena(&'static str),
+    /// An offset this machine cannot address.
+    #[error("offset {0} is not addressable")]
+    Offset(u64),
+    /// The arena refused the range.
+    #[error(transparent)]
+    Shm(#[from] ShmError),
+}
+
 /// A bounds-checked cursor over a frame body.
 struct Reader<'r> {
     buf: Bytes,
     pos: usize,
     id: u64,
-    resolve: &'r mut dyn FnMut(u64, usize) -> Result<Bytes, String>,
+    resolve: &'r mut dyn FnMut(u64, usize) -> Result<Bytes, ArenaRefusal>,
 }
 
 impl Reader<'_> {
@@ -867,8 +881,8 @@ mod tests {
             Err(ProtocolError::Malformed { id: 3, ref reason }) if reason.contains("no tensor arena")
         ));
         assert!(matches!(
-            Message::decode_resolving(body(&frame), &mut |_, _| Err("outside".into())),
-            Err(ProtocolError::Malformed { id: 3, ref reason }) if reason.contains("outside")
+            Message::decode_resolving(body(&frame), &mut |_, _| Err(ArenaRefusal::Offset(u64::MAX))),
+            Err(ProtocolError::Malformed { id: 3, ref reason }) if reason.contains("not addressable")
         ));
         // Every truncation of a frame with an offset is refused too.
         let full = body(&frame);

@@ -3,7 +3,7 @@
 //! the file system.
 
 use std::path::Path;
-use std::sync::Mutex;
+use std::sync::{Mutex, PoisonError};
 
 use warden_runtime_client::device::Device;
 use warden_runtime_client::worker::TELEMETRY_OPT_OUT;
@@ -15,9 +15,7 @@ use crate::engine::error::EngineError;
 /// the environment starts threads, which must come after the sandbox (a process with more
 /// than one thread cannot enter a user namespace). Loading twice is harmless.
 pub fn load_library(onnxruntime_library: &Path) -> Result<(), EngineError> {
-    let mut loaded = LIBRARY
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let mut loaded = LIBRARY.lock().unwrap_or_else(PoisonError::into_inner);
     if loaded.is_some() {
         return Ok(());
     }

@@ -17,7 +17,7 @@ pub mod library;
 
 use std::collections::HashSet;
 use std::path::Path;
-use std::sync::{Condvar, Mutex, MutexGuard};
+use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
 
 use ort::environment::Environment;
 use ort::session::builder::GraphOptimizationLevel;
@@ -243,7 +243,7 @@ impl OrtEngine {
             pool = self
                 .available
                 .wait(pool)
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
+                .unwrap_or_else(PoisonError::into_inner);
         }
     }
 }
@@ -377,7 +377,7 @@ fn environment(onnxruntime_library: &Path) -> Result<Environment, EngineError> {
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 fn names(specs: &[TensorSpec]) -> Vec<&str> {

@@ -51,7 +51,8 @@ pub fn place(policy: &SandboxPolicy, pid: u32) -> Result<Placement, SandboxError
         .map(|c| format!("+{c}"))
         .collect();
     if !to_enable.is_empty() {
-        write(&parent.join("cgroup.subtree_control"), &to_enable.join(" ")).map_err(&err)?;
+        write(&parent.join("cgroup.subtree_control"), &to_enable.join(" "))
+            .map_err(|e| err(e.to_string()))?;
     }
     // The same path the supervisor removes after the worker exits.
     let Some(dir) = policy.worker_cgroup(pid) else {
@@ -63,18 +64,31 @@ pub fn place(policy: &SandboxPolicy, pid: u32) -> Result<Placement, SandboxError
         &dir.join("memory.max"),
         &policy.cgroup_memory_bytes.to_string(),
     )
-    .map_err(&err)?;
+    .map_err(|e| err(e.to_string()))?;
     // Swap would let the worker exceed memory.max on disk; optional where swap accounting is off.
     let _ = write(&dir.join("memory.swap.max"), "0");
-    write(&dir.join("cpu.max"), &format!("{quota} 100000")).map_err(&err)?;
-    write(&dir.join("pids.max"), &policy.cgroup_pids.to_string()).map_err(&err)?;
-    write(&dir.join("cgroup.procs"), "0").map_err(&err)?;
+    write(&dir.join("cpu.max"), &format!("{quota} 100000")).map_err(|e| err(e.to_string()))?;
+    write(&dir.join("pids.max"), &policy.cgroup_pids.to_string())
+        .map_err(|e| err(e.to_string()))?;
+    write(&dir.join("cgroup.procs"), "0").map_err(|e| err(e.to_string()))?;
     Ok(Placement::Limited(dir))
 }
 
-fn write(path: &Path, value: &str) -> Result<(), String> {
-    std::fs::write(path, value)
-        .map_err(|e| format!("cannot write {value:?} to {}: {e}", path.display()))
+/// A cgroup file that did not take its value.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot write {value:?} to {}: {source}", path.display())]
+struct WriteError {
+    path: std::path::PathBuf,
+    value: String,
+    source: std::io::Error,
+}
+
+fn write(path: &Path, value: &str) -> Result<(), WriteError> {
+    std::fs::write(path, value).map_err(|source| WriteError {
+        path: path.to_path_buf(),
+        value: value.to_owned(),
+        source,
+    })
 }
 
 fn describe_host() -> String {

@@ -35,6 +35,16 @@ pub struct CapabilitySets {
     pub bounding: Vec<String>,
 }
 
+/// The process's capability sets, or why they could not be read (`{"Ok": …}` or
+/// `{"Err": "…"}` in the report).
+#[derive(Debug, Serialize)]
+pub enum CapabilityReport {
+    #[serde(rename = "Ok")]
+    Read(CapabilitySets),
+    #[serde(rename = "Err")]
+    Unreadable(String),
+}
+
 /// Everything the probes saw.
 #[derive(Debug, Serialize)]
 pub struct Report {
@@ -43,7 +53,7 @@ pub struct Report {
     pub gid: u32,
     pub egid: u32,
     pub pid: i32,
-    pub capabilities: Result<CapabilitySets, String>,
+    pub capabilities: CapabilityReport,
     pub no_new_privs: Outcome,
     pub root_entries: Outcome,
     pub proc_entries: Outcome,
@@ -95,7 +105,10 @@ pub fn run(targets: &Targets) -> Report {
         gid: getgid().as_raw(),
         egid: getegid().as_raw(),
         pid: getpid().as_raw(),
-        capabilities: capability_sets(),
+        capabilities: match capability_sets() {
+            Ok(sets) => CapabilityReport::Read(sets),
+            Err(e) => CapabilityReport::Unreadable(e.to_string()),
+        },
         no_new_privs: nix::sys::prctl::get_no_new_privs().into(),
         root_entries: list("/").into(),
         proc_entries: list("/proc").into(),
@@ -164,20 +177,27 @@ fn list(dir: &str) -> std::io::Result<Vec<String>> {
     Ok(names)
 }
 
+/// An allocation the address-space limit refused.
+#[derive(Debug, thiserror::Error)]
+#[error("allocation of {bytes} bytes refused: {source}")]
+struct AllocationRefused {
+    bytes: usize,
+    source: std::collections::TryReserveError,
+}
+
 /// Reserves and touches `bytes`; fails (instead of aborting) when the limit refuses it.
-fn allocate(bytes: usize) -> Result<usize, String> {
+fn allocate(bytes: usize) -> Result<usize, AllocationRefused> {
     let mut v: Vec<u8> = Vec::new();
     v.try_reserve_exact(bytes)
-        .map_err(|e| format!("allocation of {bytes} bytes refused: {e}"))?;
+        .map_err(|source| AllocationRefused { bytes, source })?;
     v.resize(bytes, 1);
     Ok(v.iter().step_by(4096).map(|&b| usize::from(b)).sum())
 }
 
-fn capability_sets() -> Result<CapabilitySets, String> {
+fn capability_sets() -> Result<CapabilitySets, caps::errors::CapsError> {
     use caps::CapSet;
-    let read = |set| -> Result<Vec<String>, String> {
-        let mut names: Vec<String> = caps::read(None, set)
-            .map_err(|e| e.to_string())?
+    let read = |set| -> Result<Vec<String>, caps::errors::CapsError> {
+        let mut names: Vec<String> = caps::read(None, set)?
             .iter()
             .map(ToString::to_string)
             .collect();

@@ -103,7 +103,7 @@ impl Tpm {
             detail: e.to_string(),
         })?;
         let (tx, rx) = mpsc::channel::<Job>();
-        let (ready_tx, ready_rx) = mpsc::channel::<Result<(), String>>();
+        let (ready_tx, ready_rx) = mpsc::channel::<Result<(), tss_esapi::Error>>();
         std::thread::Builder::new()
             .name("warden-tpm".to_owned())
             .spawn(move || match Context::new(conf) {
@@ -114,7 +114,7 @@ impl Tpm {
                     }
                 }
                 Err(e) => {
-                    let _ = ready_tx.send(Err(e.to_string()));
+                    let _ = ready_tx.send(Err(e));
                 }
             })
             .map_err(|e| TpmError::Open {
@@ -126,9 +126,9 @@ impl Tpm {
                 tx,
                 tcti: tcti.to_owned(),
             }),
-            Ok(Err(detail)) => Err(TpmError::Open {
+            Ok(Err(e)) => Err(TpmError::Open {
                 tcti: tcti.to_owned(),
-                detail,
+                detail: e.to_string(),
             }),
             Err(_) => Err(TpmError::Closed),
         }

@@ -101,7 +101,7 @@ impl KeydClient {
         Ok(s)
     }
 
-    fn round_trip(stream: &mut UnixStream, body: &[u8]) -> Result<Vec<u8>, String> {
+    fn round_trip(stream: &mut UnixStream, body: &[u8]) -> Result<Vec<u8>, FrameError> {
         match write_frame_blocking(stream, body) {
             Ok(()) => {}
             // keyd refuses a caller that is no principal with one frame and closes the
@@ -113,11 +113,12 @@ impl KeydClient {
                     std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset
                 ) =>
             {
-                return read_frame_blocking(stream, MAX_RESPONSE_BYTES).map_err(|_| e.to_string());
+                return read_frame_blocking(stream, MAX_RESPONSE_BYTES)
+                    .map_err(|_| FrameError::Io(e));
             }
-            Err(e) => return Err(e.to_string()),
+            Err(e) => return Err(e),
         }
-        read_frame_blocking(stream, MAX_RESPONSE_BYTES).map_err(|e| e.to_string())
+        read_frame_blocking(stream, MAX_RESPONSE_BYTES)
     }
 
     /// One request, one response; a response of type `error` becomes a [`KeyStoreError`].
@@ -141,7 +142,7 @@ impl KeydClient {
                     reply = Some(Zeroizing::new(r));
                     break;
                 }
-                Err(e) => last = e,
+                Err(e) => last = e.to_string(),
             }
         }
         drop(guard);

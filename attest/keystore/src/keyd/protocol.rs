@@ -155,51 +155,67 @@ impl Request {
     }
 }
 
+/// A request whose fields break the API's bounds (answered `invalid_input`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RequestRefused {
+    #[error("PCR {0} does not exist (0 to {MAX_PCR})")]
+    NoSuchPcr(u32),
+    #[error(
+        "PCR {pcr} records the boot chain; keyd extends only PCRs {first} to {last}",
+        first = EXTENDABLE_PCRS.start(),
+        last = EXTENDABLE_PCRS.end()
+    )]
+    BootPcr { pcr: u32 },
+    #[error("a nonce holds 1 to {max} bytes, not {len}", max = attestation::MAX_NONCE)]
+    NonceLength { len: usize },
+    #[error("a quote selects 1 to {max} PCRs, not {len}", max = MAX_PCR + 1)]
+    SelectionSize { len: usize },
+    #[error("PCR {0} is selected twice")]
+    SelectedTwice(u32),
+}
+
 /// Checks a PCR index.
-pub fn check_pcr(pcr: u32) -> Result<(), String> {
+pub fn check_pcr(pcr: u32) -> Result<(), RequestRefused> {
     if pcr > MAX_PCR {
-        return Err(format!("PCR {pcr} does not exist (0 to {MAX_PCR})"));
+        return Err(RequestRefused::NoSuchPcr(pcr));
     }
     Ok(())
 }
 
 /// Checks a PCR that a caller asks to extend.
-pub fn check_extendable_pcr(pcr: u32) -> Result<(), String> {
+pub fn check_extendable_pcr(pcr: u32) -> Result<(), RequestRefused> {
     check_pcr(pcr)?;
     if !EXTENDABLE_PCRS.contains(&pcr) {
-        return Err(format!(
-            "PCR {pcr} records the boot chain; keyd extends only PCRs {} to {}",
-            EXTENDABLE_PCRS.start(),
-            EXTENDABLE_PCRS.end()
-        ));
+        return Err(RequestRefused::BootPcr { pcr });
     }
     Ok(())
 }
 
 /// Checks a quote's nonce and PCR selection.
-pub fn check_quote_request(nonce: &[u8], pcrs: &[u32]) -> Result<(), String> {
+pub fn check_quote_request(nonce: &[u8], pcrs: &[u32]) -> Result<(), RequestRefused> {
     if nonce.is_empty() || nonce.len() > attestation::MAX_NONCE {
-        return Err(format!(
-            "a nonce holds 1 to {} bytes, not {}",
-            attestation::MAX_NONCE,
-            nonce.len()
-        ));
+        return Err(RequestRefused::NonceLength { len: nonce.len() });
     }
     if pcrs.is_empty() || pcrs.len() > (MAX_PCR as usize + 1) {
-        return Err(format!(
-            "a quote selects 1 to {} PCRs, not {}",
-            MAX_PCR + 1,
-            pcrs.len()
-        ));
+        return Err(RequestRefused::SelectionSize { len: pcrs.len() });
     }
     let mut seen = std::collections::BTreeSet::new();
     for &pcr in pcrs {
         check_pcr(pcr)?;
         if !seen.insert(pcr) {
-            return Err(format!("PCR {pcr} is selected twice"));
+            return Err(RequestRefused::SelectedTwice(pcr));
         }
     }
     Ok(())
+}
+
+/// A field of a frame that does not decode.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WireError {
+    #[error("{field} is not base64: {detail}")]
+    Base64 { field: String, detail: String },
+    #[error("{0:?} is not a PCR number")]
+    PcrNumber(String),
 }
 
 /// A role on the wire.
@@ -405,10 +421,10 @@ impl std::fmt::Debug for Response {
 
 impl Response {
     /// A refusal without counter details.
-    pub fn error(kind: ErrorKind, message: impl Into<String>) -> Self {
+    pub fn error(kind: ErrorKind, message: impl std::fmt::Display) -> Self {
         Response::Error {
             kind,
-            message: message.into(),
+            message: message.to_string(),
             current: None,
             requested: None,
         }
@@ -463,13 +479,12 @@ pub fn quote_from_wire(
     attest: String,
     signature: String,
     pcrs: std::collections::BTreeMap<String, String>,
-) -> Result<Quote, String> {
+) -> Result<Quote, WireError> {
     let pcrs = pcrs
         .into_iter()
-        .map(|(pcr, value)| {
-            pcr.parse::<u32>()
-                .map(|p| (p, value))
-                .map_err(|_| format!("{pcr:?} is not a PCR number"))
+        .map(|(pcr, value)| match pcr.parse::<u32>() {
+            Ok(p) => Ok((p, value)),
+            Err(_) => Err(WireError::PcrNumber(pcr)),
         })
         .collect::<Result<_, _>>()?;
     Ok(Quote {
@@ -485,10 +500,11 @@ pub fn b64(bytes: &[u8]) -> String {
 }
 
 /// Base64-decodes `field`.
-pub fn unb64(field: &str, s: &str) -> Result<Vec<u8>, String> {
-    STANDARD
-        .decode(s)
-        .map_err(|e| format!("{field} is not base64: {e}"))
+pub fn unb64(field: &str, s: &str) -> Result<Vec<u8>, WireError> {
+    STANDARD.decode(s).map_err(|e| WireError::Base64 {
+        field: field.to_owned(),
+        detail: e.to_string(),
+    })
 }
 
 /// Why a frame could not be read.

@@ -10,7 +10,9 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use super::error::{Reply, WorkerError, unavailable};
 use crate::device::Placement;
-use crate::protocol::{ErrorClass, Message, PROTOCOL_VERSION, ReadError, read_frame_async};
+use crate::protocol::{
+    ArenaRefusal, ErrorClass, Message, PROTOCOL_VERSION, ReadError, read_frame_async,
+};
 use crate::shm::Slot;
 use crate::tensor::ModelSignature;
 
@@ -256,8 +258,8 @@ pub(super) async fn read_loop(
             .filter(|_| arena)
             .and_then(|id| shared.lock().slots.remove(&id));
         let decoded = Message::decode_resolving(body, &mut |offset, len| match &slot {
-            Some(slot) => slot.take_output(offset, len).map_err(|e| e.to_string()),
-            None => Err("output in shared memory, but the request has no reply region".into()),
+            Some(slot) => Ok(slot.take_output(offset, len)?),
+            None => Err(ArenaRefusal::NoArena("the request has no reply region")),
         });
         drop(slot);
         match decoded {
