@@ -28,6 +28,10 @@ step "crate boundaries"
 # The agent links no TPM/PKCS#11 backend and no inference engine; workers hold no keys.
 bash scripts/check-boundaries.sh
 
+step "structure"
+# No import circles between the files of a crate; no source file over 600 lines before its tests.
+python3 scripts/check-structure.py
+
 step "build"
 # The agent's tests start the worker binary, which lives in another crate: build every binary.
 cargo build --locked --workspace --bins

@@ -47,7 +47,7 @@ pub enum ModelError {
     Measure {
         name: String,
         version: String,
-        source: super::trust::MeasureError,
+        source: MeasureError,
     },
     #[error(
         "model {name} version {version}: a value range names {input:?}, which is not an input of the model (inputs: {declared:?})"
@@ -112,4 +112,14 @@ pub enum TrustError {
     AppLog(warden_attest::boot::BootError),
     #[error("{0}")]
     PushedPolicy(#[from] super::policy_set::KeptSetError),
+}
+
+/// Why a load could not be measured (the load is then refused: a quote must name exactly
+/// what can answer).
+#[derive(Debug, thiserror::Error)]
+pub enum MeasureError {
+    #[error("the application event log: {0}")]
+    Log(#[from] warden_attest::boot::BootError),
+    #[error("extending the application PCR: {0}")]
+    Extend(warden_keystore::KeyStoreError),
 }

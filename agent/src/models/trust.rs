@@ -10,7 +10,7 @@ use warden_keystore::software::SoftwareKeyStore;
 use warden_keystore::{KeyStore, KeyStoreError};
 
 use super::admission::{self, Admission, AdmissionError, Decision, Evidence};
-use super::error::TrustError;
+use super::error::{MeasureError, TrustError};
 use super::loaded::HeldEvidence;
 use super::staging::read_document;
 use crate::audit::{AuditEvent, AuditLog};
@@ -215,16 +215,6 @@ pub(super) fn measure(
         }
         Err(e) => Err(MeasureError::Extend(e)),
     }
-}
-
-/// Why a load could not be measured (the load is then refused: a quote must name exactly
-/// what can answer).
-#[derive(Debug, thiserror::Error)]
-pub enum MeasureError {
-    #[error("the application event log: {0}")]
-    Log(#[from] warden_attest::boot::BootError),
-    #[error("extending the application PCR: {0}")]
-    Extend(KeyStoreError),
 }
 
 /// Runs admission off the async threads (it hashes the whole model).

@@ -5,7 +5,7 @@
 
 use std::path::{Path, PathBuf};
 
-use super::SandboxError;
+use super::error::SandboxError;
 use warden_runtime_client::sandbox_policy::SandboxPolicy;
 
 /// Where the worker's cgroup ended up.

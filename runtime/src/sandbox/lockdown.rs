@@ -3,7 +3,7 @@
 
 use nix::sys::resource::{Resource, setrlimit};
 
-use super::SandboxError;
+use super::error::SandboxError;
 use warden_runtime_client::sandbox_policy::SandboxPolicy;
 
 /// Applies every limit and drops every privilege of the calling (single-threaded) process.

@@ -23,6 +23,7 @@
 //! [`probe`] checks each property from inside, under exactly this code path.
 
 mod cgroup;
+mod error;
 mod lockdown;
 mod namespaces;
 pub mod probe;
@@ -38,31 +39,9 @@ use nix::sys::wait::{WaitStatus, waitpid};
 use nix::unistd::{Gid, Pid, Uid};
 
 pub use cgroup::Placement;
+pub use error::SandboxError;
 pub use namespaces::{SANDBOX_GID, SANDBOX_UID};
-use warden_runtime_client::sandbox_policy::{PolicyError, SandboxPolicy};
-
-/// Why the sandbox could not be entered. The worker refuses to start (it never falls back to
-/// running unsandboxed unless the policy says `insecure_disable_sandbox`).
-#[derive(Debug, thiserror::Error)]
-pub enum SandboxError {
-    #[error("sandbox policy: {0}")]
-    Policy(#[from] PolicyError),
-    #[error("sandbox: {step}: {errno}")]
-    Sys { step: &'static str, errno: Errno },
-    #[error("sandbox: {step}: {source}")]
-    Io {
-        step: &'static str,
-        source: std::io::Error,
-    },
-    #[error("sandbox: capabilities: {message}")]
-    Capabilities { message: String },
-    #[error("sandbox: seccomp: {message}")]
-    Seccomp { message: String },
-    #[error("sandbox: cgroup {path}: {message}")]
-    Cgroup { path: PathBuf, message: String },
-    #[error("sandbox: device {path}: {message}")]
-    Device { path: PathBuf, message: String },
-}
+use warden_runtime_client::sandbox_policy::SandboxPolicy;
 
 /// Device nodes a worker may use inside its sandbox: a GPU worker's `/dev/nvidia*`. Each is
 /// bound at its own path into the empty root, and the worker's seccomp filter then allows what

@@ -6,7 +6,7 @@ use nix::mount::{MntFlags, MsFlags, mount, umount2};
 use nix::sched::{CloneFlags, unshare};
 use nix::unistd::{Gid, Uid, pivot_root};
 
-use super::SandboxError;
+use super::error::SandboxError;
 use crate::sys::SingleThreaded;
 
 /// The uid and gid the worker has inside its user namespace. Not 0: inside its namespace the

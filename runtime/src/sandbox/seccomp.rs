@@ -5,7 +5,7 @@
 use seccompiler::{BpfProgram, TargetArch};
 use serde::Deserialize;
 
-use super::SandboxError;
+use super::error::SandboxError;
 
 const POLICY: &str = include_str!("../../seccomp.json");
 

@@ -10,13 +10,11 @@ mod status;
 
 use std::path::PathBuf;
 
+use crate::config::DEFAULT_PATH;
 use clap::{Parser, Subcommand};
 
 pub use device::DeviceCommand;
 pub use provision::{AnchorArg, ProvisionArgs, device_csr};
-
-/// The default config path.
-pub const DEFAULT_CONFIG: &str = crate::config::DEFAULT_PATH;
 
 /// `warden-keyd`'s command line.
 #[derive(Debug, Parser)]
@@ -45,7 +43,7 @@ pub enum LogFormat {
 pub enum Command {
     /// Serve the key store API on the configured Unix socket until SIGTERM or SIGINT.
     Serve {
-        #[arg(long, short, default_value = DEFAULT_CONFIG)]
+        #[arg(long, short, default_value = DEFAULT_PATH)]
         config: PathBuf,
     },
     /// Enrol the key store: device key, trust anchors per role, the device's CSR, the TPM's
@@ -59,7 +57,7 @@ pub enum Command {
     /// anchors per role, counters (keyd stopped; through a running keyd, use `warden status
     /// --keyd-socket`).
     Status {
-        #[arg(long, short, alias = "keyd-config", default_value = DEFAULT_CONFIG)]
+        #[arg(long, short, alias = "keyd-config", default_value = DEFAULT_PATH)]
         config: PathBuf,
     },
 }

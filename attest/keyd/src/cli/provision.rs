@@ -53,7 +53,7 @@ pub enum AnchorArgError {
 #[derive(Debug, clap::Args)]
 pub struct ProvisionArgs {
     /// keyd's config; its `[keystore]` names the backend to enrol.
-    #[arg(long, short, alias = "keyd-config", default_value = super::DEFAULT_CONFIG)]
+    #[arg(long, short, alias = "keyd-config", default_value = crate::config::DEFAULT_PATH)]
     pub config: PathBuf,
     /// Install a role's anchors from a PEM file, `ROLE=FILE` (repeatable). Roles:
     /// model-signers, release-authority, fleet-authority, tenant-cas. Anchors are locked once

@@ -52,7 +52,7 @@ use base64::engine::general_purpose::STANDARD;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
-use super::Operation;
+use super::operation::Operation;
 
 /// The largest request frame.
 pub const MAX_REQUEST_BYTES: u32 = 64 * 1024;
