@@ -28,6 +28,11 @@ step "crate boundaries"
 # The agent links no TPM/PKCS#11 backend and no inference engine; workers hold no keys.
 bash scripts/check-boundaries.sh
 
+step "docs"
+# The module docs name the places things live: a link to a moved or renamed item fails here.
+RUSTDOCFLAGS="-D warnings -A rustdoc::private_intra_doc_links" \
+    cargo doc --locked --no-deps --workspace --document-private-items
+
 step "structure"
 # No import circles between the files of a crate; no source file over 600 lines before its tests.
 python3 scripts/check-structure.py

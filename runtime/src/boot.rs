@@ -9,19 +9,18 @@
 //!                [--cuda-library-dir DIR]... [--poll-us N] [--shared-memory-bytes N]
 //! ```
 //!
-//! Its channel to the agent is a Unix stream socket passed as **stdin**. The engine follows
-//! the model file's extension ([`ModelFormat`]): `.onnx` runs on ONNX Runtime (then
-//! `--onnxruntime` is required), `.safetensors` on candle. Order of start-up: read the model
-//! once and compare its SHA-256 with `--sha256` (the agent verified the signed bundle; this
-//! closes the window in which the file could be swapped), load the ONNX Runtime library for an
-//! ONNX model — both with the agent's privileges — then enter the sandbox
-//! ([`crate::sandbox::enter`], policy from `--sandbox`), and only then let the engine parse
-//! the model. The model file is the only thing read from disk for the model: a candle model
-//! carries its hyper-parameters in its own safetensors header, so the one digest covers them.
-//! With `--shared-memory-bytes N` the worker first takes the agent's tensor arena from the
-//! socket (one byte carrying a sealed memfd of N bytes, [`warden_runtime_client::shm`]) and maps it, also
-//! before the sandbox.
-//! Logs go to stderr, never tensor contents.
+//! Its channel to the agent is a Unix stream socket passed as **stdin**. The engine follows the
+//! model file's extension ([`ModelFormat`]): `.onnx` runs on ONNX Runtime (then `--onnxruntime` is
+//! required), `.safetensors` on candle. Order of start-up: read the model once and compare its
+//! SHA-256 with `--sha256` (the agent verified the signed bundle; this closes the window in which
+//! the file could be swapped), load the ONNX Runtime library for an ONNX model — both with the
+//! agent's privileges — then enter the sandbox ([`crate::sandbox::enter`], policy from
+//! `--sandbox`), and only then let the engine parse the model. The model file is the only thing
+//! read from disk for the model: a candle model carries its hyper-parameters in its own safetensors
+//! header, so the one digest covers them. With `--shared-memory-bytes N` the worker first takes the
+//! agent's tensor arena from the socket (one byte carrying a sealed memfd of N bytes,
+//! [`warden_runtime_client::shm`]) and maps it, also before the sandbox. Logs go to stderr, never
+//! tensor contents.
 //!
 //! Exit codes: 0 after `Shutdown` or when the agent closed the socket; 2 for bad arguments or
 //! a refused start (the reason is also sent to the agent as an `Error` frame with id 0 when

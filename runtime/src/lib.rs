@@ -4,9 +4,12 @@
 //! links for the same wire contract.
 //!
 //! - `sys`: the crate's only `unsafe` code (the `fork` a PID namespace needs), with its reason.
-//! - [`engine`]: the engines behind one API ([`engine::Engine`], chosen by the model file):
-//!   ONNX Runtime through `ort` ([`engine::OrtEngine`]) and candle ([`candle::CandleEngine`]).
-//! - [`candle`]: safetensors models on `candle-core` + `candle-nn` (a BERT classifier).
+//! - [`engine`]: the engines behind one API ([`engine::Engine`], chosen by the model file),
+//!   their options, errors and device placement.
+//! - [`onnx`]: ONNX Runtime through `ort` ([`onnx::OrtEngine`]): the library, loaded once and
+//!   checked, a pool of sessions, tensor conversion.
+//! - [`candle`]: safetensors models on `candle-core` + `candle-nn` (a BERT classifier,
+//!   [`candle::CandleEngine`]).
 //! - [`server`]: the worker side of the socket (used by the `warden-runtime` binary).
 //! - [`sandbox`]: the sandbox every worker enters at start-up (namespaces, read-only root,
 //!   seccomp, rlimits, cgroups, no capabilities).

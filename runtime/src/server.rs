@@ -9,11 +9,11 @@
 //! never interleave. `Shutdown` or end of stream stops the reading; requests already read are
 //! still answered (when the peer is still there) before [`serve`] returns.
 //!
-//! With a tensor arena ([`warden_runtime_client::shm`]), a request's large inputs are read in place (the
-//! engine decodes straight from the arena) and large outputs are written into the request's
+//! With a tensor arena ([`warden_runtime_client::shm`]), a request's large inputs are read in place
+//! (the engine decodes straight from the arena) and large outputs are written into the request's
 //! reply region when they fit, by ONNX Runtime's engine as it collects them (one copy from its
-//! buffer; candle's outputs are copied when the answer is encoded). The views of a request's
-//! inputs are dropped before it is answered: once answered, the agent may reuse that range.
+//! buffer; candle's outputs are copied when the answer is encoded). The views of a request's inputs
+//! are dropped before it is answered: once answered, the agent may reuse that range.
 
 use std::io::Write;
 use std::os::unix::net::UnixStream;

@@ -1,5 +1,5 @@
-//! The shared-memory tensor arena (`warden_runtime_client::shm`) end to end: large tensors through the
-//! real sandboxed worker, the worker's checks of the arena it is given, and the agent's side
+//! The shared-memory tensor arena (`warden_runtime_client::shm`) end to end: large tensors through
+//! the real sandboxed worker, the worker's checks of the arena it is given, and the agent's side
 //! against a hostile or slow peer (a fake worker in Python that speaks the protocol).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 

@@ -1,13 +1,14 @@
-//! Pulling a model bundle from an OCI registry (`POST /admin/v1/models/{name}/versions/{version}/pull`).
+//! Pulling a model bundle from an OCI registry:
+//! `POST /admin/v1/models/{name}/versions/{version}/pull`.
 //!
 //! A bundle is an OCI artifact: an image manifest whose config has the media type
-//! [`CONFIG_MEDIA_TYPE`] (content `{}`) and whose single layer, of media type
-//! [`LAYER_MEDIA_TYPE`], is the same tar archive the admin `PUT` accepts. The reference must be
-//! pinned by digest (`registry/repo@sha256:…`); tags alone are refused. The manifest's digest is
-//! checked against the reference (by `oci-client`, and again here), the layer's against the
-//! manifest (by `oci-client` at the end of the stream, and again here while it is written,
-//! with its size capped by the descriptor and `admin.max_upload_bytes`). The archive then goes through
-//! the admin path's unpacking and loading: there is no second verification path.
+//! [`CONFIG_MEDIA_TYPE`] (content `{}`) and whose single layer, of media type [`LAYER_MEDIA_TYPE`],
+//! is the same tar archive the admin `PUT` accepts. The reference must be pinned by digest
+//! (`registry/repo@sha256:…`); tags alone are refused. The manifest's digest is checked against the
+//! reference (by `oci-client`, and again here), the layer's against the manifest (by `oci-client`
+//! at the end of the stream, and again here while it is written, with its size capped by the
+//! descriptor and `admin.max_upload_bytes`). The archive then goes through the admin path's
+//! unpacking and loading: there is no second verification path.
 //!
 //! HTTPS by default; plain HTTP only when the request opts in (`insecure_http`, for loopback
 //! registries in tests). Only anonymous pulls.

@@ -57,7 +57,7 @@ pub enum AttestCommand {
         /// The nonce the verifier sent, hex.
         #[arg(long)]
         nonce: String,
-        /// Golden PCR values: a JSON object {"<pcr>": "<hex sha256>", ...}.
+        /// Golden PCR values: a JSON object {"PCR": "HEX SHA-256", ...}.
         #[arg(long)]
         golden: PathBuf,
         /// An application event log to check against the quoted application PCR.

@@ -1,6 +1,6 @@
-//! `warden bundle release`: the release authority's and fleet authority's tools: sign and
-//! verify release statements, sign attestations, sign revocation lists and policy sets. Every document is a
-//! signed in-toto statement in a Sigstore bundle, signed like OMS model bundles (see
+//! `warden bundle release`: the release authority's and fleet authority's tools: sign and verify
+//! release statements, sign attestations, sign revocation lists and policy sets. Every document is
+//! a signed in-toto statement in a Sigstore bundle, signed like OMS model bundles (see
 //! `warden_attest::release` and `warden_attest::revocation`).
 //!
 //! The model is named by its root digest, which `warden bundle verify` prints after checking

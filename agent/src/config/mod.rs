@@ -59,7 +59,8 @@ pub struct Config {
     /// The Prometheus metrics listener.
     #[serde(default)]
     pub metrics: crate::gateway::config::MetricsConfig,
-    /// The sandbox every model worker runs in (secure defaults; `warden_runtime_client::sandbox_policy`).
+    /// The sandbox every model worker runs in (secure defaults;
+    /// `warden_runtime_client::sandbox_policy`).
     #[serde(default)]
     pub sandbox: warden_runtime_client::sandbox_policy::SandboxPolicy,
     /// The fleet-push admin listener (`crate::admin`); absent: disabled.

@@ -31,9 +31,9 @@
 //! - [`stack`]: the steps above ([`Api`]).
 //! - [`catalog`]: the seam to what serves models ([`Catalog`], [`ServedModel`]), so that each
 //!   step can be tested in process without workers.
-//! - [`routes`]: the route table. [`body`](self::body): reading the request. [`codec`]: the
+//! - [`routes`]: the route table. [`body`]: reading the request. [`codec`]: the
 //!   JSON and binary tensor encodings. [`validate`]: signature and value ranges.
-//!   [`respond`](self::respond): answers and headers. [`error`]: the public error classes.
+//!   [`respond`]: answers and headers. [`error`]: the public error classes.
 
 mod body;
 pub mod catalog;

@@ -1,6 +1,6 @@
-//! Checks a decoded request against the model's declared signature — names, datatypes and
-//! shapes — and the configured value ranges, so that nothing malformed reaches a worker. Messages name the tensor and what the
-//! model declares; they are returned to the client.
+//! Checks a decoded request against the model's declared signature — names, datatypes and shapes —
+//! and the configured value ranges, so that nothing malformed reaches a worker. Messages name the
+//! tensor and what the model declares; they are returned to the client.
 
 use crate::config::InputRange;
 use crate::inference::codec::RequestedOutput;

@@ -78,7 +78,8 @@ pub struct KeyStoreTlsConfig<'a> {
     pub certificate: &'a Path,
     /// PEM CAs that client certificates must chain to; `None` only with the insecure opt-in.
     pub client_ca: Option<&'a Path>,
-    /// Accept clients without a certificate (the same opt-in as `tls.insecure_allow_anonymous_clients`).
+    /// Accept clients without a certificate (the same opt-in as
+    /// `tls.insecure_allow_anonymous_clients`).
     pub insecure_allow_anonymous_clients: bool,
 }
 

@@ -11,9 +11,10 @@
 //!   7.7 has no `NV_WriteLock`; this needs none.) Deleting the index takes owner
 //!   authorization: provisioning must set an owner password (`tpm2_changeauth -c o`) on
 //!   production devices.
-//! - **Seal**: a keyed-hash sealed object under a persistent ECC storage key ([`super::seal::SRK_HANDLE`])
-//!   whose only authorization is `PolicyPCR` over the configured SHA-256 PCRs at sealing time;
-//!   unsealing runs the policy again, so it fails once any of those PCRs moves.
+//! - **Seal**: a keyed-hash sealed object under a persistent ECC storage key
+//!   ([`super::seal::SRK_HANDLE`]) whose only authorization is `PolicyPCR` over the configured
+//!   SHA-256 PCRs at sealing time; unsealing runs the policy again, so it fails once any of those
+//!   PCRs moves.
 //! - **Counters**: an NV counter index per [`Counter`] at [`super::nv::COUNTER_NV_BASE`]; a TPM
 //!   counter starts at an arbitrary value (the highest any counter reached), so its first
 //!   value is kept in a write-once index at [`super::nv::COUNTER_BASELINE_NV_BASE`] and values

@@ -14,8 +14,8 @@ use warden_keystore::{Counter, KeyStoreError};
 
 use super::objects::{close, flush_session, handle_exists, pw, start_policy, trial_digest};
 
-/// First NV index of the anchors (plus [`warden_keystore::Role`] order: model signers, release authority,
-/// fleet authority, tenant CAs).
+/// First NV index of the anchors (plus [`warden_keystore::Role`] order: model signers, release
+/// authority, fleet authority, tenant CAs).
 pub const ANCHOR_NV_BASE: u32 = 0x0157_0000;
 /// First NV index of the counters.
 pub const COUNTER_NV_BASE: u32 = 0x0157_0100;

@@ -25,7 +25,7 @@ pub(super) struct Pending {
 }
 
 /// State shared with the reader and writer tasks (which do not hold the child process, so
-/// dropping the last [`Worker`] clone kills it).
+/// dropping the last [`Worker`](super::Worker) clone kills it).
 pub(super) struct Shared {
     pub(super) pending: Mutex<Pending>,
     /// Wakes the writer task when the connection is finished, so it closes our side of the

@@ -18,7 +18,8 @@ use crate::sandbox_policy::SandboxPolicy;
 /// (`warden_runtime::engine::load_library`) refuses to start without it.
 pub const TELEMETRY_OPT_OUT: &str = "ORT_DISABLE_TELEMETRY";
 
-/// How long [`Worker::shutdown`] waits for a clean exit before killing the process.
+/// How long [`Worker::shutdown`](super::Worker::shutdown) waits for a clean exit before killing the
+/// process.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 /// How to start a worker.

@@ -2,16 +2,15 @@
 //! current one and replaces it when it dies).
 //!
 //! Concurrency: any number of [`Process::infer`] calls may be in flight on the one socket. Each
-//! call takes a fresh request id, registers a oneshot sender under that id, and sends its
-//! encoded frame through the connection's outbox (`super::connection`): written at once with one non-blocking `write` when
-//! nothing is queued, else (or for what the socket did not take) handed to a **writer task**
-//! that writes in order. Sending never awaits, so a caller cancelled at any point cannot leave
-//! half a frame behind. A **reader task**
-//! decodes frames and completes the waiting call by id. When the socket breaks (the worker
-//! exited, was killed, or sent something undecodable) the connection is marked closed, every
-//! waiting call is completed with [`WorkerError::Unavailable`] at once, and the `closed` watch
-//! fires (the supervisor waits on it); later calls fail the same way without touching the
-//! socket.
+//! call takes a fresh request id, registers a oneshot sender under that id, and sends its encoded
+//! frame through the connection's outbox (`super::connection`): written at once with one
+//! non-blocking `write` when nothing is queued, else (or for what the socket did not take) handed
+//! to a **writer task** that writes in order. Sending never awaits, so a caller cancelled at any
+//! point cannot leave half a frame behind. A **reader task** decodes frames and completes the
+//! waiting call by id. When the socket breaks (the worker exited, was killed, or sent something
+//! undecodable) the connection is marked closed, every waiting call is completed with
+//! [`WorkerError::Unavailable`] at once, and the `closed` watch fires (the supervisor waits on it);
+//! later calls fail the same way without touching the socket.
 //!
 //! Tensor arena ([`crate::shm`]): the process gets its own arena at start. A call reserves a
 //! slot, writes its large inputs there and names its reply region in the request. The slot is

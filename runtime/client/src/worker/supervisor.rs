@@ -82,8 +82,8 @@ impl Supervisor {
     }
 }
 
-/// Waits for each process's connection to finish, then restarts or quarantines. Holds only a
-/// weak reference: dropping the last [`Worker`] kills the process and ends this task.
+/// Waits for each process's connection to finish, then restarts or quarantines. Holds only a weak
+/// reference: dropping the last [`Worker`](super::Worker) kills the process and ends this task.
 pub(super) async fn monitor(
     weak: Weak<Supervisor>,
     mut closed: tokio::sync::watch::Receiver<bool>,
