@@ -129,7 +129,15 @@ pub fn unpack(
                 layout.files.join(", ")
             )));
         }
-        // The directories are never files themselves, and the files never directories.
+        // The directories are never files themselves, and the files never directories: nothing
+        // lies below a single file's name (`model.sig/x` would make `model.sig` a directory).
+        if is_file_top && rel.components().count() > 1 {
+            return Err(UnpackError::Invalid(format!(
+                "{}: {} is a file, not a directory",
+                path.display(),
+                top.to_string_lossy()
+            )));
+        }
         let dir_only = is_dir_top && rel.components().count() == 1;
         let target = into.join(&rel);
         match entry.header().entry_type() {
@@ -195,4 +203,60 @@ pub fn only_rego_files(dir: &Path) -> Result<(), UnpackError> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A tar of regular files, each `(path, contents)`.
+    fn tar_of(entries: &[(&str, &[u8])]) -> Vec<u8> {
+        let mut t = tar::Builder::new(Vec::new());
+        for (path, data) in entries {
+            let mut h = tar::Header::new_gnu();
+            h.set_size(data.len() as u64);
+            h.set_mode(0o644);
+            h.set_entry_type(tar::EntryType::Regular);
+            h.set_cksum();
+            t.append_data(&mut h, path, *data).unwrap();
+        }
+        t.into_inner().unwrap()
+    }
+
+    fn unpack_bytes(bytes: &[u8], layout: &Layout) -> (tempfile::TempDir, Result<(), UnpackError>) {
+        let dir = tempfile::tempdir().unwrap();
+        let archive = dir.path().join("archive.tar");
+        std::fs::write(&archive, bytes).unwrap();
+        let into = dir.path().join("into");
+        let r = unpack(&archive, &into, 1 << 20, 64, layout);
+        (dir, r)
+    }
+
+    /// Found by the `tar_unpack` fuzz target (agent/fuzz): a regular file below a file-only
+    /// top-level name was unpacked, and made that name a directory.
+    #[test]
+    fn nothing_lies_below_a_single_files_name() {
+        for (layout, path) in [
+            (&BUNDLE_LAYOUT, "model.sig/x"),
+            (&BUNDLE_LAYOUT, "release.json/a/b"),
+            (&POLICY_LAYOUT, "statement.json/x"),
+        ] {
+            let (dir, r) = unpack_bytes(&tar_of(&[(path, b"x")]), layout);
+            assert!(matches!(r, Err(UnpackError::Invalid(_))), "{path}: {r:?}");
+            let top = path.split('/').next().unwrap();
+            assert!(!dir.path().join("into").join(top).exists(), "{path}");
+        }
+        // The files themselves and files under the directories still unpack.
+        let (dir, r) = unpack_bytes(
+            &tar_of(&[
+                ("model.sig", b"{}"),
+                ("model/m.onnx", b"m"),
+                ("release.json", b"{}"),
+            ]),
+            &BUNDLE_LAYOUT,
+        );
+        assert!(r.is_ok(), "{r:?}");
+        assert!(dir.path().join("into/model.sig").is_file());
+        assert!(dir.path().join("into/model/m.onnx").is_file());
+    }
 }

@@ -710,6 +710,34 @@ mod tests {
         assert_eq!(&enc.body[n..], &body[header.len()..]);
     }
 
+    /// Found by agent/fuzz's oip_codec: without serde_json's `float_roundtrip`, "2e-162"
+    /// decoded one unit in the last place off, and the response then read
+    /// 2.0000000000000002e-162.
+    #[test]
+    fn json_numbers_decode_to_the_nearest_value_and_encode_back_the_same() {
+        let req = decode(
+            r#"{"inputs":[{"name":"x","shape":[3],"datatype":"FP64","data":[1,2e-162,0.1]}]}"#,
+        )
+        .unwrap();
+        let want: Vec<u8> = [1.0f64, 2e-162, 0.1]
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect();
+        assert_eq!(req.inputs[0].data.as_ref(), &want[..]);
+        let enc = encode_response(
+            "m",
+            "1",
+            None,
+            &[ResponseOutput {
+                tensor: &req.inputs[0],
+                binary: false,
+            }],
+        )
+        .unwrap();
+        let text = String::from_utf8(enc.body).unwrap();
+        assert!(text.contains("[1.0,2e-162,0.1]"), "{text}");
+    }
+
     #[test]
     fn json_output_uses_shortest_float_text() {
         let data: Vec<u8> = [0.1f32, 7.619858e-4]

@@ -482,9 +482,11 @@ pub fn quote_from_wire(
 ) -> Result<Quote, WireError> {
     let pcrs = pcrs
         .into_iter()
+        // Only the canonical decimal (`7`, not `07` or `+7`): two keys naming one PCR would
+        // silently drop a carried value.
         .map(|(pcr, value)| match pcr.parse::<u32>() {
-            Ok(p) => Ok((p, value)),
-            Err(_) => Err(WireError::PcrNumber(pcr)),
+            Ok(p) if p.to_string() == pcr => Ok((p, value)),
+            _ => Err(WireError::PcrNumber(pcr)),
         })
         .collect::<Result<_, _>>()?;
     Ok(Quote {
@@ -630,6 +632,26 @@ mod tests {
         assert!(check_quote_request(&[1], &[23, 23]).is_err());
         assert!(check_quote_request(&[1], &[24]).is_err());
         assert!(check_quote_request(&[1], &[0; 25]).is_err());
+    }
+
+    /// Found by attest/fuzz's keyd_protocol: `{"07": a, "7": b}` parsed to one PCR 7,
+    /// dropping a carried value.
+    #[test]
+    fn quote_pcr_numbers_are_canonical() {
+        let zero = "00".repeat(32);
+        let wire = |keys: &[&str]| {
+            let pcrs = keys.iter().map(|k| (k.to_string(), zero.clone())).collect();
+            quote_from_wire("AA==".into(), "AA==".into(), pcrs)
+        };
+        for keys in [&["07", "7"][..], &["07"], &["+7"], &[" 7"], &["4294967296"]] {
+            assert!(wire(keys).is_err(), "{keys:?}");
+        }
+        let q = wire(&["0", "7", "23"]).unwrap();
+        assert_eq!(q.pcrs.keys().copied().collect::<Vec<_>>(), vec![0, 7, 23]);
+        let Response::Quote { pcrs, .. } = quote_to_wire(q) else {
+            panic!("not a quote");
+        };
+        assert_eq!(pcrs.keys().collect::<Vec<_>>(), vec!["0", "23", "7"]);
     }
 
     #[tokio::test]
