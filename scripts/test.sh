@@ -24,9 +24,23 @@ cargo clippy --locked --workspace --all-targets -- -D warnings
 # The chain benchmark needs the benchmark-only feature; lint it too.
 cargo clippy --locked -p warden-agent --all-targets --features insecure-bench-baseline -- -D warnings
 
+step "fuzz targets"
+# The fuzz crates (agent/fuzz, runtime/fuzz, attest/fuzz: workspaces of their own, run by
+# scripts/fuzz.sh) must keep compiling against the parsers they drive: format and lint them,
+# in a target directory of their own (their lock files resolve apart from the workspace's).
+for crate in agent runtime attest; do
+    (cd "$crate/fuzz" && cargo fmt -- --check)
+    CARGO_TARGET_DIR=target/fuzz-check \
+        cargo clippy --locked --manifest-path "$crate/fuzz/Cargo.toml" --bins --examples -- -D warnings
+done
+
 step "crate boundaries"
 # The agent links no TPM/PKCS#11 backend and no inference engine; workers hold no keys.
 bash scripts/check-boundaries.sh
+
+step "dependencies"
+# Licenses, banned crates (OpenSSL, native-tls) and sources (crates.io only), per deny.toml.
+bash scripts/check-deps.sh
 
 step "docs"
 # The module docs name the places things live: a link to a moved or renamed item fails here.
