@@ -526,3 +526,185 @@ fn certificate_warden_signs_model_signing_verifies() {
     );
     assert_fails(&out, "model_signing verify against an unrelated root");
 }
+
+// ---- a model that is one file (model_signing signs a file: its one resource is `.`) --------
+
+/// A single model file of 10,000 bytes in `dir/model/`, beside an unsigned neighbour.
+fn single_file_model(dir: &Path) -> std::path::PathBuf {
+    let model = dir.join("model");
+    std::fs::create_dir_all(&model).unwrap();
+    let bytes: Vec<u8> = (0..10_000u32).map(|i| (i * 13 % 251) as u8).collect();
+    std::fs::write(model.join("model.onnx"), bytes).unwrap();
+    std::fs::write(model.join("notes.txt"), b"not signed").unwrap();
+    model.join("model.onnx")
+}
+
+const PY_SIGN_FILE_SHARDS: &str = r#"
+import sys, model_signing as ms
+h = ms.hashing.Config().use_shard_serialization(shard_size=4096)
+ms.signing.Config().use_elliptic_key_signer(private_key="key.pem").set_hashing_config(h).sign("model/model.onnx", sys.argv[1])
+"#;
+
+const PY_VERIFY_FILE_SHARDS: &str = r#"
+import sys, model_signing as ms
+h = ms.hashing.Config().use_shard_serialization(shard_size=4096)
+ms.verifying.Config().use_elliptic_key_verifier(public_key="key.pub").set_hashing_config(h).verify("model/model.onnx", sys.argv[1])
+print("ok")
+"#;
+
+#[test]
+fn single_file_model_signing_signs_warden_verifies() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = single_file_model(dir.path());
+    let (_, public) = keypair(dir.path(), Curve::P256);
+    let verifier = Verifier::from_public_key_pem(&public).unwrap();
+    let out = model_signing(
+        dir.path(),
+        &[
+            "sign",
+            "key",
+            "model/model.onnx",
+            "--private_key",
+            "key.pem",
+            "--signature",
+            "file.sig",
+        ],
+    );
+    assert_ok(&out, "model_signing sign key on a file");
+    let sig = dir.path().join("file.sig");
+
+    // The file given as the model.
+    let v = verify_model(&file, &sig, &verifier, &VerifyOptions::default()).unwrap();
+    assert!(v.single_file);
+    assert_eq!(names(&v), ["."]);
+    assert_eq!(v.model_name, "model.onnx");
+    assert!(v.covers("model.onnx") && v.covers("anything: it is the file verified"));
+    let digest = v.file_digest("model.onnx").unwrap();
+    assert_eq!(
+        (digest.hash, digest.shard_size),
+        (HashAlgorithm::Sha256, None)
+    );
+    assert_eq!(hex::encode(&digest.digests[0]), v.files[0].digest_hex);
+
+    // Its directory with the file named (how the agent loads), the same verdict; the
+    // directory alone cannot say which file was signed.
+    let in_dir = VerifyOptions {
+        model_file: Some("model.onnx".into()),
+        ..VerifyOptions::default()
+    };
+    let model_dir = dir.path().join("model");
+    assert_eq!(
+        verify_model(&model_dir, &sig, &verifier, &in_dir).unwrap(),
+        v
+    );
+    assert!(matches!(
+        verify_model(&model_dir, &sig, &verifier, &VerifyOptions::default()),
+        Err(BundleError::SingleFileSignature { .. })
+    ));
+
+    // One byte changed: refused, named.
+    let mut bytes = std::fs::read(&file).unwrap();
+    bytes[5000] ^= 1;
+    std::fs::write(&file, bytes).unwrap();
+    match verify_model(&model_dir, &sig, &verifier, &in_dir) {
+        Err(BundleError::FileChanged { name, .. }) => assert_eq!(name, "."),
+        other => panic!("expected FileChanged, got {other:?}"),
+    }
+}
+
+#[test]
+fn single_file_warden_signs_model_signing_verifies() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = single_file_model(dir.path());
+    let (private, _) = keypair(dir.path(), Curve::P256);
+    let signed = sign_model(
+        &file,
+        &Signer::from_private_key_pem(&private).unwrap(),
+        &SignOptions::default(),
+    )
+    .unwrap();
+    signed.write_to(&dir.path().join("warden.sig")).unwrap();
+    let out = model_signing(
+        dir.path(),
+        &[
+            "verify",
+            "key",
+            "model/model.onnx",
+            "--public_key",
+            "key.pub",
+            "--signature",
+            "warden.sig",
+        ],
+    );
+    assert_ok(&out, "model_signing verify key on a file Warden signed");
+
+    // And model_signing's own signature of the same file has the same root digest.
+    let out = model_signing(
+        dir.path(),
+        &[
+            "sign",
+            "key",
+            "model/model.onnx",
+            "--private_key",
+            "key.pem",
+            "--signature",
+            "py.sig",
+        ],
+    );
+    assert_ok(&out, "model_signing sign key on a file");
+    let theirs = verify_model(
+        &file,
+        &dir.path().join("py.sig"),
+        &Verifier::from_public_key_pem(
+            &std::fs::read_to_string(dir.path().join("key.pub")).unwrap(),
+        )
+        .unwrap(),
+        &VerifyOptions::default(),
+    )
+    .unwrap();
+    assert_eq!(signed.root_digest, theirs.root_digest);
+}
+
+#[test]
+fn single_file_shards_both_directions() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = single_file_model(dir.path());
+    let (private, public) = keypair(dir.path(), Curve::P256);
+    let verifier = Verifier::from_public_key_pem(&public).unwrap();
+
+    assert_ok(
+        &py(dir.path(), PY_SIGN_FILE_SHARDS, &["py.sig"]),
+        "model_signing API sign a file as shards",
+    );
+    let v = verify_model(
+        &dir.path().join("model"),
+        &dir.path().join("py.sig"),
+        &verifier,
+        &VerifyOptions {
+            model_file: Some("model.onnx".into()),
+            ..VerifyOptions::default()
+        },
+    )
+    .unwrap();
+    assert!(v.single_file);
+    assert_eq!(names(&v), [".:0:4096", ".:4096:8192", ".:8192:10000"]);
+    let digest = v.file_digest("model.onnx").unwrap();
+    assert_eq!(digest.shard_size, Some(4096));
+    assert_eq!(digest.digests.len(), 3);
+
+    let signed = sign_model(
+        &file,
+        &Signer::from_private_key_pem(&private).unwrap(),
+        &SignOptions {
+            serialization: Serialization::Shards { shard_size: 4096 },
+            ..SignOptions::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(signed.root_digest, v.root_digest);
+    signed.write_to(&dir.path().join("warden.sig")).unwrap();
+    assert_ok(
+        &py(dir.path(), PY_VERIFY_FILE_SHARDS, &["warden.sig"]),
+        "model_signing API verify a file Warden signed as shards",
+    );
+}

@@ -18,13 +18,9 @@ fn main() {
     let ort = PathBuf::from(std::env::var_os("ORT_DYLIB_PATH").expect("ORT_DYLIB_PATH is not set"));
     let model =
         PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../agent/demo-model/model/model.onnx");
-    let sha = {
-        use sha2::Digest;
-        sha2::Sha256::digest(std::fs::read(&model).unwrap())
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect::<String>()
-    };
+    let sha = warden_runtime_client::model_digest::ModelDigest::sha256_of(
+        &std::fs::read(&model).unwrap(),
+    );
     let row: Vec<u8> = (0..30)
         .flat_map(|i| (i as f32 * 0.1).to_le_bytes())
         .collect();

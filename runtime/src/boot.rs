@@ -3,7 +3,7 @@
 //! the sandbox a serving worker gets.
 //!
 //! ```text
-//! warden-runtime --model FILE --sha256 HEX [--onnxruntime LIB] [--threads N] [--concurrency N]
+//! warden-runtime --model FILE --digest SPEC [--onnxruntime LIB] [--threads N] [--concurrency N]
 //!                [--max-frame-bytes N] [--sandbox JSON]
 //!                [--device cpu|cuda:N|tensorrt:N] [--gpu-memory-bytes N] [--cpu-fallback]
 //!                [--cuda-library-dir DIR]... [--poll-us N] [--shared-memory-bytes N]
@@ -11,9 +11,11 @@
 //!
 //! Its channel to the agent is a Unix stream socket passed as **stdin**. The engine follows the
 //! model file's extension ([`ModelFormat`]): `.onnx` runs on ONNX Runtime (then `--onnxruntime` is
-//! required), `.safetensors` on candle. Order of start-up: read the model once and compare its
-//! SHA-256 with `--sha256` (the agent verified the signed bundle; this closes the window in which
-//! the file could be swapped), load the ONNX Runtime library for an ONNX model — both with the
+//! required), `.safetensors` on candle. Order of start-up: read the model once and check it
+//! against `--digest`, the digest the verified signature lists for it, in the signature's own
+//! form ([`warden_runtime_client::model_digest`]: whole file or shards; this binds what is
+//! loaded to what was signed, whatever happened to the file after verification), load the ONNX
+//! Runtime library for an ONNX model — both with the
 //! agent's privileges — then enter the sandbox ([`crate::sandbox::enter`], policy from
 //! `--sandbox`), and only then let the engine parse the model. The model file is the only thing
 //! read from disk for the model: a candle model carries its hyper-parameters in its own safetensors
@@ -32,12 +34,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
 
-use sha2::{Digest, Sha256};
-
 use crate::engine::{Engine, EngineOptions, ModelFormat};
 use crate::sandbox::{self, DeviceAccess, probe};
 use crate::server::{self, StopReason};
 use warden_runtime_client::device::DeviceRequest;
+use warden_runtime_client::model_digest::ModelDigest;
 use warden_runtime_client::protocol::{DEFAULT_MAX_FRAME_BYTES, ErrorClass, Message};
 use warden_runtime_client::sandbox_policy::SandboxPolicy;
 use warden_runtime_client::shm;
@@ -65,8 +66,8 @@ enum StartError {
     UnknownArgument(String),
     #[error("{0} is required")]
     Required(&'static str),
-    #[error("--sha256 must be 64 hex digits")]
-    BadDigest,
+    #[error("--digest: {0}")]
+    BadDigest(warden_runtime_client::model_digest::DigestError),
     #[error("--device: {0}")]
     Device(#[from] warden_runtime_client::device::InvalidDeviceRequest),
     #[error(
@@ -80,8 +81,8 @@ enum StartError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("model sha256 mismatch: expected {expected}, file has {actual}; refusing to load")]
-    DigestMismatch { expected: String, actual: String },
+    #[error("{0}; refusing to load")]
+    DigestMismatch(warden_runtime_client::model_digest::DigestError),
     #[error(transparent)]
     Engine(#[from] crate::engine::EngineError),
     #[error("cannot take stdin: {0}")]
@@ -92,7 +93,7 @@ enum StartError {
 
 struct Args {
     model: PathBuf,
-    sha256: String,
+    digest: ModelDigest,
     format: ModelFormat,
     onnxruntime: Option<PathBuf>,
     threads: usize,
@@ -111,7 +112,7 @@ struct Args {
     probe: probe::Targets,
 }
 
-const USAGE: &str = "usage: warden-runtime --model FILE --sha256 HEX [--onnxruntime LIB] \
+const USAGE: &str = "usage: warden-runtime --model FILE --digest SPEC [--onnxruntime LIB] \
                      [--threads N] [--concurrency N] [--max-frame-bytes N] [--sandbox JSON] \
                      [--device cpu|cuda:N|tensorrt:N] [--gpu-memory-bytes N] [--cpu-fallback] \
                      [--cuda-library-dir DIR]... [--poll-us N] [--shared-memory-bytes N] \
@@ -119,7 +120,7 @@ const USAGE: &str = "usage: warden-runtime --model FILE --sha256 HEX [--onnxrunt
 
 fn parse_args(mode: Mode) -> Result<Args, StartError> {
     let mut model = None;
-    let mut sha256 = None;
+    let mut digest = None;
     let mut onnxruntime = None;
     let mut threads = 1usize;
     let mut concurrency = 1usize;
@@ -152,7 +153,10 @@ fn parse_args(mode: Mode) -> Result<Args, StartError> {
         };
         match flag.as_str() {
             "--model" => model = Some(PathBuf::from(value()?)),
-            "--sha256" => sha256 = Some(value()?.to_string_lossy().to_ascii_lowercase()),
+            "--digest" => {
+                let v = value()?.to_string_lossy().to_ascii_lowercase();
+                digest = Some(v.parse::<ModelDigest>().map_err(StartError::BadDigest)?);
+            }
             "--onnxruntime" => onnxruntime = Some(PathBuf::from(value()?)),
             "--threads" => threads = number(value()?)?,
             "--concurrency" => concurrency = number(value()?)?.max(1),
@@ -198,10 +202,7 @@ fn parse_args(mode: Mode) -> Result<Args, StartError> {
             other => return Err(StartError::UnknownArgument(other.to_owned())),
         }
     }
-    let sha256 = sha256.ok_or(StartError::Required("--sha256"))?;
-    if sha256.len() != 64 || !sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return Err(StartError::BadDigest);
-    }
+    let digest = digest.ok_or(StartError::Required("--digest"))?;
     device.validate()?;
     // The arena is mapped into the worker's address space, which the sandbox limits.
     if shared_memory_bytes as u64 > sandbox.address_space_bytes / 2 {
@@ -224,7 +225,7 @@ fn parse_args(mode: Mode) -> Result<Args, StartError> {
     }
     Ok(Args {
         model,
-        sha256,
+        digest,
         format,
         onnxruntime,
         threads,
@@ -240,10 +241,6 @@ fn parse_args(mode: Mode) -> Result<Args, StartError> {
     })
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 /// The privileged part: the model bytes (checked) and, for an ONNX model, the ONNX Runtime
 /// library. A candle model needs no library: candle is linked in.
 fn open_resources(args: &Args) -> Result<Vec<u8>, StartError> {
@@ -251,13 +248,9 @@ fn open_resources(args: &Args) -> Result<Vec<u8>, StartError> {
         path: args.model.clone(),
         source,
     })?;
-    let actual = hex(&Sha256::digest(&bytes));
-    if actual != args.sha256 {
-        return Err(StartError::DigestMismatch {
-            expected: args.sha256.clone(),
-            actual,
-        });
-    }
+    args.digest
+        .check(&bytes)
+        .map_err(StartError::DigestMismatch)?;
     if let (ModelFormat::Onnx, Some(library)) = (args.format, &args.onnxruntime) {
         crate::onnx::load_library(library)?;
         if args.device.device.gpu().is_some() {
@@ -374,7 +367,7 @@ pub fn main(mode: Mode) -> ExitCode {
     drop(bytes);
     tracing::info!(
         model = %args.model.display(),
-        sha256 = %args.sha256,
+        digest = %args.digest,
         engine = args.format.engine_name(),
         device = %engine.placement().device,
         provider = %engine.placement().provider,

@@ -23,7 +23,7 @@ fn options(model: &Path, sha: &str) -> WorkerOptions {
         PathBuf::from(env!("CARGO_BIN_EXE_warden-runtime")),
         ort_library(),
         model.to_path_buf(),
-        sha.to_string(),
+        sha256_digest(sha),
     );
     o.concurrency = 2;
     o.restart = RestartPolicy::never();
@@ -182,7 +182,8 @@ fn a_worker_refuses_an_arena_it_cannot_trust() {
     // An arena larger than half the sandbox's address space is refused before anything.
     let out = Command::new(env!("CARGO_BIN_EXE_warden-runtime"))
         .args(["--model".as_ref(), model.as_os_str()])
-        .args(["--sha256", &sha])
+        .arg("--digest")
+        .arg(format!("sha256:{sha}"))
         .args(["--onnxruntime".as_ref(), ort_library().as_os_str()])
         .args(["--shared-memory-bytes", &(5usize << 30).to_string()])
         .stdin(Stdio::null())

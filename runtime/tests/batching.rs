@@ -18,7 +18,7 @@ fn options(batching: Option<BatchPolicy>) -> WorkerOptions {
         PathBuf::from(env!("CARGO_BIN_EXE_warden-runtime")),
         ort_library(),
         model_path(),
-        model_sha256(),
+        model_digest(),
     );
     o.batching = batching;
     o

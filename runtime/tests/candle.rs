@@ -784,7 +784,12 @@ fn the_format_follows_the_file_name() {
 // ---- the sandboxed worker ----
 
 fn worker_options(m: &Model) -> WorkerOptions {
-    let mut o = WorkerOptions::new(runtime_binary(), ort_library(), m.safetensors(), m.sha256());
+    let mut o = WorkerOptions::new(
+        runtime_binary(),
+        ort_library(),
+        m.safetensors(),
+        sha256_digest(&m.sha256()),
+    );
     o.concurrency = 2;
     o.intra_op_threads = 1;
     o.startup_timeout = Duration::from_secs(30);
@@ -1029,7 +1034,7 @@ async fn the_worker_refuses_a_tampered_or_malformed_model() {
     o.model_file = tampered.clone();
     match Worker::start(o).await {
         Err(WorkerError::Unavailable { reason }) => {
-            assert!(reason.contains("sha256 mismatch"), "{reason}")
+            assert!(reason.contains("digest mismatch"), "{reason}")
         }
         other => panic!("expected a refusal, got {other:?}"),
     }
@@ -1039,13 +1044,8 @@ async fn the_worker_refuses_a_tampered_or_malformed_model() {
     std::fs::write(&truncated, &bytes[..bytes.len() - 100]).unwrap();
     let mut o = worker_options(m);
     o.model_file = truncated.clone();
-    o.model_sha256 = {
-        use sha2::Digest;
-        sha2::Sha256::digest(&bytes[..bytes.len() - 100])
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect()
-    };
+    o.model_digest =
+        warden_runtime_client::model_digest::ModelDigest::sha256_of(&bytes[..bytes.len() - 100]);
     match Worker::start(o).await {
         Err(WorkerError::Unavailable { reason }) => {
             assert!(reason.contains("malformed safetensors"), "{reason}");

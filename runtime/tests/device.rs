@@ -150,7 +150,7 @@ async fn the_sandboxed_worker_serves_on_the_gpu_or_refuses_or_falls_back() {
             runtime_binary(),
             ort_library(),
             model_path(),
-            model_sha256(),
+            model_digest(),
         );
         on_cuda0(o, cpu_fallback)
     };

@@ -53,7 +53,7 @@ fn options(binary: &str, model: &Path, sandbox: SandboxPolicy) -> WorkerOptions 
         PathBuf::from(binary),
         ort_library(),
         model.to_path_buf(),
-        model_sha256(),
+        model_digest(),
     );
     o.sandbox = sandbox;
     o

@@ -20,13 +20,7 @@ use warden_runtime_client::worker::{
 
 fn options_for(model: &Path) -> WorkerOptions {
     let bytes = std::fs::read(model).unwrap();
-    let sha: String = {
-        use sha2::Digest;
-        sha2::Sha256::digest(&bytes)
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect()
-    };
+    let sha = warden_runtime_client::model_digest::ModelDigest::sha256_of(&bytes);
     let mut o = WorkerOptions::new(
         PathBuf::from(env!("CARGO_BIN_EXE_warden-runtime")),
         ort_library(),

@@ -19,7 +19,7 @@ use warden_runtime_client::worker::{Worker, WorkerOptions};
 /// parallel on a traced worker configured by `configure`; the trace.
 async fn traced_run(dir: &std::path::Path, configure: impl FnOnce(&mut WorkerOptions)) {
     let (wrapper, _) = traced_worker(dir);
-    let mut options = WorkerOptions::new(wrapper, ort_library(), model_path(), model_sha256());
+    let mut options = WorkerOptions::new(wrapper, ort_library(), model_path(), model_digest());
     options.concurrency = 2;
     options.startup_timeout = Duration::from_secs(60);
     configure(&mut options);

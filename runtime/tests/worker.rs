@@ -24,7 +24,7 @@ fn options() -> WorkerOptions {
         PathBuf::from(env!("CARGO_BIN_EXE_warden-runtime")),
         ort_library(),
         model_path(),
-        model_sha256(),
+        model_digest(),
     );
     o.concurrency = 2;
     o.startup_timeout = Duration::from_secs(30);
@@ -202,10 +202,10 @@ async fn large_concurrent_and_cancelled_requests_never_tear_a_frame() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refuses_to_start_on_a_sha256_mismatch() {
     let mut o = options();
-    o.model_sha256 = "0".repeat(64);
+    o.model_digest = sha256_digest(&"0".repeat(64));
     match Worker::start(o).await {
         Err(WorkerError::Unavailable { reason }) => {
-            assert!(reason.contains("sha256 mismatch"), "{reason}");
+            assert!(reason.contains("digest mismatch"), "{reason}");
             assert!(reason.contains(&model_sha256()), "{reason}");
         }
         other => panic!("expected Unavailable, got {other:?}"),

@@ -242,6 +242,8 @@ fn verify(method: VerifyMethod) -> anyhow::Result<()> {
             .map(|p| absolute(p))
             .collect::<anyhow::Result<Vec<_>>>()?,
         progress: true,
+        // MODEL is what was signed: a directory, or the one file of a single-file signature.
+        model_file: None,
     };
     let v = verify_model(&common.model, &common.signature, &verifier, &opts)
         .with_context(|| format!("verification of {} failed", common.model.display()))?;

@@ -37,7 +37,10 @@ pub fn run(path: &Path) -> anyhow::Result<()> {
                 &m.directory,
                 &m.signature_path(),
                 v,
-                &Default::default(),
+                &warden_attest::bundle::VerifyOptions {
+                    model_file: Some(m.file.clone()),
+                    ..Default::default()
+                },
             ) {
                 Ok(verified) => {
                     println!(

@@ -1,6 +1,7 @@
 //! Loading one version: staged and verified (development mode) or admitted by the startup
-//! policy (with a key store), its worker started on the verified copy (the worker re-checks
-//! the model file's SHA-256, so nothing can be swapped between verification and load), its
+//! policy (with a key store), its worker started on the verified copy (the worker checks the
+//! model file against the digest the verified signature lists for it, so nothing can be
+//! swapped between verification and load), its
 //! value ranges checked against its signature, the load measured, and its worker's events
 //! audited. Only then does the registry make it visible.
 
@@ -17,7 +18,7 @@ use super::error::ModelError;
 use super::loaded::{HeldEvidence, LoadedModel};
 use super::placement::GpuPlacer;
 use super::staging::{
-    Staged, copy_tree, covers, optional_document, read_document, sha256_file, stage_and_verify,
+    Staged, copy_tree, optional_document, read_document, signed_digest, stage_and_verify,
 };
 use super::trust::{DecideError, TrustContext, audit_admission, decide_blocking, measure};
 use crate::audit::{AuditEvent, AuditLog};
@@ -61,18 +62,13 @@ impl Loader {
             });
         }
         let platform = format.platform();
-        let sha256 = sha256_file(&model_file).map_err(|source| ModelError::Stage {
-            name: m.name.clone(),
-            version: m.version.clone(),
-            path: model_file.clone(),
-            source,
-        })?;
         let granted = self.placer.place(m)?;
         let worker = Worker::start(WorkerOptions {
             worker_binary: self.worker_binary.clone(),
             onnxruntime_library: self.onnxruntime.clone(),
             model_file,
-            model_sha256: sha256,
+            // From the verified manifest: what the worker loads is what was signed.
+            model_digest: staged.model_digest.clone(),
             intra_op_threads: config.runtime.intra_op_threads,
             concurrency: config.runtime.worker_concurrency,
             startup_timeout: Duration::from_millis(config.runtime.worker_startup_timeout_ms),
@@ -203,6 +199,7 @@ impl Loader {
                 m.name.clone(),
                 m.version.clone(),
                 model_copy.clone(),
+                Some(m.file.clone()),
                 Arc::new(evidence.clone()),
                 trust.revocation_list(),
             )
@@ -233,25 +230,24 @@ impl Loader {
                     reasons: decision.reasons,
                 });
             }
-            let loaded = m.file.to_string_lossy();
-            if !covers(&facts.signature.files, &loaded) {
+            // The policy admitted a valid signature, so there is a verified model.
+            let Some(verified) = facts.signature.verified.clone() else {
                 return Err(ModelError::Signature {
                     name: m.name.clone(),
                     version: m.version.clone(),
-                    reasons: format!(
-                        "{} is not covered by the signature (it is ignored or absent)",
-                        m.file.display()
-                    ),
+                    reasons: "admitted without a verified signature".to_owned(),
                 });
-            }
+            };
+            let model_digest = signed_digest(m, &verified)?;
             let load_event = facts.load_event();
-            evidence.verified = facts.signature.verified.clone();
+            evidence.verified = Some(verified);
             Ok((
                 Staged {
                     directory: model_copy.clone(),
                     root_digest: facts.model.root_digest.unwrap_or_default(),
                     signer: facts.signature.signer.unwrap_or_default(),
                     load_event,
+                    model_digest,
                 },
                 evidence,
             ))

@@ -1,7 +1,7 @@
 //! The models being served. Loading one version is: copy its directory into the agent's private
 //! state directory, verify the copy's signature against the trusted signers, start a worker on
-//! the verified copy (the worker re-checks the model file's SHA-256, so nothing can be swapped
-//! between verification and load), and only then make it visible to the API. A version that
+//! the verified copy (the worker checks the model file against the digest the verified
+//! signature lists for it, so nothing can be swapped between verification and load), and only then make it visible to the API. A version that
 //! fails any step is not served.
 //!
 //! With a `[keystore]`, the verification step is admission ([`admission`]): the startup policy
@@ -36,5 +36,5 @@ pub use error::{ActivateError, ModelError, TrustError};
 pub use loaded::{HeldEvidence, LoadedModel, Unloaded};
 pub use loader::default_worker_binary;
 pub use registry::ModelRegistry;
-pub use staging::{sha256_file, trust_anchors};
+pub use staging::trust_anchors;
 pub use trust::{APP_EVENT_LOG, TrustContext, open_key_store};

@@ -154,6 +154,9 @@ impl ModelRegistry {
                 model.name.clone(),
                 model.version.clone(),
                 model.staged_dir.clone(),
+                // A loaded version is re-decided on what its signature verified at load
+                // (`HeldEvidence::verified`): nothing is hashed again, so no file is named.
+                None,
                 evidence,
                 list.clone(),
             )

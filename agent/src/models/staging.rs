@@ -5,8 +5,8 @@
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-use sha2::{Digest, Sha256};
-use warden_attest::bundle::{self, Verifier, VerifyOptions};
+use warden_attest::bundle::{self, HashAlgorithm, VerifiedModel, Verifier, VerifyOptions};
+use warden_runtime_client::model_digest::{DigestHash, ModelDigest};
 
 use super::error::ModelError;
 use crate::config::{Config, ModelConfig};
@@ -23,6 +23,8 @@ pub(super) struct Staged {
     pub(super) signer: String,
     /// What to measure (with a key store).
     pub(super) load_event: Option<warden_attest::boot::measure::ModelLoadEvent>,
+    /// The model file's digest as the verified signature lists it, for the worker to check.
+    pub(super) model_digest: ModelDigest,
 }
 
 /// Copies the model directory and its signature into `state_dir/models/NAME/VERSION/`, then
@@ -62,28 +64,25 @@ pub(super) fn stage_and_verify(
             &model_copy,
             &signature_copy,
             verifier,
-            &VerifyOptions::default(),
+            &VerifyOptions {
+                model_file: Some(m.file.clone()),
+                ..VerifyOptions::default()
+            },
         ) {
             Ok(verified) => {
-                // The signature may leave paths out (ignore paths); the file the engine loads
-                // must be one it covers.
-                let names: Vec<String> = verified.files.iter().map(|f| f.name.clone()).collect();
-                if !covers(&names, &m.file.to_string_lossy()) {
-                    let _ = std::fs::remove_dir_all(&version_dir);
-                    return Err(ModelError::Signature {
-                        name: m.name.clone(),
-                        version: m.version.clone(),
-                        reasons: format!(
-                            "{} is not covered by the signature (it is ignored or absent)",
-                            m.file.display()
-                        ),
-                    });
-                }
+                let model_digest = match signed_digest(m, &verified) {
+                    Ok(d) => d,
+                    Err(e) => {
+                        let _ = std::fs::remove_dir_all(&version_dir);
+                        return Err(e);
+                    }
+                };
                 return Ok(Staged {
                     directory: model_copy,
                     root_digest: verified.root_digest,
                     signer: verified.signer,
                     load_event: None,
+                    model_digest,
                 });
             }
             Err(e) => reasons.push(format!("{}: {e}", anchor.display())),
@@ -134,13 +133,45 @@ pub(super) fn copy_tree(m: &ModelConfig, from: &Path, to: &Path) -> Result<(), M
     Ok(())
 }
 
-/// Whether the signature covers the file the engine loads (whole, or as shards).
-pub(super) fn covers(files: &[String], loaded: &str) -> bool {
-    files.iter().any(|f| {
-        f == loaded
-            || f.strip_prefix(loaded)
-                .is_some_and(|rest| rest.starts_with(':'))
-    })
+/// The digest the worker checks the model file against, taken from the verified manifest
+/// (never from reading the staged file again). The signature may leave paths out (ignore
+/// paths): the file the engine loads must be one it covers, whole or as shards.
+pub(super) fn signed_digest(
+    m: &ModelConfig,
+    verified: &VerifiedModel,
+) -> Result<ModelDigest, ModelError> {
+    let file = m.file.to_string_lossy();
+    let refused = |reasons: String| ModelError::Signature {
+        name: m.name.clone(),
+        version: m.version.clone(),
+        reasons,
+    };
+    let signed = match verified.file_digest(&file) {
+        Some(d) => d,
+        None => {
+            return Err(refused(format!(
+                "{} is not covered by the signature (it is ignored or absent)",
+                m.file.display()
+            )));
+        }
+    };
+    let hash = match signed.hash {
+        HashAlgorithm::Sha256 => DigestHash::Sha256,
+        HashAlgorithm::Blake2b => DigestHash::Blake2b,
+        HashAlgorithm::Blake3 => DigestHash::Blake3,
+    };
+    let digest = match (signed.shard_size, <[Vec<u8>; 1]>::try_from(signed.digests)) {
+        (None, Ok([whole])) => ModelDigest::whole(hash, whole),
+        (Some(size), Ok(one)) => ModelDigest::shards(hash, size, &one),
+        (Some(size), Err(many)) => ModelDigest::shards(hash, size, &many),
+        (None, Err(_)) => {
+            return Err(refused(format!(
+                "{} has more than one whole-file digest",
+                m.file.display()
+            )));
+        }
+    };
+    digest.map_err(|e| refused(format!("{}: {e}", m.file.display())))
 }
 
 /// A bounded document read (release statements, attestations, revocation lists).
@@ -190,19 +221,4 @@ pub fn trust_anchors(config: &Config) -> Result<Vec<(PathBuf, Verifier)>, ModelE
         out.push((p.clone(), v));
     }
     Ok(out)
-}
-
-/// Hex SHA-256 of a file, streamed.
-pub fn sha256_file(path: &Path) -> std::io::Result<String> {
-    let mut f = std::fs::File::open(path)?;
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = f.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-    }
-    Ok(hex::encode(h.finalize()))
 }

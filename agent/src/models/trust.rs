@@ -223,6 +223,7 @@ pub(super) async fn decide_blocking(
     name: String,
     version: String,
     dir: PathBuf,
+    file: Option<PathBuf>,
     evidence: Arc<HeldEvidence>,
     list: Option<Arc<Vec<u8>>>,
 ) -> Result<(admission::AdmissionFacts, Decision), DecideError> {
@@ -234,6 +235,7 @@ pub(super) async fn decide_blocking(
                 name: &name,
                 version: &version,
                 model_dir: &dir,
+                model_file: file.as_deref(),
                 signature: evidence.signature.as_deref(),
                 release: evidence.release.as_deref(),
                 attestations: &evidence.attestations,

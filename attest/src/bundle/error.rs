@@ -19,9 +19,18 @@ pub enum BundleError {
         /// The underlying error.
         source: std::io::Error,
     },
-    /// The model path is not a directory.
-    #[error("model path {path} is not a directory")]
-    NotADirectory {
+    /// The signature covers one file signed as itself, and the model path is a directory:
+    /// which of its files was signed is for the caller to say.
+    #[error(
+        "the signature covers a single file (its resource is named \".\"), but {path} is a directory: give the signed file as the model"
+    )]
+    SingleFileSignature {
+        /// The directory given as the model.
+        path: PathBuf,
+    },
+    /// The model path is neither a directory nor a regular file (a FIFO, a device, a socket).
+    #[error("model path {path} is neither a directory nor a regular file")]
+    NotDirectoryOrFile {
         /// The path given as the model.
         path: PathBuf,
     },

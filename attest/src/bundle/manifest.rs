@@ -97,13 +97,14 @@ impl Resource {
             }
         };
         // Names are only compared with what the walk found on disk, never opened, but a
-        // name that cannot come from a walk is a forged or broken manifest: say so.
-        let rel: RelPath = path
-            .split('/')
-            .filter(|c| !c.is_empty() && *c != ".")
-            .map(str::to_owned)
-            .collect();
-        if rel.is_empty() || rel.iter().any(|c| c == "..") || path.starts_with('/') {
+        // name that cannot come from a walk is a forged or broken manifest: say so. A walk
+        // writes `a/b`, never `./a/b`, `a//b` or `a/../b`; `.` alone is the one file of a
+        // model that is a single file (whether it stands alone is the statement's check).
+        if path == "." {
+            return Ok((Vec::new(), range));
+        }
+        let rel: RelPath = path.split('/').map(str::to_owned).collect();
+        if rel.iter().any(|c| c.is_empty() || c == "." || c == "..") {
             return Err(invalid("not a relative path inside the model"));
         }
         Ok((rel, range))
@@ -247,6 +248,22 @@ mod tests {
         assert!(Resource::parse_name("a:4:4", shards).is_err());
         assert!(Resource::parse_name("../x", Serialization::Files).is_err());
         assert!(Resource::parse_name("/etc/x", Serialization::Files).is_err());
+        // `.` alone is a single-file model; nowhere else is `.` (or an empty component) a name
+        // a walk produces.
+        assert_eq!(
+            Resource::parse_name(".", Serialization::Files).unwrap(),
+            (Vec::new(), None)
+        );
+        assert_eq!(
+            Resource::parse_name(".:0:4", shards).unwrap(),
+            (Vec::new(), Some((0, 4)))
+        );
+        for forged in ["", "./a", "a/.", "a/./b", "a//b", "a/", "..", "a/../b"] {
+            assert!(
+                Resource::parse_name(forged, Serialization::Files).is_err(),
+                "{forged:?}"
+            );
+        }
     }
 
     #[test]

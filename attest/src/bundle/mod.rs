@@ -86,6 +86,11 @@ pub struct VerifyOptions {
     pub ignore_paths: Vec<PathBuf>,
     /// Show a progress bar (only on a terminal, and only for large models).
     pub progress: bool,
+    /// The file the engine loads, relative to the model directory. A signature over a single
+    /// file (model_signing signing a file rather than a directory: its manifest's one
+    /// resource is named `.`) is checked against this file when the model path is a
+    /// directory; without it, such a signature only verifies the file given as the model.
+    pub model_file: Option<PathBuf>,
 }
 
 /// A bundle produced by [`sign_model`].
@@ -133,6 +138,90 @@ pub struct VerifiedModel {
     /// Paths not covered by the signature (recorded in the predicate, given by the caller, or
     /// the signature file), relative to the model directory.
     pub ignored_paths: Vec<String>,
+    /// The signature covers one file, signed as itself (its one resource, or each of its
+    /// shards, is named `.`), rather than a directory.
+    pub single_file: bool,
+}
+
+/// The signed digest of one file of a verified model, as its manifest lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileDigest {
+    /// The hash of the serialization.
+    pub hash: HashAlgorithm,
+    /// `None` for a whole-file digest; the shard size for sharded serialization.
+    pub shard_size: Option<u64>,
+    /// The whole file's digest, or its shards' digests in file order (none for an empty
+    /// file, which model_signing splits into no shard).
+    pub digests: Vec<Vec<u8>>,
+}
+
+impl VerifiedModel {
+    /// Whether the signature covers `file` (relative to the model directory) whole or as
+    /// shards. A single-file signature was checked against the file the caller named as the
+    /// model ([`VerifyOptions::model_file`]), which is the one it covers.
+    pub fn covers(&self, file: &str) -> bool {
+        self.single_file
+            || self.files.iter().any(|f| {
+                f.name == file
+                    || f.name
+                        .strip_prefix(file)
+                        .is_some_and(|rest| rest.starts_with(':'))
+            })
+    }
+
+    /// The signed digest of `file` (relative to the model directory; for a single-file
+    /// signature, its one file), for a loader to hand to whatever reads the file next: the
+    /// digest comes from the verified manifest, never from reading the file again. `None` when
+    /// the signature does not cover the file or its entries are not what verification
+    /// accepted (shards not adjoining from 0).
+    pub fn file_digest(&self, file: &str) -> Option<FileDigest> {
+        let name = if self.single_file { "." } else { file };
+        let mut hash = None;
+        let mut shard_size = None;
+        let mut whole = None;
+        let mut shards: Vec<(u64, u64, Vec<u8>)> = Vec::new();
+        for r in &self.files {
+            let (algorithm, size) = match r.algorithm.split_once("-sharded-") {
+                Some((a, n)) => (a, Some(n.parse::<u64>().ok()?)),
+                None => (r.algorithm.as_str(), None),
+            };
+            let this = HashAlgorithm::from_name(algorithm)?;
+            let digest = hex::decode(&r.digest_hex).ok()?;
+            if r.name == name && size.is_none() {
+                whole = Some(digest);
+            } else if let Some(range) = r.name.strip_prefix(name).and_then(|s| s.strip_prefix(':'))
+                && size.is_some()
+            {
+                let (start, end) = range.split_once(':')?;
+                shards.push((start.parse().ok()?, end.parse().ok()?, digest));
+            } else {
+                continue;
+            }
+            hash = Some(this);
+            shard_size = size;
+        }
+        let hash = hash?;
+        if let Some(digest) = whole {
+            return shards.is_empty().then(|| FileDigest {
+                hash,
+                shard_size: None,
+                digests: vec![digest],
+            });
+        }
+        shards.sort_by_key(|(start, _, _)| *start);
+        let mut next = 0;
+        for (start, end, _) in &shards {
+            if *start != next || end <= start {
+                return None;
+            }
+            next = *end;
+        }
+        Some(FileDigest {
+            hash,
+            shard_size,
+            digests: shards.into_iter().map(|(_, _, d)| d).collect(),
+        })
+    }
 }
 
 /// Hashes `model_dir` and signs it.
@@ -268,7 +357,18 @@ pub fn verify_model_bytes(
         }
     }
 
-    let files = walk::list_files(model_dir, &ignore)?;
+    // A single-file signature is checked against the file the caller loads, when the model
+    // path is the directory holding it. The choice follows the signed statement, whose
+    // signature is verified by now.
+    let single_file = signed.resources.iter().any(|r| r.path.is_empty());
+    let target = match &opts.model_file {
+        Some(file) if single_file && model_dir.is_dir() => model_dir.join(file),
+        _ => model_dir.to_path_buf(),
+    };
+    if single_file && target.is_dir() {
+        return Err(BundleError::SingleFileSignature { path: target });
+    }
+    let files = walk::list_files(&target, &ignore)?;
     let actual = hash::hash_model(
         &files,
         signed.serialization.method,
@@ -289,6 +389,7 @@ pub fn verify_model_bytes(
             Serialization::Shards { .. } => "shards".to_owned(),
         },
         ignored_paths: ignore.recorded(),
+        single_file,
     })
 }
 
@@ -351,5 +452,6 @@ pub fn reverify_model_bytes(
         signer,
         serialization: loaded.serialization.clone(),
         ignored_paths: loaded.ignored_paths.clone(),
+        single_file: loaded.single_file,
     })
 }

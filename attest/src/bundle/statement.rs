@@ -233,6 +233,17 @@ pub(crate) fn parse(payload: &[u8]) -> Result<SignedManifest, BundleError> {
         });
     }
 
+    // `.` is the model itself when the model is one file: then it is all the manifest lists
+    // (once, or as that file's shards). Beside other names it would stand for a directory
+    // holding them, which no walk produces.
+    if resources.iter().any(|r| r.path.is_empty()) && resources.iter().any(|r| !r.path.is_empty()) {
+        return Err(BundleError::InvalidResource {
+            name: ".".to_owned(),
+            reason: "names the signed file itself, so nothing else may be listed beside it"
+                .to_owned(),
+        });
+    }
+
     // The root digest is over the resources in the order listed, as model_signing computes it.
     let actual_root = root_digest(resources.iter().map(|r| r.digest.as_slice()));
     if actual_root != expected_root {
@@ -295,6 +306,42 @@ mod tests {
             allow_symlinks: false,
             ignore_paths: vec![".git".to_owned()],
         }
+    }
+
+    #[test]
+    fn dot_names_the_single_file_and_stands_alone() {
+        let res = |path: &[&str], range| Resource {
+            path: path.iter().map(|c| (*c).to_owned()).collect(),
+            range,
+            digest: vec![7; 32],
+        };
+        // A single file, whole or as shards: `.` (or `.:start:end`) round-trips.
+        for (d, rs) in [
+            (desc(Serialization::Files), vec![res(&[], None)]),
+            (
+                desc(Serialization::Shards { shard_size: 4 }),
+                vec![res(&[], Some((0, 4))), res(&[], Some((4, 6)))],
+            ),
+        ] {
+            let (json, _) = build("model.onnx", &d, &rs).unwrap();
+            let text = String::from_utf8(json.clone()).unwrap();
+            assert!(
+                text.contains("\"name\": \".\"") || text.contains("\"name\": \".:0:4\""),
+                "{text}"
+            );
+            assert_eq!(parse(&json).unwrap().resources, rs);
+        }
+        // `.` beside another name (a directory manifest claiming its own root) is refused.
+        let (json, _) = build(
+            "m",
+            &desc(Serialization::Files),
+            &[res(&[], None), res(&["a"], None)],
+        )
+        .unwrap();
+        assert!(matches!(
+            parse(&json),
+            Err(BundleError::InvalidResource { name, .. }) if name == "."
+        ));
     }
 
     #[test]

@@ -15,9 +15,14 @@ pub(crate) const MAX_FILES: usize = 1_000_000;
 /// how Python's `PurePosixPath` sorts: `sub/a` < `sub/deep/x` < `sub.txt`.
 pub(crate) type RelPath = Vec<String>;
 
-/// Joins components the way the manifest names files (POSIX separators).
+/// Joins components the way the manifest names files (POSIX separators). The empty path is
+/// a model that is one file, signed as itself: model_signing names it `.`.
 pub(crate) fn display(rel: &[String]) -> String {
-    rel.join("/")
+    if rel.is_empty() {
+        ".".to_owned()
+    } else {
+        rel.join("/")
+    }
 }
 
 /// One regular file of the model.
@@ -105,7 +110,9 @@ fn normalize_relative(path: &Path) -> Option<RelPath> {
     Some(out)
 }
 
-/// Lists the model's regular files, sorted by path component.
+/// Lists the model's regular files, sorted by path component. A model that is one regular
+/// file is that file alone, with the empty relative path (model_signing's `.`); ignore paths
+/// do not apply to it.
 pub(crate) fn list_files(
     model_dir: &Path,
     ignore: &IgnoreSet,
@@ -116,8 +123,15 @@ pub(crate) fn list_files(
             path: model_dir.to_path_buf(),
         });
     }
+    if meta.is_file() {
+        return Ok(vec![ModelFile {
+            rel: Vec::new(),
+            abs: model_dir.to_path_buf(),
+            size: meta.len(),
+        }]);
+    }
     if !meta.is_dir() {
-        return Err(BundleError::NotADirectory {
+        return Err(BundleError::NotDirectoryOrFile {
             path: model_dir.to_path_buf(),
         });
     }

@@ -7,6 +7,7 @@
 //!   fallback only where allowed) and where it ended up.
 //! - [`accel`]: accelerator discovery (CUDA driver through `cudarc`, loaded at run time).
 //! - [`model_format`]: which engine a model file needs, from its extension.
+//! - [`model_digest`]: the signed digest a worker checks its model file against.
 //! - [`sandbox_policy`]: the sandbox settings a worker is started with.
 //! - [`protocol`]: the framed binary protocol on the agent ↔ worker socket (see
 //!   `runtime/PROTOCOL.md`).
@@ -18,6 +19,7 @@
 
 pub mod accel;
 pub mod device;
+pub mod model_digest;
 pub mod model_format;
 pub mod protocol;
 pub mod sandbox_policy;

@@ -48,6 +48,16 @@ pub fn model_bytes() -> Vec<u8> {
     std::fs::read(model_path()).expect("demo model")
 }
 
+/// The demo model's SHA-256, as the worker's `--digest` takes it.
+pub fn model_digest() -> warden_runtime_client::model_digest::ModelDigest {
+    warden_runtime_client::model_digest::ModelDigest::sha256_of(&model_bytes())
+}
+
+/// A whole-file SHA-256 digest from its hex.
+pub fn sha256_digest(hex: &str) -> warden_runtime_client::model_digest::ModelDigest {
+    format!("sha256:{hex}").parse().unwrap()
+}
+
 pub fn model_sha256() -> String {
     use sha2::Digest;
     sha2::Sha256::digest(model_bytes())
@@ -265,7 +275,8 @@ pub fn spawn_worker_raw_env(
     }
     let child = command
         .args(["--model".as_ref(), model.as_os_str()])
-        .args(["--sha256", sha256])
+        .arg("--digest")
+        .arg(format!("sha256:{sha256}"))
         .args(["--onnxruntime".as_ref(), ort_library().as_os_str()])
         .args(extra)
         .stdin(std::process::Stdio::from(std::os::fd::OwnedFd::from(
@@ -373,7 +384,7 @@ pub fn one_at_a_time(
         runtime_binary(),
         ort_library(),
         model,
-        sha256,
+        sha256_digest(&sha256),
     );
     o.concurrency = 1;
     o.intra_op_threads = 1;

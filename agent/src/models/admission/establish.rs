@@ -4,6 +4,8 @@
 //! store's anti-rollback counter). Never fails: whatever does not verify becomes a fact that
 //! the policy refuses.
 
+use std::path::Path;
+
 use warden_attest::anchors::TrustAnchors;
 use warden_attest::bundle::{self, BundleError, Verifier, VerifyOptions};
 use warden_attest::release::{ReleaseError, verify_attestations, verify_release};
@@ -71,7 +73,10 @@ fn check_signature(
                 sig,
                 None,
                 v,
-                &VerifyOptions::default(),
+                &VerifyOptions {
+                    model_file: evidence.model_file.map(Path::to_path_buf),
+                    ..VerifyOptions::default()
+                },
             ),
         };
         match verified {

@@ -161,6 +161,9 @@ pub struct Evidence<'a> {
     pub version: &'a str,
     /// The staged model directory (only the agent can write it).
     pub model_dir: &'a Path,
+    /// The file the engine loads, relative to `model_dir`: what a single-file signature
+    /// (model_signing signing a file: its one resource named `.`) is checked against.
+    pub model_file: Option<&'a Path>,
     /// The OMS signature bundle.
     pub signature: Option<&'a [u8]>,
     /// The release statement bundle.

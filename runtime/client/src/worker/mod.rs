@@ -197,7 +197,7 @@ mod tests {
             "/w".into(),
             "/ort.so".into(),
             "/m.onnx".into(),
-            "0".repeat(64),
+            crate::model_digest::ModelDigest::sha256_of(b""),
         );
         o.cuda_library_dirs = vec!["/cuda/lib".into(), "/cudnn/lib".into()];
         let path = |o: &WorkerOptions| {
@@ -219,7 +219,7 @@ mod tests {
             "/w".into(),
             "/ort.so".into(),
             "/m.onnx".into(),
-            "0".repeat(64),
+            crate::model_digest::ModelDigest::sha256_of(b""),
         );
         for device in [crate::device::Device::Cpu, crate::device::Device::Cuda(0)] {
             o.device.device = device;

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::device::DeviceRequest;
+use crate::model_digest::ModelDigest;
 use crate::protocol::DEFAULT_MAX_FRAME_BYTES;
 use crate::sandbox_policy::SandboxPolicy;
 
@@ -31,8 +32,9 @@ pub struct WorkerOptions {
     pub onnxruntime_library: Option<PathBuf>,
     /// The model file, already verified by the agent.
     pub model_file: PathBuf,
-    /// Its SHA-256 (hex) as verified; the worker refuses a file that no longer matches.
-    pub model_sha256: String,
+    /// Its digest as the verified signature lists it; the worker refuses a file that does
+    /// not match.
+    pub model_digest: ModelDigest,
     /// ONNX Runtime intra-op threads per session (0: ONNX Runtime's default).
     pub intra_op_threads: usize,
     /// Requests the worker runs at once (executor threads and engine sessions).
@@ -87,13 +89,13 @@ impl WorkerOptions {
         worker_binary: PathBuf,
         onnxruntime_library: PathBuf,
         model_file: PathBuf,
-        model_sha256: String,
+        model_digest: ModelDigest,
     ) -> WorkerOptions {
         WorkerOptions {
             worker_binary,
             onnxruntime_library: Some(onnxruntime_library),
             model_file,
-            model_sha256,
+            model_digest,
             intra_op_threads: 1,
             concurrency: 1,
             startup_timeout: Duration::from_secs(30),
@@ -134,8 +136,8 @@ impl WorkerOptions {
         [
             "--model".into(),
             self.model_file.clone().into_os_string(),
-            "--sha256".into(),
-            self.model_sha256.clone().into(),
+            "--digest".into(),
+            self.model_digest.to_string().into(),
         ]
         .into_iter()
         .chain(library)
