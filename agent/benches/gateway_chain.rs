@@ -63,12 +63,18 @@ fn main() {
         .unwrap_or(20_000);
     let dir = tempfile::tempdir().unwrap();
 
-    // The gateway as the demo configures it, plus a JWKS.
-    let policy = dir.path().join("routes.rego");
-    std::fs::write(&policy, warden_agent::gateway::authz::SHIPPED_ROUTES_REGO).unwrap();
-    let grants = dir.path().join("grants.json");
+    // The gateway as the demo configures it (its policy set: the shipped route policy and the
+    // demo's grants), plus a JWKS.
+    std::fs::create_dir_all(dir.path().join("policies/serving")).unwrap();
     std::fs::write(
-        &grants,
+        dir.path()
+            .join("policies")
+            .join(warden_agent::gateway::authz::ROUTES_POLICY),
+        warden_agent::gateway::authz::SHIPPED_ROUTES_REGO,
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("policies/data.json"),
         r#"{"tenants": {"demo": {"models": {"demo": {"versions": ["*"], "routes": ["infer", "metadata", "ready"]}}}}}"#,
     )
     .unwrap();
@@ -92,8 +98,6 @@ fn main() {
     .unwrap();
     let mut cfg = GatewayConfig::default();
     cfg.identity.trust_domains = vec!["warden.demo".into()];
-    cfg.authz.policy = Some(policy);
-    cfg.authz.data = Some(grants);
     cfg.limits.identity_rate_per_s = 1e6;
     cfg.limits.identity_burst = 1_000_000;
     cfg.limits.tenant_rate_per_s = 1e6;
@@ -110,6 +114,11 @@ fn main() {
     end_to_end(n / 4, &cfg, &jwt_token(&key, &rng));
     println!("in process:");
     let gateway = Gateway::new(&cfg).unwrap();
+    let set =
+        warden_agent::policy::set::PolicySetFiles::read(&dir.path().join("policies")).unwrap();
+    gateway
+        .routes()
+        .install(gateway.routes().compile(&set).unwrap());
     let audit = AuditLog::open(Some(&dir.path().join("audit.jsonl"))).unwrap();
 
     let token = jwt_token(&key, &rng);

@@ -31,6 +31,7 @@ pub mod inference;
 pub mod listener;
 pub mod models;
 pub mod policy;
+pub mod policy_in_force;
 pub mod serve;
 pub mod state_files;
 pub mod status;

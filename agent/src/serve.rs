@@ -11,6 +11,7 @@ use crate::inference::{Api, Limits};
 use crate::listener::Server;
 use crate::listener::keystore_tls::{TlsKeyStoreError, listener_config};
 use crate::models::{ModelError, ModelRegistry, TrustContext, TrustError};
+use crate::policy_in_force::{PolicyInForce, PolicyInForceError};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -27,6 +28,8 @@ pub enum ServeError {
     Model(#[from] ModelError),
     #[error("gateway: {0}")]
     Gateway(#[from] GatewayError),
+    #[error(transparent)]
+    Policy(#[from] PolicyInForceError),
     #[error("cannot create the state directory {path}: {source}")]
     State {
         path: PathBuf,
@@ -48,6 +51,8 @@ pub struct Prepared {
     pub local_addr: SocketAddr,
     pub models: Arc<ModelRegistry>,
     pub gateway: Arc<Gateway>,
+    /// The policy set in force (SIGHUP reloads it; a signed push replaces it).
+    pub policies: Arc<PolicyInForce>,
     /// Where `/metrics` is served, when enabled.
     pub metrics_addr: Option<SocketAddr>,
     metrics_listener: Option<tokio::net::TcpListener>,
@@ -88,6 +93,11 @@ pub async fn prepare_with(
     let tls = listener_config(&config.tls, trust.as_ref().map(|t| &t.store))?;
     let gateway = Arc::new(Gateway::new(&config.gateway)?);
     let audit = Arc::new(AuditLog::open(config.audit.path.as_deref())?);
+    let policies = Arc::new(PolicyInForce::start(
+        gateway.clone(),
+        trust.clone(),
+        config.policy.as_ref().map(|p| p.directory.clone()),
+    )?);
     let models = Arc::new(ModelRegistry::load(config, &config.state.directory, trust).await?);
     // Versions pushed before a restart, each re-verified and re-admitted; the chosen defaults.
     let refused = crate::models::kept::restore(&models).await;
@@ -119,7 +129,9 @@ pub async fn prepare_with(
     } else {
         (None, None)
     };
-    let admin = crate::admin::AdminServer::prepare(config, models.clone(), audit.clone()).await?;
+    let admin =
+        crate::admin::AdminServer::prepare(config, models.clone(), policies.clone(), audit.clone())
+            .await?;
     let api = Arc::new(Api::new(
         models.clone(),
         audit.clone(),
@@ -133,6 +145,7 @@ pub async fn prepare_with(
         local_addr,
         models,
         gateway,
+        policies,
         metrics_addr,
         metrics_listener,
         admin_addr: admin.as_ref().map(|a| a.local_addr),
@@ -150,13 +163,15 @@ pub async fn prepare_with(
 
 impl Prepared {
     /// Serves until SIGTERM or SIGINT, then drains and stops the workers. SIGHUP reloads the
-    /// gateway's policy and keys.
+    /// gateway's keys and the policy set (see [`PolicyInForce::reload`]), then re-runs
+    /// admission.
     pub async fn run_until_signalled(self) -> Result<(), ServeError> {
         use tokio::signal::unix::{SignalKind, signal};
         let mut term = signal(SignalKind::terminate()).map_err(ServeError::Signals)?;
         let mut int = signal(SignalKind::interrupt()).map_err(ServeError::Signals)?;
         let mut hup = signal(SignalKind::hangup()).map_err(ServeError::Signals)?;
         let gateway = self.gateway.clone();
+        let policies = self.policies.clone();
         let models = self.models.clone();
         let shutdown = async move {
             loop {
@@ -164,9 +179,13 @@ impl Prepared {
                     _ = term.recv() => { tracing::info!("SIGTERM received"); break }
                     _ = int.recv() => { tracing::info!("SIGINT received"); break }
                     _ = hup.recv() => {
-                        match gateway.reload() {
-                            Ok(()) => tracing::info!("SIGHUP: route policy and JWKS reloaded"),
-                            Err(e) => tracing::error!(error = %e, "SIGHUP: reload failed; the previous policy and keys stay in force"),
+                        match gateway.reload_keys() {
+                            Ok(()) => tracing::info!("SIGHUP: JWKS reloaded"),
+                            Err(e) => tracing::error!(error = %e, "SIGHUP: JWKS reload failed; the previous keys stay in force"),
+                        }
+                        match policies.reload() {
+                            Ok(reloaded) => tracing::info!(?reloaded, "SIGHUP: policy set checked"),
+                            Err(e) => tracing::error!(error = %e, "SIGHUP: policy set refused"),
                         }
                         // Model admission: a refresh that runs inside the signal loop, so a
                         // second SIGHUP waits for this one rather than racing it.

@@ -443,18 +443,15 @@ async fn pushed_versions_and_the_default_survive_a_restart_and_are_verified_agai
 /// kept across a restart. A bundle with two model files is refused, not guessed at.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_new_model_is_accepted_only_when_allowed_and_is_kept() {
-    let grant = |w: &World| {
-        let path = w.config.gateway.authz.data.clone().unwrap();
-        std::fs::write(
-            &path,
+    let grant = |w: &mut World| {
+        w.set_grants(
             r#"{"tenants": {"demo": {"models": {
                 "demo": {"versions": ["*"], "routes": ["infer", "metadata", "ready"]},
                 "fresh": {"versions": ["*"], "routes": ["infer", "metadata", "ready"]}}}}}"#,
-        )
-        .unwrap();
+        );
     };
-    let w = World::new();
-    grant(&w);
+    let mut w = World::new();
+    grant(&mut w);
     let fresh = w.bundle_of("fresh", "1", None);
     let r = Running::start(w).await;
     let refused = r.push_to("fresh", "1", tar_of(&fresh)).await;
@@ -464,7 +461,7 @@ async fn a_new_model_is_accepted_only_when_allowed_and_is_kept() {
     r.stop().await;
 
     let mut w = World::new();
-    grant(&w);
+    grant(&mut w);
     w.config.admin.as_mut().unwrap().accept_new_models = true;
     let fresh = w.bundle_of("fresh", "1", None);
     // Two model files in one bundle: which one to serve is not guessed.
@@ -537,6 +534,11 @@ async fn a_pushed_policy_set_is_verified_kept_and_decides_again() {
     let mut text = std::fs::read_to_string(&startup).unwrap();
     text.push_str("\n# policy set 2\n");
     std::fs::write(&startup, text).unwrap();
+    // Its route policy closes the liveness route: the push must replace the route policy too.
+    let routes = v2_dir.join("serving/routes.rego");
+    let mut text = std::fs::read_to_string(&routes).unwrap();
+    text.push_str("\ndeny contains \"liveness_closed\" if input.route == \"/v2/health/live\"\n");
+    std::fs::write(&routes, text).unwrap();
     let new_digest = policy_set_digest(&v2_dir).unwrap();
     assert_ne!(new_digest, old_digest);
     let statement = |serial: u64, dir: &std::path::Path, signer: &warden_attest::bundle::Signer| {
@@ -553,10 +555,17 @@ async fn a_pushed_policy_set_is_verified_kept_and_decides_again() {
     let stranger = policy_tar(&v2_dir, &statement(2, &v2_dir, &fleet::key().0));
     let other_files = policy_tar(&w.policy_dir, &statement(2, &v2_dir, &w.fleet));
     let older = policy_tar(&v2_dir, &statement(1, &v2_dir, &w.fleet));
-    let with_json = policy_tar_with(
+    // A file that is neither a policy nor a data document has no place in a set.
+    let with_notes = policy_tar_with(
         &v2_dir,
         &statement(2, &v2_dir, &w.fleet),
-        &[("data.json", b"{}")],
+        &[("notes.txt", b"not evaluated")],
+    );
+    // A data document is part of the set: one the statement does not cover is refused.
+    let extra_data = policy_tar_with(
+        &v2_dir,
+        &statement(2, &v2_dir, &w.fleet),
+        &[("serving/data.json", b"{\"tenants\": {}}")],
     );
     let broken = {
         let d = w.files.dir.join("policies-broken");
@@ -575,7 +584,8 @@ async fn a_pushed_policy_set_is_verified_kept_and_decides_again() {
     for (tar, status, class) in [
         (stranger, 422, "policy_set_invalid"),
         (other_files, 422, "policy_set_invalid"),
-        (with_json, 400, "archive_invalid"),
+        (with_notes, 400, "archive_invalid"),
+        (extra_data, 422, "policy_set_invalid"),
         (broken, 422, "policy_set_invalid"),
     ] {
         let reply = r.put_policies(tar).await;
@@ -584,6 +594,15 @@ async fn a_pushed_policy_set_is_verified_kept_and_decides_again() {
         assert!(body.contains(class), "{body}");
     }
     assert_eq!(r.infer("/v2/models/demo/infer").await, (200, "1".into()));
+    assert_eq!(
+        r.client()
+            .await
+            .get("/v2/health/live")
+            .await
+            .unwrap()
+            .status,
+        200
+    );
     assert!(uploads_empty(&r.state_dir()));
     // Before the new set, a version released for it is refused.
     assert_eq!(r.push("2", tar_of(&v2)).await.status, 422);
@@ -603,6 +622,22 @@ async fn a_pushed_policy_set_is_verified_kept_and_decides_again() {
         serde_json::json!([{"name": "demo", "version": "1"}])
     );
     assert_ne!(r.infer("/v2/models/demo/versions/1/infer").await.0, 200);
+    // One set: the pushed route policy decides requests from now on.
+    assert_eq!(
+        r.client()
+            .await
+            .get("/v2/health/live")
+            .await
+            .unwrap()
+            .status,
+        403
+    );
+    assert!(
+        r.audit()
+            .iter()
+            .any(|e| e["route"] == "/v2/health/live" && e["rule"] == "liveness_closed"),
+        "the pushed route policy's rule decided"
+    );
     assert_eq!(r.push("2", tar_of(&v2)).await.status, 200);
     assert_eq!(r.infer("/v2/models/demo/infer").await, (200, "2".into()));
     // The same push again is fine; an older serial, or the same serial for other files, not.

@@ -473,12 +473,15 @@ fn policy_set_digest_is_canonical_and_reproducible() {
     std::fs::write(dir.path().join("serving/b.rego"), b"package b\n").unwrap();
     std::fs::write(dir.path().join("llm/a.rego"), b"package a\n").unwrap();
     std::fs::write(dir.path().join("serving/b_test.json"), b"{}").unwrap();
+    std::fs::write(dir.path().join("serving/data.json"), b"{\"x\": 1}").unwrap();
+    std::fs::write(dir.path().join("README.md"), b"not evaluated").unwrap();
     let manifest = policy_set_manifest(dir.path()).unwrap();
-    // sha256("package a\n"), sha256("package b\n"), sorted by path.
+    // The policies and the data document, sorted by path; not the case file nor the README.
     let expected = format!(
-        "warden-policy-set/v1\n{}  llm/a.rego\n{}  serving/b.rego\n",
+        "warden-policy-set/v2\n{}  llm/a.rego\n{}  serving/b.rego\n{}  serving/data.json\n",
         sha256_hex(b"package a\n"),
-        sha256_hex(b"package b\n")
+        sha256_hex(b"package b\n"),
+        sha256_hex(b"{\"x\": 1}")
     );
     assert_eq!(manifest, expected);
     let digest = policy_set_digest(dir.path()).unwrap();
@@ -487,11 +490,14 @@ fn policy_set_digest_is_canonical_and_reproducible() {
         format!("sha256:{}", sha256_hex(expected.as_bytes()))
     );
 
-    // Data and case files do not count; any policy byte does.
+    // Case files do not count; any policy or data byte does.
     std::fs::write(dir.path().join("serving/b_test.json"), b"{\"x\":1}").unwrap();
     assert_eq!(policy_set_digest(dir.path()).unwrap(), digest);
+    std::fs::write(dir.path().join("serving/data.json"), b"{\"x\": 2}").unwrap();
+    let with_data = policy_set_digest(dir.path()).unwrap();
+    assert_ne!(with_data, digest);
     std::fs::write(dir.path().join("serving/b.rego"), b"package b \n").unwrap();
-    assert_ne!(policy_set_digest(dir.path()).unwrap(), digest);
+    assert_ne!(policy_set_digest(dir.path()).unwrap(), with_data);
 
     // Symbolic links are refused.
     std::os::unix::fs::symlink(dir.path().join("llm/a.rego"), dir.path().join("c.rego")).unwrap();
@@ -518,8 +524,8 @@ fn policy_set_digest_is_canonical_and_reproducible() {
     let out = std::process::Command::new("sh")
         .arg("-c")
         .arg(
-            "cd \"$1\" && { printf 'warden-policy-set/v1\\n'; \
-             find . -type f -name '*.rego' | sed 's|^\\./||' | LC_ALL=C sort | \
+            "cd \"$1\" && { printf 'warden-policy-set/v2\\n'; \
+             find . -type f \\( -name '*.rego' -o -name data.json \\) | sed 's|^\\./||' | LC_ALL=C sort | \
              while read -r f; do printf '%s  %s\\n' \"$(sha256sum < \"$f\" | cut -d' ' -f1)\" \"$f\"; done; \
              } | sha256sum | cut -d' ' -f1",
         )

@@ -88,7 +88,7 @@ fn printed_curl_command_matches_python_onnxruntime() {
     // (development-only) key store, and the decision is audited.
     assert!(
         demo.banner
-            .contains("Admitted before serving by admission/serving/startup.rego"),
+            .contains("Admitted before serving by policies/serving/startup.rego"),
         "{}",
         demo.banner
     );

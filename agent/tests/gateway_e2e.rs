@@ -25,6 +25,7 @@ use warden_agent::demo::pki::DevCa;
 use warden_agent::gateway::config::{JwtConfig, SubjectMapping};
 use warden_agent::gateway::{Gateway, identity::IdentityKind};
 use warden_agent::models::ModelRegistry;
+use warden_agent::policy_in_force::Reloaded;
 use warden_agent::{demo, serve};
 
 const ISSUER: &str = "https://idp.warden.test";
@@ -48,6 +49,7 @@ struct Running {
     files: demo::DemoFiles,
     models: Arc<ModelRegistry>,
     gateway: Arc<Gateway>,
+    policies: Arc<warden_agent::policy_in_force::PolicyInForce>,
     pki: Pki,
     jwt_key: EcdsaKeyPair,
     grants: PathBuf,
@@ -147,7 +149,7 @@ impl Running {
             tenant_claim: "tenant".into(),
         });
 
-        let grants = config.gateway.authz.data.clone().unwrap();
+        let grants = config.policy.as_ref().unwrap().directory.join("data.json");
         std::fs::write(&grants, GRANTS).unwrap();
         config.gateway.limits.identity_rate_per_s = 10_000.0;
         config.gateway.limits.identity_burst = 10_000;
@@ -160,6 +162,7 @@ impl Running {
         let metrics_addr = prepared.metrics_addr;
         let models = prepared.models.clone();
         let gateway = prepared.gateway.clone();
+        let policies = prepared.policies.clone();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(prepared.run(async move {
             let _ = rx.await;
@@ -170,6 +173,7 @@ impl Running {
             files,
             models,
             gateway,
+            policies,
             pki: Pki { certs },
             jwt_key,
             grants,
@@ -667,7 +671,7 @@ async fn unauthenticated_callers_and_jwt_attacks_are_refused() {
         serde_json::json!({"keys": [jwk(&k2, "k2")]}).to_string(),
     )
     .unwrap();
-    server.gateway.reload().unwrap();
+    server.gateway.reload_keys().unwrap();
     assert_eq!(
         call(&mut c, "POST", infer, &body, Some(&rotated))
             .await
@@ -728,13 +732,17 @@ async fn rate_limits_policy_reload_and_metrics() {
     );
 
     // Policy reload: the grants file loses tenant demo; after the reload, demo is forbidden.
+    // (Development mode, no key store: the changed set is put in force, with a warning.)
     std::fs::write(&server.grants, r#"{"tenants": {}}"#).unwrap();
-    server.gateway.reload().unwrap();
+    match server.policies.reload().unwrap() {
+        Reloaded::Replaced { changes, .. } => assert_eq!(changes, ["changed: data.json"]),
+        other => panic!("{other:?}"),
+    }
     assert_eq!(call(&mut b, "POST", infer, &body, None).await.status, 403);
     // A broken policy file does not replace the running one.
-    let policy = server.files.dir.join("policies/routes.rego");
+    let policy = server.files.dir.join("policies/serving/routes.rego");
     std::fs::write(&policy, "package warden.serving.routes\ndecision := {").unwrap();
-    assert!(server.gateway.reload().is_err());
+    assert!(server.policies.reload().is_err());
     assert_eq!(call(&mut b, "POST", infer, &body, None).await.status, 403);
 
     // Metrics, on their own plain-HTTP loopback listener.

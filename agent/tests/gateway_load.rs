@@ -33,7 +33,7 @@ async fn a_tenant_over_quota_does_not_hurt_another() {
     secret.name = "secret".into();
     config.models.push(secret);
     std::fs::write(
-        config.gateway.authz.data.as_ref().unwrap(),
+        config.policy.as_ref().unwrap().directory.join("data.json"),
         r#"{"tenants": {"demo": {"models": {"demo": {"versions": ["*"], "routes": ["infer"]}}},
             "other": {"models": {"secret": {"versions": ["*"], "routes": ["infer"]}}}}}"#,
     )

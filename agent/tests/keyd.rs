@@ -531,12 +531,14 @@ fn warden_attest_quote_goes_through_keyd() {
         &agent_config,
         demo_text.replace(
             anchors,
-            &format!(
-                "[keystore]\nkeyd_socket = {:?}\n\n[admission]\npolicy_directory = {:?}\n",
-                t.keyd.socket,
-                Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies")
-            ),
+            &format!("[keystore]\nkeyd_socket = {:?}\n", t.keyd.socket,),
         ),
+    )
+    .unwrap();
+    // The demo's policy set with the shipped startup policy.
+    std::fs::copy(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies/serving/startup.rego"),
+        files.dir.join("policies/serving/startup.rego"),
     )
     .unwrap();
     // The demo's relative paths are relative to its own directory.

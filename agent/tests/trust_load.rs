@@ -65,12 +65,16 @@ impl World {
         let (release_authority, release_pub) = key();
         let (fleet, fleet_pub) = key();
 
-        // Our own copy of the shipped policy set, so a test can change it.
-        let policy_dir = files.dir.join("admission-policies");
+        // The demo's policy set (route policy, grants) with the shipped startup policy: our
+        // own copy, so a test can change it.
+        let policy_dir = files.dir.join("policies");
         copy_dir(
             &Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies"),
             &policy_dir,
         );
+        config.policy = Some(warden_agent::config::PolicyConfig {
+            directory: policy_dir.clone(),
+        });
 
         let (store, tpm): (Arc<dyn KeyStore>, _) = match &backend {
             Backend::Software => {
@@ -98,11 +102,7 @@ impl World {
         // Key-store mode: no file anchors.
         config.trust = Default::default();
         let revocations = files.dir.join("revocations.json");
-        config.admission = Some(fleet::admission(
-            &policy_dir,
-            &revocations,
-            refresh_interval_s,
-        ));
+        config.admission = Some(fleet::admission(&revocations, refresh_interval_s));
         let mut w = World {
             _dir: dir,
             files,
@@ -200,6 +200,7 @@ impl World {
         let prepared = serve::prepare(&self.config).await.unwrap();
         let addr = prepared.local_addr;
         let models = prepared.models.clone();
+        let policies = prepared.policies.clone();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(prepared.run(async move {
             let _ = rx.await;
@@ -207,6 +208,7 @@ impl World {
         Running {
             addr,
             models,
+            policies,
             stop: Some(tx),
             task: Some(task),
             server_ca: self.files.ca.clone(),
@@ -218,6 +220,7 @@ impl World {
 struct Running {
     addr: std::net::SocketAddr,
     models: Arc<ModelRegistry>,
+    policies: Arc<warden_agent::policy_in_force::PolicyInForce>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
     /// The CA the client trusts for the server's certificate.
@@ -270,13 +273,19 @@ impl Running {
             .collect()
     }
 
-    async fn stop(mut self) {
+    async fn stop(self) {
+        self.into_world().await;
+    }
+
+    /// Stops the agent and hands its world back (for a restart).
+    async fn into_world(mut self) -> World {
         if let Some(tx) = self.stop.take() {
             let _ = tx.send(());
         }
         if let Some(task) = self.task.take() {
             task.await.unwrap();
         }
+        self.world
     }
 }
 
@@ -538,24 +547,46 @@ async fn older_revocation_list_replayed_is_refused_and_unloads_on_refresh() {
     r.stop().await;
 }
 
-#[tokio::test]
-async fn a_changed_policy_set_unloads_on_refresh() {
+/// With a key store the policy set changes only by a signed push: files changed on disk (a
+/// new policy, the grants emptied) are refused at SIGHUP, each named, and the set in force —
+/// its route policy and grants, its startup policy, its digest — stays; a refresh does not
+/// read them either. At the next start the changed set is what the configuration names, and
+/// the releases, which pin the set's digest, refuse every version.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_policy_set_changed_on_disk_is_refused_named_and_the_set_in_force_stays() {
+    use warden_agent::policy_in_force::PolicyInForceError;
     let r = World::new(Backend::Software, 60).start().await;
+    let digest = r.world.policy_digest();
     std::fs::write(
         r.world.policy_dir.join("serving/extra.rego"),
         "package warden.extra\n\nx := 1\n",
     )
     .unwrap();
-    let unloaded = r.models.refresh().await;
-    assert_eq!(unloaded.len(), 1);
-    assert!(
-        unloaded[0]
-            .reasons
-            .iter()
-            .any(|x| x.starts_with("policy_digest_mismatch:")),
-        "{unloaded:?}"
+    std::fs::write(r.world.policy_dir.join("data.json"), r#"{"tenants": {}}"#).unwrap();
+    match r.policies.reload() {
+        Err(e @ PolicyInForceError::ChangedOutsideSignedSet { .. }) => {
+            let text = e.to_string();
+            assert!(text.contains("changed: data.json"), "{text}");
+            assert!(text.contains("added: serving/extra.rego"), "{text}");
+            assert!(text.contains(&digest), "{text}");
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    assert!(r.models.refresh().await.is_empty());
+    assert_eq!(
+        r.models.trust().unwrap().admission().policy_digest(),
+        digest
     );
-    r.stop().await;
+    assert_eq!(r.policies.current().unwrap().digest(), digest);
+    // The grants in force still admit the demo tenant.
+    r.assert_serves("1").await;
+
+    let w = r.into_world().await;
+    let restarted = match serve::prepare(&w.config).await {
+        Ok(_) => panic!("a version was served under a policy set its release does not pin"),
+        Err(e) => e.to_string(),
+    };
+    assert!(restarted.contains("policy_digest_mismatch"), "{restarted}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -803,8 +834,8 @@ async fn sighup_re_runs_admission_in_the_real_binary() {
             anchors,
             &format!(
                 "[keystore]\nbackend = \"software-development-only\"\ndir = \"keystore\"\n\n\
-                 [admission]\npolicy_directory = {:?}\nrevocation_list = {:?}\nrefresh_interval_s = 3600\n",
-                w.policy_dir, w.revocations
+                 [admission]\nrevocation_list = {:?}\nrefresh_interval_s = 3600\n",
+                w.revocations
             ),
         ),
         m.release.as_ref().unwrap(),

@@ -19,13 +19,11 @@ async fn concurrent_activations_never_serve_an_unauthorized_version() {
     let mut v2 = config.models[0].clone();
     v2.version = "2".into();
     config.models.push(v2);
-    let grants = files.dir.join("policies/grants.json");
     std::fs::write(
-        &grants,
+        files.dir.join("policies/data.json"),
         r#"{"tenants": {"demo": {"models": {"demo": {"versions": ["1"], "routes": ["infer", "metadata", "ready"]}}}}}"#,
     )
     .unwrap();
-    config.gateway.authz.data = Some(grants);
     // The requests of this test are not what the rate limits are about.
     config.gateway.limits.identity_rate_per_s = 1e6;
     config.gateway.limits.identity_burst = 1_000_000;

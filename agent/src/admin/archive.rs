@@ -8,6 +8,7 @@ use std::path::{Component, Path, PathBuf};
 use http::Request;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
+use warden_attest::policyset::files::is_policy_set_file;
 
 /// Whether the request says it carries a tar archive.
 pub fn is_tar(req: &Request<Incoming>) -> bool {
@@ -183,7 +184,7 @@ pub fn unpack(
 
 /// Refuses anything under a pushed `policies/` but directories and `.rego` files: every file
 /// of the set must be one its digest covers.
-pub fn only_rego_files(dir: &Path) -> Result<(), UnpackError> {
+pub fn only_policy_set_files(dir: &Path) -> Result<(), UnpackError> {
     let entries = std::fs::read_dir(dir)
         .map_err(|e| UnpackError::Invalid(format!("{}: {e}", dir.display())))?;
     for e in entries {
@@ -193,10 +194,14 @@ pub fn only_rego_files(dir: &Path) -> Result<(), UnpackError> {
             .file_type()
             .map_err(|e| UnpackError::Invalid(e.to_string()))?;
         if kind.is_dir() {
-            only_rego_files(&path)?;
-        } else if path.extension().is_none_or(|x| x != "rego") {
+            only_policy_set_files(&path)?;
+        } else if !path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(is_policy_set_file)
+        {
             return Err(UnpackError::Invalid(format!(
-                "{}: only .rego files belong in a policy set",
+                "{}: only .rego files and data.json documents belong in a policy set",
                 path.file_name()
                     .map_or_else(String::new, |n| n.to_string_lossy().into_owned())
             )));

@@ -22,6 +22,8 @@ const UPLOADS: &str = "uploads";
 /// The admin listener's state.
 pub struct Context {
     pub models: Arc<ModelRegistry>,
+    /// The policy set in force, which a signed push replaces.
+    pub policies: Arc<crate::policy_in_force::PolicyInForce>,
     pub audit: Arc<AuditLog>,
     pub config: AdminConfig,
 }

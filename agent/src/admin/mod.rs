@@ -132,6 +132,7 @@ impl AdminServer {
     pub async fn prepare(
         config: &Config,
         models: Arc<ModelRegistry>,
+        policies: Arc<crate::policy_in_force::PolicyInForce>,
         audit: Arc<AuditLog>,
     ) -> Result<Option<AdminServer>, AdminError> {
         let Some(admin) = &config.admin else {
@@ -161,6 +162,7 @@ impl AdminServer {
             tls,
             admin: Arc::new(Admin(Context {
                 models,
+                policies,
                 audit,
                 config: admin.clone(),
             })),

@@ -1,9 +1,11 @@
-//! `PUT /admin/v1/policies`: a tar of `policies/` (`.rego` files only) and `statement.json`,
-//! the fleet authority's signed statement over the set's digest and a serial above the
-//! accepted one (`warden_attest::policyset`; anti-rollback in the key store's counter).
-//! Verified and compiled first; then kept, put in force, the counter advanced, and every
-//! loaded version decided again under it: releases pin the policy-set digest, so versions
-//! released for the old set are unloaded ([`crate::models::policy_set`]).
+//! `PUT /admin/v1/policies`: a tar of `policies/` (the whole policy set: `.rego` files and
+//! `data.json` documents) and `statement.json`, the fleet authority's signed statement over
+//! the set's digest and a serial above the accepted one (`warden_attest::policyset`;
+//! anti-rollback in the key store's counter). Verified and compiled for every consumer first
+//! (the startup and the route policy); then kept, put in force at once
+//! ([`crate::policy_in_force`]), the counter advanced, and every loaded version decided again
+//! under it: releases pin the policy-set digest, so versions released for the old set are
+//! unloaded ([`crate::models::policy_set`]).
 
 use std::path::Path;
 use std::sync::Arc;
@@ -12,11 +14,12 @@ use http::Request;
 use hyper::body::Incoming;
 use warden_keystore::Counter;
 
-use super::archive::{POLICY_LAYOUT, is_tar, only_rego_files, spool, unpack};
+use super::archive::{POLICY_LAYOUT, is_tar, only_policy_set_files, spool, unpack};
 use super::context::{Context, MAX_DOCUMENT_BYTES};
 use super::refusal::Refusal;
 use crate::models::TrustContext;
 use crate::models::policy_set::{self, POLICIES, PolicyPushError};
+use crate::policy::set::PolicySetFiles;
 
 pub async fn policies(cx: &Context, req: Request<Incoming>) -> Result<serde_json::Value, Refusal> {
     let trust = cx.models.trust().cloned().ok_or(Refusal::NoKeyStore(
@@ -44,7 +47,7 @@ async fn install(
         let entries = cx.config.max_entries;
         tokio::task::spawn_blocking(move || {
             unpack(&archive, &set_dir, limit, entries, &POLICY_LAYOUT)?;
-            only_rego_files(&set_dir.join(POLICIES))
+            only_policy_set_files(&set_dir.join(POLICIES))
         })
         .await
     };
@@ -53,7 +56,8 @@ async fn install(
         .map_err(|e| {
             Refusal::unpack(
                 e,
-                "the archive must hold policies/ (.rego files only) and statement.json",
+                "the archive must hold policies/ (.rego files and data.json documents only) and \
+                 statement.json",
             )
         })?;
     // Verified against the fleet authority and the accepted serial; an equal serial only for
@@ -78,14 +82,18 @@ async fn install(
         .await
     };
     let (set, digest) = checked.map_err(|e| Refusal::internal("checking the policy set", e))??;
-    // It must compile and pass the same checks as a configured set before it is kept.
-    let compiled =
-        trust
-            .compile_policy(&set_dir.join(POLICIES))
-            .map_err(|e| Refusal::PolicySetInvalid {
-                what: "the set does not compile as an admission policy",
-                reason: e.to_string(),
-            })?;
+    // Every policy of the set must compile, as a configured set must, before it is kept.
+    let staged =
+        PolicySetFiles::read(&set_dir.join(POLICIES)).map_err(|e| Refusal::PolicySetInvalid {
+            what: "the set cannot be read",
+            reason: e.to_string(),
+        })?;
+    cx.policies
+        .check(&staged)
+        .map_err(|e| Refusal::PolicySetInvalid {
+            what: "the set does not compile",
+            reason: e.to_string(),
+        })?;
     let state_dir = cx.models.state_dir().to_path_buf();
     let kept = policy_set::keep_and_activate(&state_dir, &set_dir, set.serial)
         .map_err(|e| Refusal::internal("keeping the policy set", e))?;
@@ -95,7 +103,22 @@ async fn install(
         .store
         .advance_counter(Counter::PolicySetSerial, set.serial)
         .map_err(|e| Refusal::internal("advancing the policy-set counter", e))?;
-    trust.set_admission(Arc::new(compiled), kept.join(POLICIES));
+    // Read again from where it is kept (only this agent writes there), and put in force only
+    // if it is still the set that verified.
+    let kept_set = PolicySetFiles::read(&kept.join(POLICIES))
+        .map_err(|e| Refusal::internal("reading the kept policy set", e))?;
+    if kept_set.digest() != digest {
+        return Err(Refusal::internal(
+            "keeping the policy set",
+            format!(
+                "the kept set has digest {}, not {digest}",
+                kept_set.digest()
+            ),
+        ));
+    }
+    cx.policies
+        .install_pushed(kept_set)
+        .map_err(|e| Refusal::internal("putting the policy set in force", e))?;
     tracing::info!(serial = set.serial, policy_digest = %digest, "admin: policy set in force");
     let unloaded = cx.models.refresh().await;
     Ok(serde_json::json!({

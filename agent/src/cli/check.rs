@@ -105,15 +105,29 @@ fn check_gateway(config: &Config) -> anyhow::Result<usize> {
             j.algorithms.join(", ")
         ));
     }
-    println!(
-        "gateway: authorization by {}",
-        g.authz
-            .policy
-            .as_ref()
-            .map_or("the shipped routes.rego".to_string(), |p| p
-                .display()
-                .to_string())
-    );
+    match &config.policy {
+        Some(p) => {
+            // The set as `serve` would read it, its route policy compiled with its data.
+            let set = warden_agent::policy::set::PolicySetFiles::read(&p.directory)
+                .context("the policy set")?;
+            warden_agent::gateway::authz::RoutePolicy::from_set(&set, g.eval_limit())
+                .context("the route policy")?;
+            println!(
+                "gateway: authorization by {} (policy set digest {})",
+                set.directory()
+                    .join(warden_agent::gateway::authz::ROUTES_POLICY)
+                    .display(),
+                set.digest()
+            );
+        }
+        None => {
+            println!(
+                "gateway: NO POLICY SET: every request would be refused (403)\n  hint: set \
+                 [policy] directory"
+            );
+            return Ok(1);
+        }
+    }
     if sources.is_empty() {
         println!(
             "gateway: NO IDENTITY SOURCE: every request would be refused (401)\n  hint: set \

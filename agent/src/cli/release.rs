@@ -98,10 +98,11 @@ pub enum ReleaseCommand {
         output: PathBuf,
     },
     /// Sign a policy set (as the fleet authority) and pack it for `PUT /admin/v1/policies`:
-    /// a tar of the set's `.rego` files under `policies/` and the signed statement over the
-    /// set's canonical digest and a serial as `statement.json`.
+    /// a tar of the set's files (`.rego` policies and `data.json` documents) under `policies/`
+    /// and the signed statement over the set's canonical digest and a serial as
+    /// `statement.json`.
     SignPolicies {
-        /// The policy directory (the one holding `serving/startup.rego`).
+        /// The policy set's directory (`serving/startup.rego`, `serving/routes.rego`, data).
         #[arg(long)]
         policies: PathBuf,
         /// The set's serial: higher than every set published before.
@@ -306,8 +307,7 @@ pub fn run(cmd: ReleaseCommand) -> anyhow::Result<()> {
     }
 }
 
-/// The tar a policy-set push carries: the set's `.rego` files under `policies/`, and the
-/// statement.
+/// The tar a policy-set push carries: the set's files under `policies/`, and the statement.
 fn policy_archive(
     files: &std::collections::BTreeMap<String, Vec<u8>>,
     statement: &[u8],

@@ -26,7 +26,7 @@ pub use error::{ConfigError, Invalid};
 pub use model::{AcceleratorConfig, BatchingConfig, InputRange, ModelConfig, valid_name};
 pub use runtime::{RestartConfig, RuntimeConfig};
 pub use server::{AuditConfig, ServerConfig, StateConfig, TlsConfig};
-pub use trust::{AdmissionConfig, KeystoreConfig, TrustConfig};
+pub use trust::{AdmissionConfig, KeystoreConfig, PolicyConfig, TrustConfig};
 
 /// The only schema this build reads.
 pub const SCHEMA_VERSION: u32 = 1;
@@ -47,8 +47,11 @@ pub struct Config {
     /// Where keys and trust anchors live. Present: anchors come from the key store's roles and
     /// every load is decided by `[admission]`.
     pub keystore: Option<KeystoreConfig>,
-    /// The startup policy, allowed stages and revocation list (required with `[keystore]`).
+    /// Allowed stages, revocation list and refresh interval of admission (only with
+    /// `[keystore]`; defaults when absent).
     pub admission: Option<AdmissionConfig>,
+    /// The policy set (required with `[keystore]`; without one, every request is denied).
+    pub policy: Option<PolicyConfig>,
     #[serde(default)]
     pub state: StateConfig,
     #[serde(default, rename = "model")]
@@ -144,22 +147,19 @@ impl Config {
     /// The rules between `[keystore]`, `[admission]`, `[trust]`, `tls.private_key` and the
     /// models' release documents.
     fn validate_trust(&self) -> Result<(), Invalid> {
-        match (&self.keystore, &self.admission) {
-            (Some(_), None) => {
-                return Err(invalid(
-                    "admission",
-                    "a [keystore] is configured: name the policy set in \
-                     [admission] policy_directory, so every load is decided by startup.rego",
-                ));
-            }
-            (None, Some(_)) => {
-                return Err(invalid(
-                    "admission",
-                    "admission verifies against the key store's anchors and counters: \
-                     configure [keystore] too",
-                ));
-            }
-            _ => {}
+        if self.keystore.is_some() && self.policy.is_none() {
+            return Err(invalid(
+                "policy",
+                "a [keystore] is configured: name the policy set in [policy] directory, so \
+                 every load is decided by serving/startup.rego",
+            ));
+        }
+        if self.keystore.is_none() && self.admission.is_some() {
+            return Err(invalid(
+                "admission",
+                "admission verifies against the key store's anchors and counters: \
+                 configure [keystore] too",
+            ));
         }
         if self.keystore.is_some() {
             // One source of anchors: files beside a key store would be a silent second root.

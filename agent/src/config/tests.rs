@@ -126,8 +126,9 @@ client_ca = "pki/ca.pem"
 [keystore]
 backend = "software-development-only"
 dir = "keystore"
+[policy]
+directory = "policies"
 [admission]
-policy_directory = "policies"
 revocation_list = "revocations.json"
 [[model]]
 name = "demo"
@@ -149,8 +150,11 @@ fn keystore_mode_loads_with_defaults_and_anchored_paths() {
             }
         ))
     );
+    assert_eq!(
+        c.policy.as_ref().unwrap().directory,
+        Path::new("/etc/warden/policies")
+    );
     let a = c.admission.as_ref().unwrap();
-    assert_eq!(a.policy_directory, Path::new("/etc/warden/policies"));
     assert_eq!(
         a.allowed_stages,
         vec![warden_attest::release::Stage::Approved]
@@ -222,18 +226,36 @@ fn keystore_rules_name_the_field() {
             "{e}"
         );
     }
-    // [admission] is required with a key store and refused without.
-    let no_admission = KEYSTORE.replace(
-        "[admission]\npolicy_directory = \"policies\"\nrevocation_list = \"revocations.json\"\n",
-        "",
+    // [policy] is required with a key store; [admission] is optional (defaults) with one and
+    // refused without.
+    let no_policy = KEYSTORE.replace("[policy]\ndirectory = \"policies\"\n", "");
+    assert!(
+        err_of(&no_policy).contains("field `policy`"),
+        "{}",
+        err_of(&no_policy)
+    );
+    let defaults =
+        parse(&KEYSTORE.replace("[admission]\nrevocation_list = \"revocations.json\"\n", ""))
+            .unwrap();
+    assert!(defaults.admission.is_none());
+    let admission_alone = format!("{GOOD}[admission]\nrevocation_list = \"r.json\"\n");
+    assert!(err_of(&admission_alone).contains("field `admission`"));
+    // The old places of the policy set are refused, by name.
+    let old = KEYSTORE.replace(
+        "[admission]\n",
+        "[admission]\npolicy_directory = \"policies\"\n",
     );
     assert!(
-        err_of(&no_admission).contains("field `admission`"),
+        err_of(&old).contains("policy_directory"),
         "{}",
-        err_of(&no_admission)
+        err_of(&old)
     );
-    let admission_alone = format!("{GOOD}[admission]\npolicy_directory = \"p\"\n");
-    assert!(err_of(&admission_alone).contains("field `admission`"));
+    let old_routes = format!("{GOOD}[gateway.authz]\npolicy = \"routes.rego\"\n");
+    assert!(
+        err_of(&old_routes).contains("unknown field `policy`"),
+        "{}",
+        err_of(&old_routes)
+    );
     // One source of anchors.
     let files_too = KEYSTORE.replace(
         "[admission]",

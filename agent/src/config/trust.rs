@@ -101,13 +101,23 @@ impl TryFrom<toml::Table> for KeystoreConfig {
     }
 }
 
-/// Model admission: `policies/serving/startup.rego` decides every load and every refresh.
+/// The policy set: every policy the agent evaluates (`serving/startup.rego`,
+/// `serving/routes.rego`, those to come) with its data documents (`data.json`), one digest
+/// over them all (what releases pin and loads measure).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyConfig {
+    /// The set's directory. With a `[keystore]` it is the set at first start; from then on
+    /// only a signed push replaces it.
+    #[serde(deserialize_with = "relative")]
+    pub directory: PathBuf,
+}
+
+/// Model admission: `serving/startup.rego` of the policy set decides every load and every
+/// refresh (with a `[keystore]`; every field has a default).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AdmissionConfig {
-    /// The policy set (its canonical digest must equal the release's `policySetDigest`).
-    #[serde(deserialize_with = "relative")]
-    pub policy_directory: PathBuf,
     /// Release stages this appliance serves.
     #[serde(default = "default_allowed_stages")]
     pub allowed_stages: Vec<warden_attest::release::Stage>,
@@ -125,6 +135,16 @@ fn default_allowed_stages() -> Vec<warden_attest::release::Stage> {
 }
 fn default_refresh_interval_s() -> u64 {
     60
+}
+
+impl Default for AdmissionConfig {
+    fn default() -> Self {
+        AdmissionConfig {
+            allowed_stages: default_allowed_stages(),
+            revocation_list: None,
+            refresh_interval_s: default_refresh_interval_s(),
+        }
+    }
 }
 
 impl AdmissionConfig {

@@ -154,14 +154,16 @@ pub fn prepare(dir: &Path, port: u16) -> Result<(DemoFiles, Config), DemoError> 
         DEMO_REQUEST_JSON.as_bytes(),
         false,
     )?;
-    // The route policy as shipped, and grants for the demo client's tenant only.
+    // The policy set: the route policy as shipped, and its data document with grants for the
+    // demo client's tenant only (with a key store, the startup policy joins them below).
     write(
-        &dir.join("policies/routes.rego"),
+        &dir.join("policies")
+            .join(crate::gateway::authz::ROUTES_POLICY),
         crate::gateway::authz::SHIPPED_ROUTES_REGO.as_bytes(),
         false,
     )?;
     write(
-        &dir.join("policies/grants.json"),
+        &dir.join("policies/data.json"),
         DEMO_GRANTS_JSON.as_bytes(),
         false,
     )?;
@@ -193,10 +195,10 @@ directory = "state"
 [gateway.identity]
 trust_domains = ["warden.demo"]
 
-# Who may call what: the shipped route policy, and grants for tenant `demo` on model `demo`.
-[gateway.authz]
-policy = "policies/routes.rego"
-data = "policies/grants.json"
+# The policy set: every policy the agent evaluates, with its data. Who may call what:
+# serving/routes.rego as shipped, and data.json's grants for tenant `demo` on model `demo`.
+[policy]
+directory = "policies"
 
 [metrics]
 listen = "127.0.0.1:{metrics_port}"
@@ -228,10 +230,10 @@ signature = "models/demo.sig"
 }
 
 /// [`prepare`], then the trust path of an appliance with development keys: a software key store
-/// in `keystore/` with the anchors, the startup policy in `admission/`, a release statement
-/// and an SLSA attestation signed by a release authority, an empty revocation list signed by a
-/// fleet authority; the config names them in `[keystore]`, `[admission]` and the model's
-/// `release`/`attestations` instead of `[trust]`. The key store is made afresh on every run
+/// in `keystore/` with the anchors, the startup policy in `policies/` beside the route policy,
+/// a release statement and an SLSA attestation signed by a release authority, an empty
+/// revocation list signed by a fleet authority; the config names them in `[keystore]`,
+/// `[admission]` and the model's `release`/`attestations` instead of `[trust]`. The key store is made afresh on every run
 /// (its anchors are write-once).
 pub fn prepare_admitted(dir: &Path, port: u16) -> Result<(DemoFiles, Config), DemoError> {
     use warden_attest::release::{Release, Stage, sign_attestation, sign_release};
@@ -272,7 +274,7 @@ pub fn prepare_admitted(dir: &Path, port: u16) -> Result<(DemoFiles, Config), De
     store.install_anchors(Role::FleetAuthority, fleet_pub.as_bytes())?;
     drop(store);
 
-    let policy_dir = dir.join("admission");
+    let policy_dir = dir.join("policies");
     write(
         &policy_dir.join(crate::models::admission::STARTUP_POLICY),
         SHIPPED_STARTUP_REGO.as_bytes(),
@@ -317,9 +319,8 @@ pub fn prepare_admitted(dir: &Path, port: u16) -> Result<(DemoFiles, Config), De
 backend = "software-development-only"
 dir = "keystore"
 
-# Every load and every refresh is decided by admission/serving/startup.rego.
+# Every load and every refresh is decided by policies/serving/startup.rego.
 [admission]
-policy_directory = "admission"
 revocation_list = "revocations.json"
 "#,
     ) + "release = \"models/demo.release.json\"\nattestations = [\"models/demo.slsa.json\"]\n";
@@ -362,7 +363,7 @@ listening on https://{addr}
                 files.root_digest
             ),
             Some(policy) => format!(
-                "Admitted before serving by admission/serving/startup.rego (policy set {policy}):\n  \
+                "Admitted before serving by policies/serving/startup.rego (policy set {policy}):\n  \
                  OMS signature of models/demo (root digest {}) against the key store's model-signer anchor,\n  \
                  release statement (Approved) and SLSA attestation by the release authority,\n  \
                  revocation list serial 1 by the fleet authority\n  \

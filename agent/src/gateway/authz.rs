@@ -1,15 +1,16 @@
-//! Authorization: `policies/serving/routes.rego`, evaluated through the agent's one policy
-//! engine ([`crate::policy`]).
+//! Authorization: `serving/routes.rego` of the policy set in force, with the set's data
+//! documents (the grants), evaluated through the agent's one policy engine ([`crate::policy`]).
 //!
-//! Fail closed everywhere: no policy configured, a policy that does not load, an evaluation
-//! error, a result of the wrong shape or an evaluation past its execution limit all deny. The
-//! compiled policy (policy + data) sits behind an `Arc` that a reload swaps atomically; a
-//! request evaluates on its own engine, so a reload never disturbs a request in flight.
+//! Fail closed everywhere: no policy set, a set without the route policy, a policy that does
+//! not compile, an evaluation error, a result of the wrong shape or an evaluation past its
+//! execution limit all deny. The compiled policy (policy + data) sits behind an `Arc` that is
+//! swapped atomically when another set is put in force (`crate::policy_in_force`); a request
+//! evaluates on its own engine, so a swap never disturbs a request in flight.
 
 use super::identity::Identity;
-use crate::policy::{CompiledPolicy, Source, field};
+use crate::policy::set::{PolicySetError, PolicySetFiles};
+use crate::policy::{CompiledPolicy, field};
 use serde::Serialize;
-use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -18,16 +19,16 @@ pub const SHIPPED_ROUTES_REGO: &str = include_str!("../../../policies/serving/ro
 
 /// The rule the agent reads.
 pub const DECISION_RULE: &str = "data.warden.serving.routes.decision";
+/// The route policy, relative to the policy set's directory.
+pub const ROUTES_POLICY: &str = "serving/routes.rego";
 
 #[derive(Debug, thiserror::Error)]
 pub enum PolicyError {
-    #[error("cannot read policy {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("policy data {path}: {message}")]
-    Data { path: PathBuf, message: String },
+    /// The set has no route policy: every request would be denied.
+    #[error("the policy set {directory} has no {ROUTES_POLICY}: every request would be denied")]
+    Missing { directory: std::path::PathBuf },
+    #[error(transparent)]
+    Set(#[from] PolicySetError),
     #[error(transparent)]
     Compile(#[from] crate::policy::PolicyError),
 }
@@ -61,8 +62,8 @@ impl Decision {
     }
 }
 
-/// A loaded policy and the decisions it made.
-struct Prepared {
+/// A compiled route policy and the decisions it made, ready to be put in force.
+pub struct Prepared {
     policy: CompiledPolicy,
     /// Decisions by input. A decision is a function of the input and of this policy and data
     /// only (a reload builds a new `Prepared`, so the cache never outlives them); a policy that
@@ -76,58 +77,57 @@ const CACHE_MAX: usize = 4096;
 const NONDETERMINISTIC_BUILTINS: [&str; 5] =
     ["time.", "rand.", "uuid.", "http.send", "opa.runtime"];
 
-/// The route policy, reloadable.
+/// The route policy in force (none: every request is denied).
 pub struct RoutePolicy {
-    policy: Option<PathBuf>,
-    data: Option<PathBuf>,
     limit: Duration,
     current: RwLock<Option<Arc<Prepared>>>,
 }
 
 impl RoutePolicy {
-    /// Loads the policy now; a config naming a broken policy does not start.
-    pub fn load(
-        policy: Option<&Path>,
-        data: Option<&Path>,
-        limit: Duration,
-    ) -> Result<RoutePolicy, PolicyError> {
-        let p = RoutePolicy {
-            policy: policy.map(Path::to_path_buf),
-            data: data.map(Path::to_path_buf),
+    /// No policy yet: every request is denied until one is put in force.
+    pub fn new(limit: Duration) -> RoutePolicy {
+        RoutePolicy {
             limit,
             current: RwLock::new(None),
-        };
-        p.reload()?;
-        Ok(p)
+        }
     }
 
-    /// Re-reads policy and data and swaps them in at once; on error the running policy stays.
-    pub fn reload(&self) -> Result<(), PolicyError> {
-        let Some(path) = &self.policy else {
-            return Ok(());
-        };
-        let text = std::fs::read_to_string(path).map_err(|source| PolicyError::Read {
-            path: path.clone(),
-            source,
-        })?;
-        let data = match &self.data {
-            Some(d) => Some(
-                std::fs::read_to_string(d).map_err(|source| PolicyError::Read {
-                    path: d.clone(),
-                    source,
-                })?,
-            ),
-            None => None,
-        };
-        let prepared = prepare(
-            path,
-            &text,
-            data.as_deref(),
-            self.data.as_deref(),
+    /// Compiles the route policy of `set` with its data, without putting it in force.
+    pub fn compile(&self, set: &PolicySetFiles) -> Result<Prepared, PolicyError> {
+        let source = set
+            .policy(ROUTES_POLICY)
+            .ok_or_else(|| PolicyError::Missing {
+                directory: set.directory().to_path_buf(),
+            })??;
+        let data = set.data()?;
+        // The probe on an empty input also leaves the engine prepared (rules analysed and
+        // scheduled), so the per-request engines skip that work.
+        let (policy, _) = CompiledPolicy::compile(
+            std::slice::from_ref(&source),
+            Some(("the policy set's data", data)),
+            DECISION_RULE,
             self.limit,
         )?;
+        let cacheable = !NONDETERMINISTIC_BUILTINS
+            .iter()
+            .any(|b| source.text.contains(b));
+        Ok(Prepared {
+            policy,
+            cache: cacheable.then(|| std::sync::Mutex::new(std::collections::HashMap::new())),
+        })
+    }
+
+    /// Puts a compiled policy in force, at once.
+    pub fn install(&self, prepared: Prepared) {
         *self.current.write().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(prepared));
-        Ok(())
+    }
+
+    /// The route policy of `set`, in force (tests, benchmarks).
+    pub fn from_set(set: &PolicySetFiles, limit: Duration) -> Result<RoutePolicy, PolicyError> {
+        let p = RoutePolicy::new(limit);
+        let prepared = p.compile(set)?;
+        p.install(prepared);
+        Ok(p)
     }
 
     pub fn decide(&self, input: &PolicyInput<'_>) -> Decision {
@@ -141,44 +141,6 @@ impl RoutePolicy {
             Some(p) => evaluate(&p, input),
         }
     }
-}
-
-fn prepare(
-    path: &Path,
-    text: &str,
-    data: Option<&str>,
-    data_path: Option<&Path>,
-    limit: Duration,
-) -> Result<Prepared, PolicyError> {
-    let data = match data {
-        Some(d) => {
-            let dpath = data_path.unwrap_or(path);
-            let value: serde_json::Value =
-                serde_json::from_str(d).map_err(|e| PolicyError::Data {
-                    path: dpath.to_path_buf(),
-                    message: e.to_string(),
-                })?;
-            Some((dpath.display().to_string(), value))
-        }
-        None => None,
-    };
-    let source = Source {
-        name: path.display().to_string(),
-        text: text.to_owned(),
-    };
-    // The probe on an empty input also leaves the engine prepared (rules analysed and
-    // scheduled), so the per-request engines skip that work.
-    let (policy, _) = CompiledPolicy::compile(
-        std::slice::from_ref(&source),
-        data.as_ref().map(|(n, v)| (n.as_str(), v.clone())),
-        DECISION_RULE,
-        limit,
-    )?;
-    let cacheable = !NONDETERMINISTIC_BUILTINS.iter().any(|b| text.contains(b));
-    Ok(Prepared {
-        policy,
-        cache: cacheable.then(|| std::sync::Mutex::new(std::collections::HashMap::new())),
-    })
 }
 
 fn evaluate(p: &Prepared, input: &PolicyInput<'_>) -> Decision {
@@ -237,8 +199,30 @@ mod tests {
     use super::*;
     use crate::gateway::identity::IdentityKind;
 
-    fn repo_policy() -> PathBuf {
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies/serving/routes.rego")
+    use std::path::Path;
+
+    fn repo_policy() -> String {
+        std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies/serving/routes.rego"),
+        )
+        .unwrap()
+    }
+
+    /// A policy set holding `routes` as its route policy and `data` as its data document.
+    fn set_of(routes: &str, data: Option<&str>) -> (tempfile::TempDir, PolicySetFiles) {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("serving")).unwrap();
+        std::fs::write(dir.path().join(ROUTES_POLICY), routes).unwrap();
+        if let Some(data) = data {
+            std::fs::write(dir.path().join("data.json"), data).unwrap();
+        }
+        let set = PolicySetFiles::read(dir.path()).unwrap();
+        (dir, set)
+    }
+
+    fn load(routes: &str, data: Option<&str>, limit_ms: u64) -> Result<RoutePolicy, PolicyError> {
+        let (_dir, set) = set_of(routes, data);
+        RoutePolicy::from_set(&set, Duration::from_millis(limit_ms))
     }
 
     /// The policy's case file (`policies/serving/routes_test.json`), every case.
@@ -248,12 +232,7 @@ mod tests {
             Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies/serving/routes_test.json");
         let table: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(&cases_path).unwrap()).unwrap();
-        let dir = tempfile::tempdir().unwrap();
-        let data = dir.path().join("data.json");
-        std::fs::write(&data, table["data"].to_string()).unwrap();
-        let policy =
-            RoutePolicy::load(Some(&repo_policy()), Some(&data), Duration::from_millis(50))
-                .unwrap();
+        let policy = load(&repo_policy(), Some(&table["data"].to_string()), 50).unwrap();
         let cases = table["cases"].as_array().unwrap();
         assert!(cases.len() >= 10);
         let mut failures = Vec::new();
@@ -313,86 +292,80 @@ mod tests {
 
     #[test]
     fn fails_closed() {
-        let dir = tempfile::tempdir().unwrap();
-        // No policy configured.
-        let none = RoutePolicy::load(None, None, Duration::from_millis(50)).unwrap();
+        // No policy set.
+        let none = RoutePolicy::new(Duration::from_millis(50));
         assert_eq!(health(&none), Decision::deny("no_policy"));
-        // A policy that does not compile is refused at load.
-        let bad = dir.path().join("bad.rego");
-        std::fs::write(&bad, "package warden.serving.routes\ndecision := {").unwrap();
-        assert!(RoutePolicy::load(Some(&bad), None, Duration::from_millis(50)).is_err());
+        // A set without the route policy, and a policy that does not compile, are refused.
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("other.rego"), "package other\n").unwrap();
+        let set = PolicySetFiles::read(dir.path()).unwrap();
+        assert!(matches!(
+            RoutePolicy::from_set(&set, Duration::from_millis(50)),
+            Err(PolicyError::Missing { .. })
+        ));
+        assert!(load("package warden.serving.routes\ndecision := {", None, 50).is_err());
+        // Data that is not JSON is refused.
+        assert!(load(&repo_policy(), Some("{"), 50).is_err());
         // A policy whose decision errors at run time (a conflict) denies.
-        let conflict = dir.path().join("conflict.rego");
-        std::fs::write(
-            &conflict,
-            "package warden.serving.routes\n\
+        let conflict = "package warden.serving.routes\n\
              decision := {\"allow\": true, \"grants\": {\"a\"}, \"denies\": set()} if input.method == \"GET\"\n\
-             decision := {\"allow\": false, \"grants\": set(), \"denies\": {\"b\"}} if input.route != \"\"\n",
-        )
-        .unwrap();
-        let p = RoutePolicy::load(Some(&conflict), None, Duration::from_millis(50)).unwrap();
+             decision := {\"allow\": false, \"grants\": set(), \"denies\": {\"b\"}} if input.route != \"\"\n";
+        let p = load(conflict, None, 50).unwrap();
         assert_eq!(health(&p), Decision::deny("evaluation_error"));
         // A policy that runs past its execution limit denies.
-        let slow = dir.path().join("slow.rego");
-        std::fs::write(
-            &slow,
-            "package warden.serving.routes\n\
+        let slow = "package warden.serving.routes\n\
              decision := {\"allow\": true, \"grants\": {\"slow\"}, \"denies\": set()} if {\n\
                input.route != \"\"\n\
                count([x | some a in numbers.range(1, 2000); some b in numbers.range(1, 2000); x := a * b]) > 0\n\
-             }\n",
-        )
-        .unwrap();
-        let p = RoutePolicy::load(Some(&slow), None, Duration::from_millis(5)).unwrap();
+             }\n";
+        let p = load(slow, None, 5).unwrap();
         let started = std::time::Instant::now();
         assert_eq!(health(&p), Decision::deny("evaluation_error"));
         assert!(started.elapsed() < Duration::from_secs(2));
         // A wrong shape denies.
-        let shape = dir.path().join("shape.rego");
-        std::fs::write(&shape, "package warden.serving.routes\ndecision := true\n").unwrap();
-        let p = RoutePolicy::load(Some(&shape), None, Duration::from_millis(50)).unwrap();
+        let p = load(
+            "package warden.serving.routes\ndecision := true\n",
+            None,
+            50,
+        )
+        .unwrap();
         assert_eq!(health(&p), Decision::deny("evaluation_error"));
     }
 
     #[test]
-    fn reload_swaps_atomically_and_keeps_the_old_policy_on_error() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("routes.rego");
-        std::fs::copy(repo_policy(), &path).unwrap();
-        let p = RoutePolicy::load(Some(&path), None, Duration::from_millis(50)).unwrap();
+    fn a_compiled_policy_is_put_in_force_at_once_and_a_broken_one_never() {
+        let p = load(&repo_policy(), None, 50).unwrap();
         assert!(health(&p).allow);
-        std::fs::write(&path, "package warden.serving.routes\ndecision := {").unwrap();
-        assert!(p.reload().is_err());
+        let (_d, broken) = set_of("package warden.serving.routes\ndecision := {", None);
+        assert!(p.compile(&broken).is_err());
         assert!(
             health(&p).allow,
             "a broken policy must not replace the running one"
         );
-        std::fs::write(
-            &path,
+        let (_d, lockdown) = set_of(
             "package warden.serving.routes\ndecision := {\"allow\": false, \"grants\": set(), \"denies\": {\"lockdown\"}}\n",
-        )
-        .unwrap();
-        p.reload().unwrap();
+            None,
+        );
+        let prepared = p.compile(&lockdown).unwrap();
+        assert!(health(&p).allow, "compiled is not yet in force");
+        p.install(prepared);
         assert_eq!(health(&p), Decision::deny("lockdown"));
     }
 
     #[test]
     fn decisions_are_cached_only_for_deterministic_policies() {
-        let dir = tempfile::tempdir().unwrap();
-        let cached =
-            RoutePolicy::load(Some(&repo_policy()), None, Duration::from_millis(50)).unwrap();
+        let cached = load(&repo_policy(), None, 50).unwrap();
         let first = health(&cached);
         assert_eq!(health(&cached), first);
         let current = cached.current.read().unwrap().clone().unwrap();
         assert_eq!(current.cache.as_ref().unwrap().lock().unwrap().len(), 1);
 
-        let path = dir.path().join("clock.rego");
-        std::fs::write(
-            &path,
+        let clock = load(
             "package warden.serving.routes\n# office hours come later: time.now_ns()\ndecision := {\"allow\": true, \"grants\": {\"clock\"}, \"denies\": set()}\n",
+            None,
+            50,
         )
         .unwrap();
-        let clock = RoutePolicy::load(Some(&path), None, Duration::from_millis(50)).unwrap();
         assert!(health(&clock).allow);
         let current = clock.current.read().unwrap().clone().unwrap();
         assert!(

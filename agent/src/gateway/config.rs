@@ -79,12 +79,6 @@ pub struct JwtConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuthzConfig {
-    /// The route policy (`policies/serving/routes.rego`). Absent: every request is denied.
-    #[serde(default, deserialize_with = "crate::config::paths::relative_opt")]
-    pub policy: Option<PathBuf>,
-    /// JSON data for the policy (the grants). Absent: no data.
-    #[serde(default, deserialize_with = "crate::config::paths::relative_opt")]
-    pub data: Option<PathBuf>,
     /// Execution limit of one evaluation; past it the request is denied.
     #[serde(default = "default_eval_limit_ms")]
     pub eval_limit_ms: u64,
@@ -93,8 +87,6 @@ pub struct AuthzConfig {
 impl Default for AuthzConfig {
     fn default() -> Self {
         AuthzConfig {
-            policy: None,
-            data: None,
             eval_limit_ms: default_eval_limit_ms(),
         }
     }

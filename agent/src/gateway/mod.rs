@@ -22,7 +22,7 @@ pub mod limits;
 pub mod metrics;
 
 use crate::listener::tls::CertNames;
-use authz::{Decision, PolicyError, PolicyInput, RoutePolicy};
+use authz::{Decision, PolicyInput, RoutePolicy};
 use config::GatewayConfig;
 use http::HeaderMap;
 use identity::Identity;
@@ -35,8 +35,6 @@ use warden_runtime_client::tensor::Tensor;
 
 #[derive(Debug, thiserror::Error)]
 pub enum GatewayError {
-    #[error(transparent)]
-    Policy(#[from] PolicyError),
     #[error(transparent)]
     Jwks(#[from] JwksError),
 }
@@ -68,14 +66,11 @@ pub struct Gateway {
 }
 
 impl Gateway {
-    /// Loads the JWKS and the policy; either failing stops `warden serve`.
+    /// Loads the JWKS (failing stops `warden serve`). The route policy comes from the policy
+    /// set put in force through [`Gateway::routes`]; until then every request is denied.
     pub fn new(cfg: &GatewayConfig) -> Result<Gateway, GatewayError> {
         let jwt = cfg.jwt.clone().map(JwtVerifier::new).transpose()?;
-        let policy = RoutePolicy::load(
-            cfg.authz.policy.as_deref(),
-            cfg.authz.data.as_deref(),
-            cfg.eval_limit(),
-        )?;
+        let policy = RoutePolicy::new(cfg.eval_limit());
         Ok(Gateway {
             cfg: cfg.clone(),
             jwt,
@@ -88,14 +83,18 @@ impl Gateway {
         })
     }
 
-    /// SIGHUP: re-read the policy, its data and the JWKS. Each part swaps atomically; a part
-    /// that fails to load keeps its previous version and is reported.
-    pub fn reload(&self) -> Result<(), GatewayError> {
-        self.policy.reload()?;
+    /// SIGHUP: re-read the JWKS; on failure the previous keys stay. (The route policy is part
+    /// of the policy set, reloaded with it: `crate::policy_in_force`.)
+    pub fn reload_keys(&self) -> Result<(), GatewayError> {
         if let Some(j) = &self.jwt {
             j.reload()?;
         }
         Ok(())
+    }
+
+    /// The route policy, for putting a policy set's in force.
+    pub fn routes(&self) -> &RoutePolicy {
+        &self.policy
     }
 
     /// The counters `/metrics` renders.

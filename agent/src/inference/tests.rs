@@ -142,19 +142,28 @@ struct Rig {
 /// The shipped route policy, tenant `acme` granted `versions` of `demo`.
 fn rig(versions: &[&str], extra: &str) -> Rig {
     let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("grants.json");
+    // A policy set: the shipped route policy and the grants as its data document.
+    let set_dir = dir.path().join("policies");
+    std::fs::create_dir_all(set_dir.join("serving")).unwrap();
+    std::fs::copy(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies/serving/routes.rego"),
+        set_dir.join(crate::gateway::authz::ROUTES_POLICY),
+    )
+    .unwrap();
     std::fs::write(
-        &data,
+        set_dir.join("data.json"),
         serde_json::json!({"tenants": {"acme": {"models": {"demo": {
             "versions": versions, "routes": ["infer", "metadata", "ready"]}}}}})
         .to_string(),
     )
     .unwrap();
-    let policy = Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies/serving/routes.rego");
-    let cfg: GatewayConfig = toml::from_str(&format!(
-        "[identity]\ntrust_domains = [\"test\"]\n[authz]\npolicy = {policy:?}\ndata = {data:?}\n{extra}"
-    ))
-    .unwrap();
+    let cfg: GatewayConfig =
+        toml::from_str(&format!("[identity]\ntrust_domains = [\"test\"]\n{extra}")).unwrap();
+    let gateway = Gateway::new(&cfg).unwrap();
+    let set = crate::policy::set::PolicySetFiles::read(&set_dir).unwrap();
+    gateway
+        .routes()
+        .install(gateway.routes().compile(&set).unwrap());
     let audit_path = dir.path().join("audit.jsonl");
     let catalog = FlippingCatalog::new();
     let api = Api::new(
@@ -164,7 +173,7 @@ fn rig(versions: &[&str], extra: &str) -> Rig {
             max_body_bytes: 4096,
             request_timeout: Duration::from_secs(5),
         },
-        Arc::new(Gateway::new(&cfg).unwrap()),
+        Arc::new(gateway),
     );
     Rig {
         api,

@@ -106,7 +106,7 @@ pub enum ActivateError {
 pub enum TrustError {
     #[error("keystore: {0}")]
     KeyStore(#[from] warden_keystore::KeyStoreError),
-    #[error("admission.policy_directory: {0}")]
+    #[error("the policy set: {0}")]
     Policy(#[from] AdmissionError),
     #[error("the application event log: {0}")]
     AppLog(warden_attest::boot::BootError),

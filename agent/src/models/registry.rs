@@ -140,9 +140,8 @@ impl ModelRegistry {
             return Vec::new();
         };
         let _one_at_a_time = self.changing.lock().await;
-        if let Err(e) = trust.reload_policy() {
-            tracing::error!(error = %e, "refresh: the policy set does not load; the previous one stays in force");
-        }
+        // Decided under the policy set in force: a refresh never reads policies from disk
+        // (another set is put in force by a signed push or SIGHUP: `crate::policy_in_force`).
         let list = trust.revocation_list();
         let mut unloaded = Vec::new();
         for model in self.all() {

@@ -15,6 +15,7 @@ use super::loaded::HeldEvidence;
 use super::staging::read_document;
 use crate::audit::{AuditEvent, AuditLog};
 use crate::config::{AdmissionConfig, Config, KeystoreConfig};
+use crate::policy::set::PolicySetFiles;
 
 /// The application event log, in the state directory.
 pub const APP_EVENT_LOG: &str = "app-events.jsonl";
@@ -23,10 +24,10 @@ pub const APP_EVENT_LOG: &str = "app-events.jsonl";
 pub struct TrustContext {
     pub store: Arc<dyn KeyStore>,
     pub config: AdmissionConfig,
-    /// The admission policy and the directory it was compiled from (a pushed set, or the
-    /// configured one), swapped together on refresh so that no reader sees one without the
-    /// other; evaluations clone the `Arc` and never hold the lock.
-    in_force: RwLock<(Arc<Admission>, PathBuf)>,
+    /// The admission policy and the policy set it was compiled from (a pushed set, or the
+    /// configured one), swapped together so that no reader sees one without the other;
+    /// evaluations clone the `Arc` and never hold the lock.
+    in_force: RwLock<(Arc<Admission>, Arc<PolicySetFiles>)>,
     app_log: AppEventLog,
 }
 
@@ -34,7 +35,7 @@ impl std::fmt::Debug for TrustContext {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TrustContext")
             .field("store", &self.store.describe())
-            .field("policy_directory", &self.config.policy_directory)
+            .field("policy_set", &self.policy_dir())
             .finish_non_exhaustive()
     }
 }
@@ -53,36 +54,37 @@ pub fn open_key_store(config: &KeystoreConfig) -> Result<Arc<dyn KeyStore>, KeyS
 impl TrustContext {
     /// `None` without `[keystore]` (development mode: file anchors, no admission).
     pub fn open(config: &Config) -> Result<Option<Arc<TrustContext>>, TrustError> {
-        let (Some(ks), Some(adm)) = (&config.keystore, &config.admission) else {
+        let (Some(ks), Some(policy)) = (&config.keystore, &config.policy) else {
             return Ok(None);
         };
         let store = open_key_store(ks)?;
         tracing::info!(keystore = %store.describe(), "key store opened");
         Ok(Some(Arc::new(Self::new(
             store,
-            adm.clone(),
+            config.admission.clone().unwrap_or_default(),
             &config.state.directory,
+            &policy.directory,
         )?)))
     }
 
-    /// With an already opened key store (tests, the demo).
+    /// With an already opened key store (tests, the demo); `configured` is the policy set's
+    /// directory of the config.
     pub fn new(
         store: Arc<dyn KeyStore>,
         config: AdmissionConfig,
         state_dir: &Path,
+        configured: &Path,
     ) -> Result<Self, TrustError> {
         // A policy set pushed by the fleet authority replaces the configured one, once it
         // verifies again.
         let pushed = crate::models::policy_set::verify_active(state_dir, store.as_ref())?;
         let (pushed, policy_dir) = match pushed {
             Some((set, dir)) => (Some(set), dir),
-            None => (None, config.policy_directory.clone()),
+            None => (None, configured.to_path_buf()),
         };
-        let admission = Admission::with_options(
-            &policy_dir,
-            &config.allowed_stages,
-            admission::DEFAULT_LIMIT,
-        )?;
+        let files = PolicySetFiles::read(&policy_dir).map_err(AdmissionError::from)?;
+        let admission =
+            Admission::from_set(&files, &config.allowed_stages, admission::DEFAULT_LIMIT)?;
         tracing::info!(
             policy_digest = %admission.policy_digest(),
             pushed_serial = pushed.as_ref().map(|s| s.serial),
@@ -94,7 +96,7 @@ impl TrustContext {
         Ok(Self {
             store,
             config,
-            in_force: RwLock::new((Arc::new(admission), policy_dir)),
+            in_force: RwLock::new((Arc::new(admission), Arc::new(files))),
             app_log,
         })
     }
@@ -108,19 +110,9 @@ impl TrustContext {
             .clone()
     }
 
-    /// Re-reads the policy set in force (the pushed one, or `admission.policy_directory`). A
-    /// set that no longer compiles leaves the previous one running (its digest is what
-    /// releases are compared with), and says so.
-    pub(super) fn reload_policy(&self) -> Result<(), AdmissionError> {
-        let dir = self.policy_dir();
-        let fresh =
-            Admission::with_options(&dir, &self.config.allowed_stages, admission::DEFAULT_LIMIT)?;
-        self.set_admission(Arc::new(fresh), dir);
-        Ok(())
-    }
-
-    /// The directory of the policy set in force.
-    pub fn policy_dir(&self) -> PathBuf {
+    /// The policy set the admission policy in force was compiled from (a pushed set, or the
+    /// configured one).
+    pub fn policy_set(&self) -> Arc<PolicySetFiles> {
         self.in_force
             .read()
             .unwrap_or_else(PoisonError::into_inner)
@@ -128,18 +120,23 @@ impl TrustContext {
             .clone()
     }
 
-    /// Compiles the policy set in `dir` as admission would run it (refusing what
-    /// [`Admission::with_options`] refuses), without putting it in force.
-    pub fn compile_policy(&self, dir: &Path) -> Result<Admission, AdmissionError> {
-        Admission::with_options(dir, &self.config.allowed_stages, admission::DEFAULT_LIMIT)
+    /// The directory of the policy set in force.
+    pub fn policy_dir(&self) -> PathBuf {
+        self.policy_set().directory().to_path_buf()
     }
 
-    /// Puts `admission`, compiled from `dir`, in force.
-    pub fn set_admission(&self, admission: Arc<Admission>, dir: PathBuf) {
+    /// Compiles the startup policy of `set` as admission would run it (refusing what
+    /// [`Admission::from_set`] refuses), without putting it in force.
+    pub fn compile_policy(&self, set: &PolicySetFiles) -> Result<Admission, AdmissionError> {
+        Admission::from_set(set, &self.config.allowed_stages, admission::DEFAULT_LIMIT)
+    }
+
+    /// Puts `admission`, compiled from `set`, in force.
+    pub fn set_admission(&self, admission: Arc<Admission>, set: Arc<PolicySetFiles>) {
         *self
             .in_force
             .write()
-            .unwrap_or_else(PoisonError::into_inner) = (admission, dir);
+            .unwrap_or_else(PoisonError::into_inner) = (admission, set);
     }
 
     /// The revocation list as it is now. An unreadable or absent file is offered as no list:

@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 
 use warden_agent::config::{
-    AdminConfig, AdmissionConfig, Config, InputRange, KeystoreConfig, ModelConfig,
+    AdminConfig, AdmissionConfig, Config, InputRange, KeystoreConfig, ModelConfig, PolicyConfig,
 };
 use warden_agent::demo::pki::DevCa;
 use warden_agent::{demo, serve};
@@ -123,14 +123,9 @@ pub fn install_role_anchors(store: &dyn KeyStore, signer: &[u8], release: &str, 
         .unwrap();
 }
 
-/// Admission with the policies in `policy_dir`, stage Approved, and `revocations` as the list.
-pub fn admission(
-    policy_dir: &Path,
-    revocations: &Path,
-    refresh_interval_s: u64,
-) -> AdmissionConfig {
+/// Admission for stage Approved, with `revocations` as the list.
+pub fn admission(revocations: &Path, refresh_interval_s: u64) -> AdmissionConfig {
     AdmissionConfig {
-        policy_directory: policy_dir.to_path_buf(),
         allowed_stages: vec![Stage::Approved],
         revocation_list: Some(revocations.to_path_buf()),
         refresh_interval_s,
@@ -186,11 +181,15 @@ impl World {
         let signer_pub = std::fs::read(files.dir.join("trust/model-signer.pub")).unwrap();
         let (release_authority, release_pub) = key();
         let (fleet, fleet_pub) = key();
-        let policy_dir = files.dir.join("admission-policies");
+        // The demo's policy set (the route policy and its grants) with the startup policy.
+        let policy_dir = files.dir.join("policies");
         copy_dir(
             &Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies"),
             &policy_dir,
         );
+        config.policy = Some(PolicyConfig {
+            directory: policy_dir.clone(),
+        });
         let ks_dir = files.dir.join("keystore");
         config.keystore = Some(KeystoreConfig::Development(SoftwareConfig {
             dir: ks_dir.clone(),
@@ -200,7 +199,7 @@ impl World {
         drop(store);
         config.trust = Default::default();
         let revocations = files.dir.join("revocations.json");
-        config.admission = Some(admission(&policy_dir, &revocations, 3600));
+        config.admission = Some(admission(&revocations, 3600));
 
         // The fleet CA and the controller's client certificate.
         let fleet_ca = DevCa::new("Warden fleet CA (test)").unwrap();
@@ -240,6 +239,15 @@ impl World {
         w.config.models[0].release = Some(release);
         w.config.models[0].attestations = vec![att];
         w
+    }
+
+    /// Replaces the grants of the policy set (its `data.json`) before the agent starts, and
+    /// signs version 1's release again for the set's new digest.
+    pub fn set_grants(&mut self, data: &str) {
+        std::fs::write(self.policy_dir.join("data.json"), data).unwrap();
+        let v1 = self.config.models[0].clone();
+        let release = self.write_release(&v1, &v1.signature_path(), "1");
+        self.config.models[0].release = Some(release);
     }
 
     pub fn root_digest(&self, dir: &Path, sig: &Path) -> String {
@@ -343,7 +351,11 @@ pub fn policy_tar_with(dir: &Path, statement: &[u8], extra: &[(&str, &[u8])]) ->
             let path = e.path();
             if path.is_dir() {
                 rego_files(root, &path, out);
-            } else if path.extension().is_some_and(|x| x == "rego") {
+            } else if path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(warden_attest::policyset::files::is_policy_set_file)
+            {
                 let rel = path.strip_prefix(root).unwrap().display().to_string();
                 out.push((rel, std::fs::read(&path).unwrap()));
             }

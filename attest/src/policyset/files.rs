@@ -1,12 +1,17 @@
 //! A policy set on disk and its canonical digest.
 //!
-//! Release statements pin the policy set they were approved under (`policySetDigest`); the
-//! running set's digest is [`policy_set_digest`] of the policy directory:
+//! A policy set is every policy the agent evaluates (the startup policy, the route policy, and
+//! those to come) with the data documents they read: `.rego` files and files named
+//! `data.json`, anywhere under one directory. A `data.json` is loaded at the data path of its
+//! directory, as in an OPA bundle (`data.json` at the top is `data`, `a/b/data.json` is
+//! `data.a.b`). Release statements pin the policy set they were approved under
+//! (`policySetDigest`), a load measures it, a quote names it; the set's digest is
+//! [`policy_set_digest`] of the directory:
 //!
 //! ```text
-//! manifest = "warden-policy-set/v1\n"
-//!          + for each regular file whose name ends in ".rego", anywhere under the directory,
-//!            sorted by its relative path ('/'-separated, UTF-8, compared bytewise):
+//! manifest = "warden-policy-set/v2\n"
+//!          + for each regular file named "*.rego" or "data.json", anywhere under the
+//!            directory, sorted by its relative path ('/'-separated, UTF-8, compared bytewise):
 //!              hex(SHA-256(file bytes)) + "  " + relative path + "\n"
 //! digest   = "sha256:" + hex(SHA-256(manifest))
 //! ```
@@ -14,16 +19,17 @@
 //! The manifest lines are those of `sha256sum`, so the digest is reproducible with coreutils:
 //!
 //! ```sh
-//! cd policies && { printf 'warden-policy-set/v1\n';
-//!   find . -type f -name '*.rego' | sed 's|^\./||' | LC_ALL=C sort |
+//! cd policies && { printf 'warden-policy-set/v2\n';
+//!   find . -type f \( -name '*.rego' -o -name data.json \) | sed 's|^\./||' | LC_ALL=C sort |
 //!   while read -r f; do printf '%s  %s\n' "$(sha256sum < "$f" | cut -d' ' -f1)" "$f"; done
 //! } | sha256sum
 //! ```
 //!
-//! Only `.rego` files count: data files and case files (`*_test.json`) do not change what a
-//! policy decides on its own. Symbolic links, non-UTF-8 names, more than [`MAX_POLICY_FILES`]
-//! files or a file over [`MAX_POLICY_FILE_BYTES`] are refused, so the digest always names
-//! exactly the bytes that are evaluated.
+//! Nothing else in the directory is read or evaluated (case files `*_test.json`, a README), so
+//! nothing else counts. Symbolic links, non-UTF-8 names, more than [`MAX_POLICY_FILES`] files
+//! or a file over [`MAX_POLICY_FILE_BYTES`] are refused, so the digest always names exactly the
+//! bytes that are evaluated. (Version 1 of the manifest covered `.rego` files only: a set's
+//! data could change under the same digest.)
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -35,7 +41,15 @@ pub const MAX_POLICY_FILES: usize = 1024;
 /// Bytes of one policy file at most.
 pub const MAX_POLICY_FILE_BYTES: u64 = 1024 * 1024;
 
-const MANIFEST_HEADER: &str = "warden-policy-set/v1\n";
+const MANIFEST_HEADER: &str = "warden-policy-set/v2\n";
+
+/// The name of a data document in a policy set.
+pub const DATA_DOCUMENT: &str = "data.json";
+
+/// Whether a file of the directory belongs to the set: a policy or a data document.
+pub fn is_policy_set_file(name: &str) -> bool {
+    name == DATA_DOCUMENT || name.ends_with(".rego")
+}
 
 /// Why a policy directory cannot be digested.
 #[derive(Debug, thiserror::Error)]
@@ -108,10 +122,10 @@ fn digest_of(manifest: &str) -> String {
     )
 }
 
-/// Every `.rego` file of the set, by relative path, with its bytes.
+/// Every file of the set (policies and data documents), by relative path, with its bytes.
 fn read_policy_set(dir: &Path) -> Result<BTreeMap<String, Vec<u8>>, PolicyFilesError> {
     let mut files = BTreeMap::new();
-    collect_rego(dir, dir, &mut files, 0)?;
+    collect_set_files(dir, dir, &mut files, 0)?;
     files
         .into_iter()
         .map(|(rel, path)| Ok((rel, read_bounded(&path)?)))
@@ -129,7 +143,7 @@ fn manifest_of(set: &BTreeMap<String, Vec<u8>>) -> String {
     manifest
 }
 
-fn collect_rego(
+fn collect_set_files(
     root: &Path,
     dir: &Path,
     out: &mut BTreeMap<String, PathBuf>,
@@ -159,11 +173,14 @@ fn collect_rego(
             });
         }
         if ft.is_dir() {
-            collect_rego(root, &path, out, depth + 1)?;
+            collect_set_files(root, &path, out, depth + 1)?;
             continue;
         }
-        let is_rego = path.extension().is_some_and(|e| e == "rego");
-        if !is_rego {
+        let in_set = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(is_policy_set_file);
+        if !in_set {
             continue;
         }
         if !ft.is_file() {

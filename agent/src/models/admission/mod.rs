@@ -21,9 +21,9 @@ mod facts;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::policy::{CompiledPolicy, PolicyError, Source, field, strings};
+use crate::policy::set::{PolicySetError, PolicySetFiles};
+use crate::policy::{CompiledPolicy, PolicyError, field, strings};
 use warden_attest::anchors::{AnchorError, TrustAnchors};
-use warden_attest::policyset::files::{PolicyFilesError, policy_set_files};
 use warden_attest::release::Stage;
 use warden_keystore::KeyStore;
 
@@ -43,9 +43,9 @@ pub const DEFAULT_LIMIT: Duration = Duration::from_millis(100);
 /// Why the admission policy could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum AdmissionError {
-    /// The policy set's files.
+    /// The policy set's files or data documents.
     #[error(transparent)]
-    Files(#[from] PolicyFilesError),
+    Files(#[from] PolicySetError),
     /// The startup policy is not in the set, or not text.
     #[error("policy set {path}: {detail}")]
     Tree {
@@ -125,30 +125,32 @@ impl Admission {
         allowed_stages: &[Stage],
         limit: Duration,
     ) -> Result<Self, AdmissionError> {
-        // Evaluate exactly the bytes that were digested: read the set once.
-        let (set, digest) = policy_set_files(policy_dir)?;
-        let path = policy_dir.join(STARTUP_POLICY);
-        let text = set
-            .get(STARTUP_POLICY)
-            .cloned()
+        Self::from_set(&PolicySetFiles::read(policy_dir)?, allowed_stages, limit)
+    }
+
+    /// The startup policy of a set already read (so that every consumer of the set compiles
+    /// the same bytes, those its digest names), with the set's data documents and the stages
+    /// this appliance serves at `data.startup.allowed_stages`.
+    pub fn from_set(
+        set: &PolicySetFiles,
+        allowed_stages: &[Stage],
+        limit: Duration,
+    ) -> Result<Self, AdmissionError> {
+        let digest = set.digest().to_owned();
+        let path = set.directory().join(STARTUP_POLICY);
+        let source = set
+            .policy(STARTUP_POLICY)
             .ok_or_else(|| AdmissionError::Tree {
                 path: path.clone(),
                 detail: format!(
                     "{STARTUP_POLICY} is not in the policy set (missing, or behind a symbolic link)"
                 ),
-            })?;
-        let text = String::from_utf8(text).map_err(|_| AdmissionError::Tree {
-            path: path.clone(),
-            detail: "not UTF-8".to_owned(),
-        })?;
+            })??;
         let stages: Vec<&str> = allowed_stages.iter().map(|s| s.as_str()).collect();
-        let data = serde_json::json!({ "startup": { "allowed_stages": stages } });
+        let data = set.data_with(serde_json::json!({ "startup": { "allowed_stages": stages } }))?;
         let (policy, probe) = CompiledPolicy::compile(
-            &[Source {
-                name: path.display().to_string(),
-                text,
-            }],
-            Some(("admission data", data)),
+            &[source],
+            Some(("the policy set's data", data)),
             DECISION_RULE,
             limit,
         )
