@@ -153,6 +153,9 @@ fn sign_policies_packs_the_rego_files_and_a_statement_for_their_digest() {
     assert_eq!(
         names,
         [
+            "policies/examples/llm/output.rego",
+            "policies/examples/serving/routes.rego",
+            "policies/examples/serving/startup.rego",
             "policies/serving/routes.rego",
             "policies/serving/startup.rego",
             "statement.json"

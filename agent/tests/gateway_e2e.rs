@@ -763,6 +763,43 @@ async fn rate_limits_policy_reload_and_metrics() {
     server.stop().await;
 }
 
+/// The specification's route policy (6.2) dropped into the policy set as written and named as
+/// the entry point decides every request: it grants only `churn_v2` 2.3.1 on `/v2/predict` to
+/// two apps, so the demo's calls are refused, audited under its rule, and nothing reaches the
+/// worker.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_specifications_route_example_decides_requests_as_written() {
+    let server = Running::start(|c, _| {
+        let set = c.policy.as_ref().unwrap().directory.clone();
+        std::fs::create_dir_all(set.join("examples/serving")).unwrap();
+        std::fs::copy(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies/examples/serving/routes.rego"),
+            set.join("examples/serving/routes.rego"),
+        )
+        .unwrap();
+        c.gateway.authz.rule = "data.serving.routes.allow".into();
+    })
+    .await;
+    let body = server.request_body();
+    let mut c = server.client("uri-demo").await.unwrap();
+    assert_eq!(
+        call(&mut c, "POST", "/v2/models/demo/infer", &body, None)
+            .await
+            .status,
+        403
+    );
+    assert_eq!(server.forwarded_total(), 0);
+    assert!(
+        server
+            .audit()
+            .iter()
+            .any(|e| e["status"] == 403 && e["rule"] == "serving.routes.allow"),
+        "{}",
+        server.audit_text()
+    );
+    server.stop().await;
+}
+
 /// A tenant's quota over a long window covers all its identities; past it, 429 with a
 /// `Retry-After` until the window ends, and nothing reaches the worker.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

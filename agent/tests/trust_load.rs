@@ -936,3 +936,26 @@ fn strip_ansi(line: &str) -> String {
     }
     out
 }
+
+/// The specification's startup policy (6.1), dropped in as written beside Warden's own
+/// (`policies/examples/serving/startup.rego`, part of the set) and named as admission's entry
+/// point, decides real loads on the fields the agent provides: the demo version is admitted;
+/// one released for another policy set is refused, naming the rule.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_specifications_startup_example_decides_real_loads() {
+    let mut w = World::new(Backend::Software, 60);
+    w.config.admission.as_mut().unwrap().rule = "data.serving.startup.permit".into();
+    assert!(w.policy_dir.join("examples/serving/startup.rego").is_file());
+    let r = w.start().await;
+    r.assert_serves("1").await;
+    let mut v2 = r.world.v2(None);
+    let other = format!("sha256:{}", "ab".repeat(32));
+    v2.release = Some(r.world.write_release(&v2, Stage::Approved, Some(&other)));
+    let text = r.refused(&v2).await.to_string();
+    assert!(
+        text.contains("denied: data.serving.startup.permit is false"),
+        "{text}"
+    );
+    r.assert_serves("1").await;
+    r.stop().await;
+}

@@ -1,9 +1,11 @@
 # Who may call which route, model and version of the inference API.
 #
 # Evaluated in-process by regorus (Rego v1) for every request after authentication, on
-#   input = {identity: {kind, id, tenant, subject, scopes}, tenant, method, route, model, version}
-# where `route` is the route pattern (never the raw path), `model`/`version` are null on
-# server-wide routes and `version` is the version that will serve the request.
+#   input = {identity: {kind, id, tenant, subject, scopes}, tenant, app, method, route,
+#            model: {name, version}}
+# where `app` is the calling application (the certificate's app, or the token's subject),
+# `route` is the route pattern (never the raw path), `model` is null on server-wide routes and
+# `model.version` is the version that will serve the request.
 #
 # Grants come from data (the agent's `gateway.authz.data` file):
 #   data.tenants[<tenant>].models[<model>] = {"versions": ["1", ...] or ["*"],
@@ -46,14 +48,14 @@ grant contains "tenant_model_grant" if {
 	authenticated
 	verbs := model_routes
 	tenants := data.tenants
-	g := tenants[input.tenant].models[input.model]
+	g := tenants[input.tenant].models[input.model.name]
 	verbs[input.route] in g.routes
 	version_granted(g.versions)
 }
 
 version_granted(versions) if "*" in versions
 
-version_granted(versions) if input.version in versions
+version_granted(versions) if input.model.version in versions
 
 # A bearer token must carry the scope of the verb it is used for (`warden:infer`, …);
 # certificate identities carry no scopes and are bound by their grants alone.

@@ -211,6 +211,12 @@ impl Config {
             ));
         }
         if let Some(a) = &self.admission {
+            if !crate::policy::is_rule_path(&a.rule) {
+                return Err(invalid(
+                    "admission.rule",
+                    "must name a rule as data.<package>.<rule> (e.g. data.serving.startup.permit)",
+                ));
+            }
             if a.allowed_stages.is_empty() {
                 return Err(invalid(
                     "admission.allowed_stages",

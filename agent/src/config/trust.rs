@@ -118,6 +118,10 @@ pub struct PolicyConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AdmissionConfig {
+    /// The entry point admission reads: Warden's `decision` object (`{allow, reasons}`, the
+    /// default) or a boolean rule such as the specification's `data.serving.startup.permit`.
+    #[serde(default = "default_admission_rule")]
+    pub rule: String,
     /// Release stages this appliance serves.
     #[serde(default = "default_allowed_stages")]
     pub allowed_stages: Vec<warden_attest::release::Stage>,
@@ -130,6 +134,9 @@ pub struct AdmissionConfig {
     pub refresh_interval_s: u64,
 }
 
+fn default_admission_rule() -> String {
+    crate::models::admission::DECISION_RULE.to_owned()
+}
 fn default_allowed_stages() -> Vec<warden_attest::release::Stage> {
     vec![warden_attest::release::Stage::Approved]
 }
@@ -140,6 +147,7 @@ fn default_refresh_interval_s() -> u64 {
 impl Default for AdmissionConfig {
     fn default() -> Self {
         AdmissionConfig {
+            rule: default_admission_rule(),
             allowed_stages: default_allowed_stages(),
             revocation_list: None,
             refresh_interval_s: default_refresh_interval_s(),

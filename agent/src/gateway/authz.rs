@@ -17,8 +17,8 @@ use std::time::Duration;
 /// `policies/serving/routes.rego` as shipped with this build (the demo writes it out).
 pub const SHIPPED_ROUTES_REGO: &str = include_str!("../../../policies/serving/routes.rego");
 
-/// The rule the agent reads.
-pub const DECISION_RULE: &str = "data.warden.serving.routes.decision";
+/// Warden's entry point (the default of `[gateway.authz] rule`).
+pub const DECISION_RULE: &str = super::config::DEFAULT_ROUTES_RULE;
 /// The route policy, relative to the policy set's directory.
 pub const ROUTES_POLICY: &str = "serving/routes.rego";
 
@@ -33,15 +33,50 @@ pub enum PolicyError {
     Compile(#[from] crate::policy::PolicyError),
 }
 
-/// What the policy decides on.
-#[derive(Debug, Serialize)]
+/// What the policy decides on. The policy sees `{identity, tenant, app, method, route,
+/// model: {name, version}}` (`model` null on server-wide routes), the field names of the
+/// specification's route policy (6.2) among them: `app` is the calling application (the
+/// certificate's app, or the token's subject).
+#[derive(Debug)]
 pub struct PolicyInput<'a> {
     pub identity: &'a Identity,
     pub tenant: &'a str,
     pub method: &'a str,
     pub route: &'a str,
     pub model: Option<&'a str>,
+    /// The version that will serve the request.
     pub version: Option<&'a str>,
+}
+
+impl Serialize for PolicyInput<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        #[derive(Serialize)]
+        struct Model<'a> {
+            name: &'a str,
+            version: Option<&'a str>,
+        }
+        #[derive(Serialize)]
+        struct Input<'a> {
+            identity: &'a Identity,
+            tenant: &'a str,
+            app: &'a str,
+            method: &'a str,
+            route: &'a str,
+            model: Option<Model<'a>>,
+        }
+        Input {
+            identity: self.identity,
+            tenant: self.tenant,
+            app: &self.identity.subject,
+            method: self.method,
+            route: self.route,
+            model: self.model.map(|name| Model {
+                name,
+                version: self.version,
+            }),
+        }
+        .serialize(s)
+    }
 }
 
 /// A decision and the rule that made it.
@@ -65,6 +100,9 @@ impl Decision {
 /// A compiled route policy and the decisions it made, ready to be put in force.
 pub struct Prepared {
     policy: CompiledPolicy,
+    /// The entry point's name as a decision names it (`serving.routes.allow`), for a boolean
+    /// entry point; `None` for Warden's own, which must answer a decision object.
+    rule_name: Option<String>,
     /// Decisions by input. A decision is a function of the input and of this policy and data
     /// only (a reload builds a new `Prepared`, so the cache never outlives them); a policy that
     /// calls a builtin whose answer can change between calls is not cached at all.
@@ -80,39 +118,51 @@ const NONDETERMINISTIC_BUILTINS: [&str; 5] =
 /// The route policy in force (none: every request is denied).
 pub struct RoutePolicy {
     limit: Duration,
+    /// The entry point (`[gateway.authz] rule`): Warden's `decision` object, or a boolean rule
+    /// such as the specification's `data.serving.routes.allow`.
+    rule: String,
     current: RwLock<Option<Arc<Prepared>>>,
 }
 
 impl RoutePolicy {
     /// No policy yet: every request is denied until one is put in force.
-    pub fn new(limit: Duration) -> RoutePolicy {
+    pub fn new(limit: Duration, rule: &str) -> RoutePolicy {
         RoutePolicy {
             limit,
+            rule: rule.to_owned(),
             current: RwLock::new(None),
         }
     }
 
-    /// Compiles the route policy of `set` with its data, without putting it in force.
+    /// Compiles the policies of `set` with its data, to answer the entry point, without
+    /// putting them in force. With Warden's entry point the set must hold its route policy.
     pub fn compile(&self, set: &PolicySetFiles) -> Result<Prepared, PolicyError> {
-        let source = set
-            .policy(ROUTES_POLICY)
-            .ok_or_else(|| PolicyError::Missing {
+        if self.rule == DECISION_RULE && set.policy(ROUTES_POLICY).is_none() {
+            return Err(PolicyError::Missing {
                 directory: set.directory().to_path_buf(),
-            })??;
+            });
+        }
+        let sources = set.policies()?;
         let data = set.data()?;
         // The probe on an empty input also leaves the engine prepared (rules analysed and
         // scheduled), so the per-request engines skip that work.
         let (policy, _) = CompiledPolicy::compile(
-            std::slice::from_ref(&source),
+            &sources,
             Some(("the policy set's data", data)),
-            DECISION_RULE,
+            &self.rule,
             self.limit,
         )?;
-        let cacheable = !NONDETERMINISTIC_BUILTINS
+        let cacheable = !sources
             .iter()
-            .any(|b| source.text.contains(b));
+            .any(|s| NONDETERMINISTIC_BUILTINS.iter().any(|b| s.text.contains(b)));
         Ok(Prepared {
             policy,
+            rule_name: (self.rule != DECISION_RULE).then(|| {
+                self.rule
+                    .strip_prefix("data.")
+                    .unwrap_or(&self.rule)
+                    .to_owned()
+            }),
             cache: cacheable.then(|| std::sync::Mutex::new(std::collections::HashMap::new())),
         })
     }
@@ -124,7 +174,16 @@ impl RoutePolicy {
 
     /// The route policy of `set`, in force (tests, benchmarks).
     pub fn from_set(set: &PolicySetFiles, limit: Duration) -> Result<RoutePolicy, PolicyError> {
-        let p = RoutePolicy::new(limit);
+        Self::from_set_with_rule(set, limit, DECISION_RULE)
+    }
+
+    /// [`RoutePolicy::from_set`] answering another entry point.
+    pub fn from_set_with_rule(
+        set: &PolicySetFiles,
+        limit: Duration,
+        rule: &str,
+    ) -> Result<RoutePolicy, PolicyError> {
+        let p = RoutePolicy::new(limit, rule);
         let prepared = p.compile(set)?;
         p.install(prepared);
         Ok(p)
@@ -167,7 +226,8 @@ fn evaluate(p: &Prepared, input: &PolicyInput<'_>) -> Decision {
 
 fn evaluate_uncached(p: &Prepared, input: &PolicyInput<'_>) -> Decision {
     match p.policy.evaluate_json(input) {
-        Ok(v) => read_decision(&v).unwrap_or_else(|| Decision::deny("evaluation_error")),
+        Ok(v) => read_decision(&v, p.rule_name.as_deref())
+            .unwrap_or_else(|| Decision::deny("evaluation_error")),
         Err(e) => {
             tracing::warn!(error = %e, "route policy evaluation failed: denied");
             Decision::deny("evaluation_error")
@@ -175,8 +235,16 @@ fn evaluate_uncached(p: &Prepared, input: &PolicyInput<'_>) -> Decision {
     }
 }
 
-/// `{"allow": bool, "grants": set, "denies": set}` → a decision naming its rule.
-fn read_decision(v: &regorus::Value) -> Option<Decision> {
+/// `{"allow": bool, "grants": set, "denies": set}` → a decision naming its rule; a boolean
+/// from a configured boolean entry point (`allow`) → a decision named after it. Anything else
+/// (a boolean from Warden's own decision rule included) is the wrong shape: `None`.
+fn read_decision(v: &regorus::Value, rule_name: Option<&str>) -> Option<Decision> {
+    if let (Ok(allow), Some(rule)) = (v.as_bool(), rule_name) {
+        return Some(Decision {
+            allow: *allow,
+            rule: rule.to_owned(),
+        });
+    }
     let allow = *field(v, "allow")?.as_bool().ok()?;
     let first = |k: &str| -> Option<String> {
         field(v, k)?
@@ -293,7 +361,7 @@ mod tests {
     #[test]
     fn fails_closed() {
         // No policy set.
-        let none = RoutePolicy::new(Duration::from_millis(50));
+        let none = RoutePolicy::new(Duration::from_millis(50), DECISION_RULE);
         assert_eq!(health(&none), Decision::deny("no_policy"));
         // A set without the route policy, and a policy that does not compile, are refused.
         let dir = tempfile::tempdir().unwrap();

@@ -79,6 +79,11 @@ pub struct JwtConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuthzConfig {
+    /// The entry point the agent reads: Warden's `decision` object (`{allow, grants, denies}`,
+    /// the default) or a boolean rule such as the specification's
+    /// `data.serving.routes.allow`.
+    #[serde(default = "default_authz_rule")]
+    pub rule: String,
     /// Execution limit of one evaluation; past it the request is denied.
     #[serde(default = "default_eval_limit_ms")]
     pub eval_limit_ms: u64,
@@ -87,6 +92,7 @@ pub struct AuthzConfig {
 impl Default for AuthzConfig {
     fn default() -> Self {
         AuthzConfig {
+            rule: default_authz_rule(),
             eval_limit_ms: default_eval_limit_ms(),
         }
     }
@@ -201,6 +207,12 @@ fn default_tenant_claim() -> String {
 fn default_eval_limit_ms() -> u64 {
     50
 }
+/// Warden's route decision (`policies/serving/routes.rego`), the default entry point.
+pub const DEFAULT_ROUTES_RULE: &str = "data.warden.serving.routes.decision";
+
+fn default_authz_rule() -> String {
+    DEFAULT_ROUTES_RULE.to_owned()
+}
 fn default_max_in_flight() -> usize {
     512
 }
@@ -291,6 +303,12 @@ impl GatewayConfig {
             return bad(
                 "gateway.authz.eval_limit_ms",
                 "must be between 1 ms and 10 s",
+            );
+        }
+        if !crate::policy::is_rule_path(&self.authz.rule) {
+            return bad(
+                "gateway.authz.rule",
+                "must name a rule as data.<package>.<rule> (e.g. data.serving.routes.allow)",
             );
         }
         let l = &self.limits;

@@ -70,7 +70,7 @@ impl Gateway {
     /// set put in force through [`Gateway::routes`]; until then every request is denied.
     pub fn new(cfg: &GatewayConfig) -> Result<Gateway, GatewayError> {
         let jwt = cfg.jwt.clone().map(JwtVerifier::new).transpose()?;
-        let policy = RoutePolicy::new(cfg.eval_limit());
+        let policy = RoutePolicy::new(cfg.eval_limit(), &cfg.authz.rule);
         Ok(Gateway {
             cfg: cfg.clone(),
             jwt,

@@ -83,8 +83,12 @@ impl TrustContext {
             None => (None, configured.to_path_buf()),
         };
         let files = PolicySetFiles::read(&policy_dir).map_err(AdmissionError::from)?;
-        let admission =
-            Admission::from_set(&files, &config.allowed_stages, admission::DEFAULT_LIMIT)?;
+        let admission = Admission::from_set(
+            &files,
+            &config.allowed_stages,
+            &config.rule,
+            admission::DEFAULT_LIMIT,
+        )?;
         tracing::info!(
             policy_digest = %admission.policy_digest(),
             pushed_serial = pushed.as_ref().map(|s| s.serial),
@@ -128,7 +132,12 @@ impl TrustContext {
     /// Compiles the startup policy of `set` as admission would run it (refusing what
     /// [`Admission::from_set`] refuses), without putting it in force.
     pub fn compile_policy(&self, set: &PolicySetFiles) -> Result<Admission, AdmissionError> {
-        Admission::from_set(set, &self.config.allowed_stages, admission::DEFAULT_LIMIT)
+        Admission::from_set(
+            set,
+            &self.config.allowed_stages,
+            &self.config.rule,
+            admission::DEFAULT_LIMIT,
+        )
     }
 
     /// Puts `admission`, compiled from `set`, in force.

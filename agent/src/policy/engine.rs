@@ -32,7 +32,7 @@ pub enum PolicyError {
     #[error("policy {name}: {rule} does not evaluate: {message}")]
     Rule {
         name: String,
-        rule: &'static str,
+        rule: String,
         message: String,
     },
 }
@@ -48,7 +48,7 @@ pub struct EvalError {
 pub struct CompiledPolicy {
     /// Prepared once (rules analysed on an empty input); evaluations run on its clones.
     engine: regorus::Engine,
-    rule: &'static str,
+    rule: String,
     pool: Mutex<Vec<regorus::Engine>>,
 }
 
@@ -68,7 +68,7 @@ impl CompiledPolicy {
     pub fn compile(
         sources: &[Source],
         data: Option<(&str, serde_json::Value)>,
-        rule: &'static str,
+        rule: &str,
         limit: Duration,
     ) -> Result<(CompiledPolicy, regorus::Value), PolicyError> {
         let mut engine = regorus::Engine::new();
@@ -79,12 +79,7 @@ impl CompiledPolicy {
             check_interval: NonZeroU32::new(TIMER_CHECK_INTERVAL).unwrap_or(NonZeroU32::MIN),
         });
         for source in sources {
-            engine
-                .add_policy(source.name.clone(), source.text.clone())
-                .map_err(|e| PolicyError::Compile {
-                    name: source.name.clone(),
-                    message: e.to_string(),
-                })?;
+            add_policy(&mut engine, source)?;
         }
         if let Some((name, value)) = data {
             engine
@@ -99,13 +94,13 @@ impl CompiledPolicy {
             .eval_rule(rule.to_owned())
             .map_err(|e| PolicyError::Rule {
                 name: sources.first().map_or_else(String::new, |s| s.name.clone()),
-                rule,
+                rule: rule.to_owned(),
                 message: e.to_string(),
             })?;
         Ok((
             CompiledPolicy {
                 engine,
-                rule,
+                rule: rule.to_owned(),
                 pool: Mutex::new(Vec::new()),
             },
             probe,
@@ -118,11 +113,9 @@ impl CompiledPolicy {
         let pooled = self.pool.lock().unwrap_or_else(|e| e.into_inner()).pop();
         let mut engine = pooled.unwrap_or_else(|| self.engine.clone());
         engine.set_input(input);
-        let value = engine
-            .eval_rule(self.rule.to_owned())
-            .map_err(|e| EvalError {
-                message: e.to_string(),
-            })?;
+        let value = engine.eval_rule(self.rule.clone()).map_err(|e| EvalError {
+            message: e.to_string(),
+        })?;
         let mut pool = self.pool.lock().unwrap_or_else(|e| e.into_inner());
         if pool.len() < POOL_MAX {
             pool.push(engine);
@@ -140,6 +133,84 @@ impl CompiledPolicy {
         })?;
         self.evaluate(regorus::Value::from(value))
     }
+}
+
+/// Adds one policy, read as Rego v1. A file that is not v1 is read as Rego v0 (the syntax
+/// before OPA 1.0, in which the specification's examples are written: `allow { … }` without
+/// `if`), and if that fails too, as v0 with the future keywords (`in`, `every`, `contains`,
+/// `if`) imported, which those examples use without importing them (`some p in input.tokens`).
+/// Which version a file is stays a property of the file, so a policy dropped in runs as
+/// written; the version used is logged. When no reading works, every error is reported.
+fn add_policy(engine: &mut regorus::Engine, source: &Source) -> Result<(), PolicyError> {
+    engine.set_rego_v0(false);
+    let v1 = match engine.add_policy(source.name.clone(), source.text.clone()) {
+        Ok(_) => return Ok(()),
+        Err(e) => e,
+    };
+    engine.set_rego_v0(true);
+    let v0 = engine.add_policy(source.name.clone(), source.text.clone());
+    let with_keywords = match &v0 {
+        Ok(_) => None,
+        Err(_) => with_future_keywords(&source.text)
+            .map(|text| engine.add_policy(source.name.clone(), text)),
+    };
+    engine.set_rego_v0(false);
+    match (v0, with_keywords) {
+        (Ok(package), _) => {
+            tracing::info!(policy = %source.name, package = %package, "policy read as Rego v0");
+            Ok(())
+        }
+        (Err(_), Some(Ok(package))) => {
+            tracing::info!(
+                policy = %source.name,
+                package = %package,
+                "policy read as Rego v0 with the future keywords"
+            );
+            Ok(())
+        }
+        (Err(v0), with_keywords) => Err(PolicyError::Compile {
+            name: source.name.clone(),
+            message: match with_keywords {
+                Some(Err(k)) => format!(
+                    "as Rego v1: {v1}\nas Rego v0: {v0}\nas Rego v0 with the future keywords: {k}"
+                ),
+                _ => format!("as Rego v1: {v1}\nas Rego v0: {v0}"),
+            },
+        }),
+    }
+}
+
+/// `text` with `import future.keywords` after its package line (`None` without one).
+fn with_future_keywords(text: &str) -> Option<String> {
+    let mut out = String::with_capacity(text.len() + 32);
+    let mut inserted = false;
+    for line in text.split_inclusive('\n') {
+        out.push_str(line);
+        if !inserted && line.trim_start().starts_with("package ") {
+            if !line.ends_with('\n') {
+                out.push('\n');
+            }
+            out.push_str("import future.keywords\n");
+            inserted = true;
+        }
+    }
+    inserted.then_some(out)
+}
+
+/// Whether `rule` names a rule of the data tree: `data.` then dot-separated identifiers
+/// (`data.serving.routes.allow`).
+pub fn is_rule_path(rule: &str) -> bool {
+    let Some(path) = rule.strip_prefix("data.") else {
+        return false;
+    };
+    rule.len() <= 256
+        && path.split('.').all(|segment| {
+            let mut chars = segment.chars();
+            chars
+                .next()
+                .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+                && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+        })
 }
 
 /// A set of strings in a decision (`{"a", "b"}` or `["a", "b"]`), in order; `None` when the

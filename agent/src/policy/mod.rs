@@ -14,4 +14,4 @@
 mod engine;
 pub mod set;
 
-pub use engine::{CompiledPolicy, EvalError, PolicyError, Source, field, strings};
+pub use engine::{CompiledPolicy, EvalError, PolicyError, Source, field, is_rule_path, strings};

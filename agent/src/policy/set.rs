@@ -70,6 +70,16 @@ impl PolicySetFiles {
         )
     }
 
+    /// Every policy of the set (`.rego`), in path order: a consumer compiles them all, so a
+    /// rule may use any module of the set, and its configured entry point picks the decision.
+    pub fn policies(&self) -> Result<Vec<Source>, PolicySetError> {
+        self.files
+            .keys()
+            .filter(|path| path.ends_with(".rego"))
+            .filter_map(|path| self.policy(path))
+            .collect()
+    }
+
     /// Every data document of the set merged into one `data` tree: `a/b/data.json` at
     /// `data.a.b`. Two documents that set the same value are refused rather than one silently
     /// winning.

@@ -129,6 +129,7 @@ pub fn admission(revocations: &Path, refresh_interval_s: u64) -> AdmissionConfig
         allowed_stages: vec![Stage::Approved],
         revocation_list: Some(revocations.to_path_buf()),
         refresh_interval_s,
+        ..AdmissionConfig::default()
     }
 }
 

@@ -24,7 +24,74 @@ pub struct AdmissionFacts {
     pub running_policy_digest: String,
 }
 
+/// The input the startup policy sees: the facts, and beside them the fields of the
+/// specification's startup policy (6.1), derived from the same facts, so that its example runs
+/// as written: `stage` (the release's stage, when the release verified), `signatures.model_valid`,
+/// `attestation.present` (every attestation the release requires verified), `revoke` (not
+/// cleared by a current revocation list, or by having no list while none was ever accepted),
+/// `policy_digest` (the set the release pins) and `runtime.policy_digest` (the set running).
+#[derive(Serialize)]
+struct StartupInput<'a> {
+    #[serde(flatten)]
+    facts: &'a AdmissionFacts,
+    stage: Option<&'a str>,
+    signatures: SignaturesView,
+    attestation: AttestationView,
+    revoke: bool,
+    policy_digest: Option<&'a str>,
+    runtime: RuntimeView<'a>,
+}
+
+#[derive(Serialize)]
+struct SignaturesView {
+    model_valid: bool,
+}
+
+#[derive(Serialize)]
+struct AttestationView {
+    present: bool,
+}
+
+#[derive(Serialize)]
+struct RuntimeView<'a> {
+    policy_digest: &'a str,
+}
+
 impl AdmissionFacts {
+    /// The startup policy's input (see `StartupInput`).
+    pub fn policy_input(&self) -> Result<serde_json::Value, serde_json::Error> {
+        let release_valid = self.release.status == DocumentStatus::Valid;
+        let not_revoked = match self.revocation.status {
+            RevocationStatus::Current => !self.revocation.revoked,
+            RevocationStatus::None => self.revocation.accepted_serial == 0,
+            RevocationStatus::Replayed | RevocationStatus::Invalid => false,
+        };
+        serde_json::to_value(StartupInput {
+            facts: self,
+            stage: self.release.stage.as_deref().filter(|_| release_valid),
+            signatures: SignaturesView {
+                model_valid: self.signature.status == SignatureStatus::Valid,
+            },
+            attestation: AttestationView {
+                present: self.attestations.status == DocumentStatus::Valid
+                    && self
+                        .attestations
+                        .required
+                        .iter()
+                        .all(|r| self.attestations.present.contains(r)),
+            },
+            revoke: !not_revoked,
+            policy_digest: self
+                .release
+                .policy_set_digest
+                .as_deref()
+                .filter(|_| release_valid),
+            runtime: RuntimeView {
+                policy_digest: &self.running_policy_digest,
+            },
+        })
+    }
+
     /// The event to measure into the application PCR once the model is loaded (the verified
     /// root digest and the running policy set's digest); `None` without a verified signature.
     pub fn load_event(&self) -> Option<warden_attest::boot::measure::ModelLoadEvent> {

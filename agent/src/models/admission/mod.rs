@@ -75,6 +75,8 @@ pub struct Admission {
     policy: CompiledPolicy,
     digest: String,
     policy_path: PathBuf,
+    /// The entry point read.
+    rule: String,
 }
 
 impl std::fmt::Debug for Admission {
@@ -125,48 +127,54 @@ impl Admission {
         allowed_stages: &[Stage],
         limit: Duration,
     ) -> Result<Self, AdmissionError> {
-        Self::from_set(&PolicySetFiles::read(policy_dir)?, allowed_stages, limit)
+        Self::from_set(
+            &PolicySetFiles::read(policy_dir)?,
+            allowed_stages,
+            DECISION_RULE,
+            limit,
+        )
     }
 
-    /// The startup policy of a set already read (so that every consumer of the set compiles
-    /// the same bytes, those its digest names), with the set's data documents and the stages
-    /// this appliance serves at `data.startup.allowed_stages`.
+    /// The policies of a set already read (so that every consumer of the set compiles the
+    /// same bytes, those its digest names), with the set's data documents and the stages this
+    /// appliance serves at `data.startup.allowed_stages`, answering the entry point `rule`:
+    /// Warden's `decision` object, or a boolean rule such as the specification's
+    /// `data.serving.startup.permit`.
     pub fn from_set(
         set: &PolicySetFiles,
         allowed_stages: &[Stage],
+        rule: &str,
         limit: Duration,
     ) -> Result<Self, AdmissionError> {
         let digest = set.digest().to_owned();
         let path = set.directory().join(STARTUP_POLICY);
-        let source = set
-            .policy(STARTUP_POLICY)
-            .ok_or_else(|| AdmissionError::Tree {
-                path: path.clone(),
+        if rule == DECISION_RULE && set.policy(STARTUP_POLICY).is_none() {
+            return Err(AdmissionError::Tree {
+                path,
                 detail: format!(
                     "{STARTUP_POLICY} is not in the policy set (missing, or behind a symbolic link)"
                 ),
-            })??;
+            });
+        }
+        let sources = set.policies()?;
         let stages: Vec<&str> = allowed_stages.iter().map(|s| s.as_str()).collect();
         let data = set.data_with(serde_json::json!({ "startup": { "allowed_stages": stages } }))?;
-        let (policy, probe) = CompiledPolicy::compile(
-            &[source],
-            Some(("the policy set's data", data)),
-            DECISION_RULE,
-            limit,
-        )
-        .map_err(|e| match e {
-            PolicyError::Data { message, .. } => AdmissionError::Data { message },
-            other => AdmissionError::Compile {
-                path: path.clone(),
-                message: other.to_string(),
-            },
-        })?;
+        let (policy, probe) =
+            CompiledPolicy::compile(&sources, Some(("the policy set's data", data)), rule, limit)
+                .map_err(|e| match e {
+                PolicyError::Data { message, .. } => AdmissionError::Data { message },
+                other => AdmissionError::Compile {
+                    path: path.clone(),
+                    message: other.to_string(),
+                },
+            })?;
         // A policy that cannot produce a decision is refused at load, not at the first model.
-        match read_decision(&probe) {
+        match read_decision(&probe, rule) {
             Some(d) if !d.allowed => Ok(Self {
                 policy,
                 digest,
                 policy_path: path,
+                rule: rule.to_owned(),
             }),
             Some(_) => Err(AdmissionError::Compile {
                 path,
@@ -174,7 +182,7 @@ impl Admission {
             }),
             None => Err(AdmissionError::Compile {
                 path,
-                message: format!("{DECISION_RULE} is not {{allow: bool, reasons: set}}"),
+                message: format!("{rule} is neither a boolean nor {{allow: bool, reasons: set}}"),
             }),
         }
     }
@@ -186,7 +194,7 @@ impl Admission {
 
     /// Decides on facts established by [`establish_facts`].
     pub fn decide(&self, facts: &AdmissionFacts) -> Decision {
-        match serde_json::to_value(facts) {
+        match facts.policy_input() {
             Ok(v) => self.evaluate_json(v),
             Err(e) => Decision::deny(format!("evaluation_error: facts do not serialize: {e}")),
         }
@@ -195,7 +203,7 @@ impl Admission {
     /// Evaluates the policy on a raw input (case files; tests). Fail closed.
     pub fn evaluate_json(&self, input: serde_json::Value) -> Decision {
         match self.policy.evaluate(regorus::Value::from(input)) {
-            Ok(v) => read_decision(&v).unwrap_or_else(|| {
+            Ok(v) => read_decision(&v, &self.rule).unwrap_or_else(|| {
                 Decision::deny("evaluation_error: the policy's decision has the wrong shape")
             }),
             Err(e) => {
@@ -206,8 +214,22 @@ impl Admission {
     }
 }
 
-/// `{"allow": bool, "reasons": set|array of strings}`; allowed only with no reason against.
-fn read_decision(v: &regorus::Value) -> Option<Decision> {
+/// `{"allow": bool, "reasons": set|array of strings}`; allowed only with no reason against. A
+/// configured boolean entry point allows when true, its refusal naming the rule; Warden's own
+/// decision rule must answer the object.
+fn read_decision(v: &regorus::Value, rule: &str) -> Option<Decision> {
+    if let Ok(allow) = v.as_bool()
+        && rule != DECISION_RULE
+    {
+        return Some(if *allow {
+            Decision {
+                allowed: true,
+                reasons: Vec::new(),
+            }
+        } else {
+            Decision::deny(format!("denied: {rule} is false"))
+        });
+    }
     let allow = *field(v, "allow")?.as_bool().ok()?;
     let mut reasons = strings(field(v, "reasons")?)?;
     reasons.sort();
