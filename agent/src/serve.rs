@@ -227,9 +227,11 @@ impl Prepared {
         ));
         let (stop_metrics, stopped) = tokio::sync::oneshot::channel::<()>();
         let metrics_task = self.metrics_listener.map(|l| {
+            let gauges_of = models.clone();
             tokio::spawn(crate::gateway::metrics::serve(
                 l,
                 self.gateway.metrics().clone(),
+                Arc::new(move || model_gauges(&gauges_of)),
                 async move {
                     let _ = stopped.await;
                 },
@@ -270,4 +272,28 @@ fn create_private_dir(path: &std::path::Path) -> Result<(), ServeError> {
         path: path.to_path_buf(),
         source,
     })
+}
+
+/// The models' gauges for `/metrics`: when each loaded model's signing certificate chain stops
+/// being valid (certificate-signed models only), so that an alert can fire well before a model
+/// would no longer load.
+fn model_gauges(models: &ModelRegistry) -> String {
+    use crate::gateway::metrics::esc;
+    use std::fmt::Write as _;
+    let mut o = String::from(
+        "# HELP warden_model_signer_valid_until_seconds When a loaded model's signing certificate \
+         chain stops being valid (Unix time); past it the model does not load again.\n\
+         # TYPE warden_model_signer_valid_until_seconds gauge\n",
+    );
+    for m in models.report().0 {
+        if let Some(until) = m.signer_valid_until {
+            let _ = writeln!(
+                o,
+                "warden_model_signer_valid_until_seconds{{model=\"{}\",version=\"{}\"}} {until}",
+                esc(&m.name),
+                esc(&m.version)
+            );
+        }
+    }
+    o
 }

@@ -94,8 +94,8 @@ pub async fn keep_written(state_dir: PathBuf, models: Arc<ModelRegistry>, listen
 }
 
 /// `warden status --config`: lines about the running agent and the accelerators; problems
-/// carry a hint.
-pub fn report_lines(state_dir: &Path) -> Vec<Line> {
+/// carry a hint. A model whose signing chain expires within `signer_warning` is a problem.
+pub fn report_lines(state_dir: &Path, signer_warning: Duration) -> Vec<Line> {
     let mut out = Vec::new();
     let path = state_dir.join(STATUS_FILE);
     match std::fs::read(&path) {
@@ -109,7 +109,7 @@ pub fn report_lines(state_dir: &Path) -> Vec<Line> {
                 "agent: unreadable status file {}: {e}",
                 path.display()
             ))),
-            Ok(s) => agent_lines(&s, &mut out),
+            Ok(s) => agent_lines(&s, signer_warning, &mut out),
         },
     }
     let inv = warden_runtime_client::accel::discover();
@@ -137,7 +137,7 @@ pub fn report_lines(state_dir: &Path) -> Vec<Line> {
     out
 }
 
-fn agent_lines(s: &AgentStatus, out: &mut Vec<Line>) {
+fn agent_lines(s: &AgentStatus, signer_warning: Duration, out: &mut Vec<Line>) {
     let age = now_unix().saturating_sub(s.written_at_unix);
     if !s.running {
         out.push(Line::Problem(format!(
@@ -179,6 +179,16 @@ fn agent_lines(s: &AgentStatus, out: &mut Vec<Line>) {
                 m.forwarded,
                 m.root_digest
             ))),
+        }
+    }
+    for m in &s.models {
+        if let Some(warning) = m.signer_valid_until.and_then(|until| {
+            crate::models::report::signer_expiry_warning(until, now_unix(), signer_warning)
+        }) {
+            out.push(Line::Problem(format!(
+                "model {} version {}: {warning}",
+                m.name, m.version
+            )));
         }
     }
     for w in &s.withdrawn {
@@ -226,14 +236,17 @@ mod tests {
                     "CPUExecutionProvider",
                 )),
                 forwarded: 3,
+                signer_valid_until: None,
             }],
             withdrawn: Vec::new(),
         }
     }
 
+    const THIRTY_DAYS: Duration = Duration::from_secs(30 * 86_400);
+
     fn problems(s: &AgentStatus) -> Vec<String> {
         let mut out = Vec::new();
-        agent_lines(s, &mut out);
+        agent_lines(s, THIRTY_DAYS, &mut out);
         out.into_iter()
             .filter_map(|l| match l {
                 Line::Problem(t) => Some(t),
@@ -250,6 +263,35 @@ mod tests {
         assert!(p[0].contains("QUARANTINED: 5 deaths"), "{p:?}");
         assert!(problems(&status(None, 60, true))[0].contains("not running"));
         assert!(problems(&status(None, 0, false))[0].contains("stopped"));
+    }
+
+    #[test]
+    fn a_signing_chain_near_or_past_its_expiry_is_a_problem() {
+        let mut s = status(None, 0, true);
+        let now = now_unix();
+        for (until, warned, text) in [
+            (now + 90 * 86_400, false, ""),
+            (now + 29 * 86_400, true, "expires on"),
+            (now - 86_400, true, "EXPIRED on"),
+        ] {
+            s.models[0].signer_valid_until = Some(until);
+            let p = problems(&s);
+            assert_eq!(p.len(), usize::from(warned), "{p:?}");
+            if warned {
+                assert!(
+                    p[0].contains(text) && p[0].contains("model demo version 1"),
+                    "{p:?}"
+                );
+            }
+        }
+        // 30 days is the default; another threshold is honoured.
+        s.models[0].signer_valid_until = Some(now + 40 * 86_400 + 3600);
+        let mut out = Vec::new();
+        agent_lines(&s, Duration::from_secs(45 * 86_400), &mut out);
+        assert!(
+            out.iter()
+                .any(|l| matches!(l, Line::Problem(t) if t.contains("in 40 day")))
+        );
     }
 
     #[test]

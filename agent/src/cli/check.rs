@@ -47,6 +47,18 @@ pub fn run(path: &Path) -> anyhow::Result<()> {
                         "model {} version {}: signature ok (root digest {}, signer {})",
                         m.name, m.version, verified.root_digest, verified.signer
                     );
+                    let now = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| d.as_secs());
+                    if let Some(warning) = verified.signer_valid_until.and_then(|until| {
+                        warden_agent::models::report::signer_expiry_warning(
+                            until,
+                            now,
+                            config.trust.signer_expiry_warning(),
+                        )
+                    }) {
+                        println!("WARNING: model {} version {}: {warning}", m.name, m.version);
+                    }
                     true
                 }
                 Err(e) => {

@@ -33,7 +33,10 @@ pub fn run(args: &StatusArgs) -> anyhow::Result<()> {
     let mut lines = Vec::new();
     if let Some(config) = &args.config {
         let config = Config::load(config)?;
-        lines.extend(warden_agent::status::report_lines(&config.state.directory));
+        lines.extend(warden_agent::status::report_lines(
+            &config.state.directory,
+            config.trust.signer_expiry_warning(),
+        ));
         match warden_agent::models::policy_set::active_set(&config.state.directory) {
             Ok(None) => {}
             Ok(Some(set)) => {

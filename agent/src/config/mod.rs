@@ -210,6 +210,12 @@ impl Config {
                  trust.model_signer_keys or trust.model_signer_roots",
             ));
         }
+        if !(1..=3650).contains(&self.trust.signer_expiry_warning_days) {
+            return Err(invalid(
+                "trust.signer_expiry_warning_days",
+                "must be between 1 and 3650 days",
+            ));
+        }
         if let Some(a) = &self.admission {
             if !crate::policy::is_rule_path(&a.rule) {
                 return Err(invalid(

@@ -11,7 +11,7 @@ use super::paths::{anchor, relative, relative_opt, relative_vec};
 
 /// Who may sign the models this appliance serves. A model loads when its signature verifies
 /// against any one anchor.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TrustConfig {
     /// PEM public keys of model signers (OMS key method).
@@ -20,6 +20,32 @@ pub struct TrustConfig {
     /// PEM root certificates for model signers (OMS certificate method).
     #[serde(default, deserialize_with = "relative_vec")]
     pub model_signer_roots: Vec<PathBuf>,
+    /// Days before a loaded model's signing certificate chain expires from which `warden
+    /// check`, `warden status` and the metrics warn (a chain must be valid when a model is
+    /// verified, so past it the model does not load again). Applies with a key store too.
+    #[serde(default = "default_signer_expiry_warning_days")]
+    pub signer_expiry_warning_days: u32,
+}
+
+impl Default for TrustConfig {
+    fn default() -> Self {
+        TrustConfig {
+            model_signer_keys: Vec::new(),
+            model_signer_roots: Vec::new(),
+            signer_expiry_warning_days: default_signer_expiry_warning_days(),
+        }
+    }
+}
+
+fn default_signer_expiry_warning_days() -> u32 {
+    30
+}
+
+impl TrustConfig {
+    /// How long before a signing chain's expiry the operator is warned.
+    pub fn signer_expiry_warning(&self) -> Duration {
+        Duration::from_secs(u64::from(self.signer_expiry_warning_days) * 86_400)
+    }
 }
 
 /// Where the key store is: in this process (a backend of `warden_keystore`) or behind

@@ -182,16 +182,21 @@ impl Metrics {
     }
 }
 
-fn esc(s: &str) -> String {
+/// A label value escaped for the exposition format.
+pub fn esc(s: &str) -> String {
     s.replace('\\', "\\\\")
         .replace('"', "\\\"")
         .replace('\n', "\\n")
 }
 
+/// More exposition text, appended to the gateway's counters (the models' gauges).
+pub type MoreMetrics = std::sync::Arc<dyn Fn() -> String + Send + Sync>;
+
 /// Serves `GET /metrics` on `listener` until `shutdown`; plain HTTP/1.1, nothing else.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     metrics: std::sync::Arc<Metrics>,
+    more: MoreMetrics,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
     use bytes::Bytes;
@@ -211,25 +216,27 @@ pub async fn serve(
             () = &mut shutdown => return,
         };
         let metrics = metrics.clone();
+        let more = more.clone();
         tokio::spawn(async move {
             let service = service_fn(move |req: http::Request<hyper::body::Incoming>| {
                 let metrics = metrics.clone();
+                let more = more.clone();
                 async move {
-                    let mut resp = if req.uri().path() == "/metrics"
-                        && req.method() == http::Method::GET
-                    {
-                        let mut r = http::Response::new(Full::new(Bytes::from(metrics.render())));
-                        r.headers_mut().insert(
-                            http::header::CONTENT_TYPE,
-                            http::HeaderValue::from_static("text/plain; version=0.0.4"),
-                        );
-                        r
-                    } else {
-                        let mut r =
-                            http::Response::new(Full::new(Bytes::from_static(b"not found\n")));
-                        *r.status_mut() = http::StatusCode::NOT_FOUND;
-                        r
-                    };
+                    let mut resp =
+                        if req.uri().path() == "/metrics" && req.method() == http::Method::GET {
+                            let text = metrics.render() + &more();
+                            let mut r = http::Response::new(Full::new(Bytes::from(text)));
+                            r.headers_mut().insert(
+                                http::header::CONTENT_TYPE,
+                                http::HeaderValue::from_static("text/plain; version=0.0.4"),
+                            );
+                            r
+                        } else {
+                            let mut r =
+                                http::Response::new(Full::new(Bytes::from_static(b"not found\n")));
+                            *r.status_mut() = http::StatusCode::NOT_FOUND;
+                            r
+                        };
                     resp.headers_mut().insert(
                         http::header::CACHE_CONTROL,
                         http::HeaderValue::from_static("no-store"),

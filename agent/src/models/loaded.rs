@@ -28,6 +28,9 @@ pub struct LoadedModel {
     pub root_digest: String,
     /// Who signed it (key hint or certificate subject).
     pub signer: String,
+    /// When the signing certificate chain stops being valid (certificate method; Unix
+    /// seconds).
+    pub signer_valid_until: Option<u64>,
     pub signature: ModelSignature,
     /// The engine platform, from the model file (`onnxruntime_onnx`, `candle_safetensors`).
     pub platform: &'static str,

@@ -141,6 +141,7 @@ impl Loader {
             version: m.version.clone(),
             root_digest: staged.root_digest,
             signer: staged.signer,
+            signer_valid_until: staged.signer_valid_until,
             signature: worker.signature().clone(),
             platform,
             worker,
@@ -240,12 +241,14 @@ impl Loader {
             };
             let model_digest = signed_digest(m, &verified)?;
             let load_event = facts.load_event();
+            let signer_valid_until = verified.signer_valid_until;
             evidence.verified = Some(verified);
             Ok((
                 Staged {
                     directory: model_copy.clone(),
                     root_digest: facts.model.root_digest.unwrap_or_default(),
                     signer: facts.signature.signer.unwrap_or_default(),
+                    signer_valid_until,
                     load_event,
                     model_digest,
                 },

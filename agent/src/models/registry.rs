@@ -333,6 +333,7 @@ impl ModelRegistry {
                     batching: m.worker.batching(),
                     placement: Some(m.placement()),
                     forwarded: m.forwarded.load(std::sync::atomic::Ordering::Relaxed),
+                    signer_valid_until: m.signer_valid_until,
                 });
             }
         }

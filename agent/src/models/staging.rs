@@ -25,6 +25,8 @@ pub(super) struct Staged {
     pub(super) load_event: Option<warden_attest::boot::measure::ModelLoadEvent>,
     /// The model file's digest as the verified signature lists it, for the worker to check.
     pub(super) model_digest: ModelDigest,
+    /// When the signing certificate chain stops being valid (certificate method).
+    pub(super) signer_valid_until: Option<u64>,
 }
 
 /// Copies the model directory and its signature into `state_dir/models/NAME/VERSION/`, then
@@ -83,6 +85,7 @@ pub(super) fn stage_and_verify(
                     signer: verified.signer,
                     load_event: None,
                     model_digest,
+                    signer_valid_until: verified.signer_valid_until,
                 });
             }
             Err(e) => reasons.push(format!("{}: {e}", anchor.display())),

@@ -130,11 +130,13 @@ pub(crate) fn leaf_public_key(der: &[u8]) -> Result<PublicKey, BundleError> {
     PublicKey::from_spki_der(cert.public_key().raw)
 }
 
-/// Validates `chain` (leaf first) to `roots` now, and returns the leaf's key and subject.
+/// Validates `chain` (leaf first) to `roots` now, and returns the leaf's key, its subject, and
+/// when the verified path stops being valid (the earliest notAfter of the leaf and the
+/// intermediates on the path, Unix seconds).
 pub(crate) fn verify_chain(
     roots: &Roots,
     chain: &[CertificateDer<'_>],
-) -> Result<(PublicKey, String), BundleError> {
+) -> Result<(PublicKey, String, u64), BundleError> {
     let Some(leaf_der) = chain.first() else {
         return Err(BundleError::UntrustedChain {
             subject: "(none)".to_owned(),
@@ -208,25 +210,36 @@ pub(crate) fn verify_chain(
         index: 0,
         detail: e.to_string(),
     })?;
-    ee.verify_for_usage(
-        ALGORITHMS,
-        &roots.anchors,
-        &chain[1..],
-        UnixTime::now(),
-        KeyUsage::required_if_present(EKU_CODE_SIGNING),
-        None,
-        None,
-    )
-    .map_err(|e| BundleError::UntrustedChain {
-        subject: subject.clone(),
-        reason: match e {
-            webpki::Error::UnknownIssuer => {
-                "no path to a configured root (untrusted issuer or incomplete chain)".to_owned()
-            }
-            other => other.to_string(),
-        },
-    })?;
+    let path = ee
+        .verify_for_usage(
+            ALGORITHMS,
+            &roots.anchors,
+            &chain[1..],
+            UnixTime::now(),
+            KeyUsage::required_if_present(EKU_CODE_SIGNING),
+            None,
+            None,
+        )
+        .map_err(|e| BundleError::UntrustedChain {
+            subject: subject.clone(),
+            reason: match e {
+                webpki::Error::UnknownIssuer => {
+                    "no path to a configured root (untrusted issuer or incomplete chain)".to_owned()
+                }
+                other => other.to_string(),
+            },
+        })?;
+    // Every certificate on the path was parsed by webpki already; a second parse here that
+    // fails cannot happen, and would only leave the leaf's date.
+    let valid_until = path
+        .intermediate_certificates()
+        .filter_map(|c| {
+            X509Certificate::from_der(c.der().as_ref())
+                .ok()
+                .map(|(_, cert)| cert.validity().not_after.timestamp())
+        })
+        .fold(validity.not_after.timestamp(), i64::min);
 
     let key = PublicKey::from_spki_der(leaf.public_key().raw)?;
-    Ok((key, subject))
+    Ok((key, subject, u64::try_from(valid_until).unwrap_or(0)))
 }

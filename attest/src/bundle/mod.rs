@@ -141,6 +141,11 @@ pub struct VerifiedModel {
     /// The signature covers one file, signed as itself (its one resource, or each of its
     /// shards, is named `.`), rather than a directory.
     pub single_file: bool,
+    /// For the certificate method: when the signing chain stops being valid (the earliest
+    /// notAfter of the leaf and the intermediates on the verified path, Unix seconds). A chain
+    /// is verified at the time of verification, so past this the model no longer loads: an
+    /// operator is warned well before (`warden check`, `warden status`, metrics).
+    pub signer_valid_until: Option<u64>,
 }
 
 /// The signed digest of one file of a verified model, as its manifest lists it.
@@ -383,7 +388,8 @@ pub fn verify_model_bytes(
         model_name: signed.model_name,
         root_digest: format!("sha256:{}", signed.root_digest),
         files,
-        signer,
+        signer: signer.name,
+        signer_valid_until: signer.valid_until,
         serialization: match signed.serialization.method {
             Serialization::Files => "files".to_owned(),
             Serialization::Shards { .. } => "shards".to_owned(),
@@ -411,7 +417,7 @@ fn resource_digests(signed: &statement::SignedManifest, algorithm: &str) -> Vec<
 fn open_signed(
     bundle_json: &[u8],
     verifier: &Verifier,
-) -> Result<(statement::SignedManifest, String), BundleError> {
+) -> Result<(statement::SignedManifest, signers::SignedBy), BundleError> {
     let (payload, signer) = verifier.verify_bounded(bundle_json, "signature")?;
     let signed = statement::parse(&payload)?;
     Ok((signed, signer))
@@ -449,7 +455,8 @@ pub fn reverify_model_bytes(
         model_name: signed.model_name,
         root_digest,
         files,
-        signer,
+        signer: signer.name,
+        signer_valid_until: signer.valid_until,
         serialization: loaded.serialization.clone(),
         ignored_paths: loaded.ignored_paths.clone(),
         single_file: loaded.single_file,

@@ -155,6 +155,7 @@ impl Verifier {
         bundle_json: &[u8],
     ) -> Result<(Vec<u8>, String), BundleError> {
         self.verify_bounded(bundle_json, "signed statement")
+            .map(|(payload, signer)| (payload, signer.name))
     }
 
     /// The size bound (`what` names the document in the error), the envelope parsed and its
@@ -163,7 +164,7 @@ impl Verifier {
         &self,
         bundle_json: &[u8],
         what: &str,
-    ) -> Result<(Vec<u8>, String), BundleError> {
+    ) -> Result<(Vec<u8>, SignedBy), BundleError> {
         if bundle_json.len() as u64 > MAX_SIGNATURE_BYTES {
             return Err(BundleError::TooLarge {
                 what: what.to_owned(),
@@ -177,7 +178,7 @@ impl Verifier {
     }
 
     /// Checks the signer and the signature over the payload; returns who signed it.
-    fn verify_envelope(&self, bundle: &dsse::ParsedBundle) -> Result<String, BundleError> {
+    fn verify_envelope(&self, bundle: &dsse::ParsedBundle) -> Result<SignedBy, BundleError> {
         let m = &bundle.material;
         let found = if m.x509_certificate_chain.is_some() {
             "certificate"
@@ -216,7 +217,10 @@ impl Verifier {
                 if !v.key.verify(&message, &bundle.signature) {
                     return Err(BundleError::BadSignature { signer });
                 }
-                Ok(signer)
+                Ok(SignedBy {
+                    name: signer,
+                    valid_until: None,
+                })
             }
             Self::Certificate(v) => {
                 let Some(chain) = &m.x509_certificate_chain else {
@@ -240,14 +244,25 @@ impl Verifier {
                             .map(CertificateDer::from)
                     })
                     .collect::<Result<Vec<_>, _>>()?;
-                let (key, subject) = certificate::verify_chain(&v.roots, &ders)?;
+                let (key, subject, valid_until) = certificate::verify_chain(&v.roots, &ders)?;
                 if !key.verify(&message, &bundle.signature) {
                     return Err(BundleError::BadSignature { signer: subject });
                 }
-                Ok(subject)
+                Ok(SignedBy {
+                    name: subject,
+                    valid_until: Some(valid_until),
+                })
             }
         }
     }
+}
+
+/// Who signed a verified envelope.
+pub(crate) struct SignedBy {
+    /// `key <hint>`, or the signing certificate's subject.
+    pub(crate) name: String,
+    /// For a certificate: when its verified chain stops being valid (Unix seconds).
+    pub(crate) valid_until: Option<u64>,
 }
 
 /// Generates an ECDSA key pair: (PKCS#8 PEM private key, PEM public key). For development
