@@ -25,6 +25,7 @@
 pub mod admin;
 pub mod audit;
 pub mod config;
+pub mod crl;
 pub mod demo;
 pub mod gateway;
 pub mod inference;

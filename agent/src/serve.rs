@@ -9,6 +9,7 @@ use crate::config::Config;
 use crate::gateway::{Gateway, GatewayError};
 use crate::inference::{Api, Limits};
 use crate::listener::Server;
+use crate::listener::client_verifier::ClientVerifier;
 use crate::listener::keystore_tls::{TlsKeyStoreError, listener_config};
 use crate::models::{ModelError, ModelRegistry, TrustContext, TrustError};
 use crate::policy_in_force::{PolicyInForce, PolicyInForceError};
@@ -53,6 +54,8 @@ pub struct Prepared {
     pub gateway: Arc<Gateway>,
     /// The policy set in force (SIGHUP reloads it; a signed push replaces it).
     pub policies: Arc<PolicyInForce>,
+    /// The listeners' client verifiers, whose CRLs SIGHUP re-reads (inference, then admin).
+    pub client_verifiers: Vec<Arc<ClientVerifier>>,
     /// Where `/metrics` is served, when enabled.
     pub metrics_addr: Option<SocketAddr>,
     metrics_listener: Option<tokio::net::TcpListener>,
@@ -149,11 +152,16 @@ pub async fn prepare_with(
         metrics_addr,
         metrics_listener,
         admin_addr: admin.as_ref().map(|a| a.local_addr),
+        client_verifiers: tls
+            .client_verifier
+            .into_iter()
+            .chain(admin.as_ref().and_then(|a| a.client_verifier()))
+            .collect(),
         admin,
         state_dir: config.state.directory.clone(),
         server: Server {
             listener,
-            tls,
+            tls: tls.config,
             api,
             audit,
             config: config.server.clone(),
@@ -172,6 +180,7 @@ impl Prepared {
         let mut hup = signal(SignalKind::hangup()).map_err(ServeError::Signals)?;
         let gateway = self.gateway.clone();
         let policies = self.policies.clone();
+        let client_verifiers = self.client_verifiers.clone();
         let models = self.models.clone();
         let shutdown = async move {
             loop {
@@ -183,13 +192,24 @@ impl Prepared {
                             Ok(()) => tracing::info!("SIGHUP: JWKS reloaded"),
                             Err(e) => tracing::error!(error = %e, "SIGHUP: JWKS reload failed; the previous keys stay in force"),
                         }
+                        for v in &client_verifiers {
+                            match v.reload_crls() {
+                                Ok(n) => tracing::info!(crls = n, "SIGHUP: client certificate revocation lists reloaded"),
+                                Err(e) => tracing::error!(error = %e, "SIGHUP: client certificate revocation lists refused; the ones in force stay"),
+                            }
+                        }
                         match policies.reload() {
                             Ok(reloaded) => tracing::info!(?reloaded, "SIGHUP: policy set checked"),
                             Err(e) => tracing::error!(error = %e, "SIGHUP: policy set refused"),
                         }
                         // Model admission: a refresh that runs inside the signal loop, so a
-                        // second SIGHUP waits for this one rather than racing it.
-                        if models.trust().is_some() {
+                        // second SIGHUP waits for this one rather than racing it; the model
+                        // signers' CRLs re-read first, so that it decides under them.
+                        if let Some(trust) = models.trust() {
+                            match trust.reload_signer_crls() {
+                                Ok(n) => tracing::info!(crls = n, "SIGHUP: model signers' revocation lists reloaded"),
+                                Err(e) => tracing::error!(error = %e, "SIGHUP: model signers' revocation lists refused; the ones in force stay"),
+                            }
                             let unloaded = models.refresh().await;
                             tracing::info!(unloaded = unloaded.len(), "SIGHUP: model admission re-run");
                         }

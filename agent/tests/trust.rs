@@ -293,11 +293,13 @@ fn provision_on_swtpm_then_tls_is_signed_by_the_tpm() {
         &KeyStoreTlsConfig {
             certificate: &chain,
             client_ca: Some(&ca),
+            client_crls: &[],
             insecure_allow_anonymous_clients: false,
         },
         Arc::clone(&store),
     )
-    .unwrap();
+    .unwrap()
+    .config;
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         handshake(Arc::clone(&tls), &pki, true, &rustls::version::TLS13)
@@ -327,6 +329,7 @@ fn provision_on_swtpm_then_tls_is_signed_by_the_tpm() {
         &KeyStoreTlsConfig {
             certificate: &wrong,
             client_ca: Some(&ca),
+            client_crls: &[],
             insecure_allow_anonymous_clients: false,
         },
         store,
@@ -393,11 +396,13 @@ fn tls_signed_through_keyd() {
         &KeyStoreTlsConfig {
             certificate: &chain,
             client_ca: Some(&ca),
+            client_crls: &[],
             insecure_allow_anonymous_clients: false,
         },
         remote,
     )
-    .unwrap();
+    .unwrap()
+    .config;
     rt.block_on(async {
         tokio::time::timeout(
             std::time::Duration::from_secs(15),

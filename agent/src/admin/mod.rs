@@ -95,12 +95,20 @@ pub struct AdminServer {
     pub local_addr: SocketAddr,
     listener: TcpListener,
     tls: Arc<rustls::ServerConfig>,
+    client_verifier: Option<Arc<crate::listener::client_verifier::ClientVerifier>>,
     admin: Arc<Admin>,
     server: ServerConfig,
 }
 
 /// The listener: the admin actions on the shared accept loop.
 struct Admin(Context);
+
+impl AdminServer {
+    /// The handle that reloads the admin listener's client CRLs (SIGHUP).
+    pub fn client_verifier(&self) -> Option<Arc<crate::listener::client_verifier::ClientVerifier>> {
+        self.client_verifier.clone()
+    }
+}
 
 /// The CA file admin client certificates must chain to: the key store's fleet-authority
 /// anchors when they are certificates (copied into the state directory for rustls), else
@@ -141,6 +149,7 @@ impl AdminServer {
         let store = models.trust().map(|t| t.store.clone());
         let mut tls_cfg = config.tls.clone();
         tls_cfg.client_ca = Some(client_ca(config, admin, store.as_ref())?);
+        tls_cfg.client_crls = admin.client_crls.clone();
         tls_cfg.insecure_allow_anonymous_clients = false;
         let tls = crate::listener::keystore_tls::listener_config(&tls_cfg, store.as_ref())
             .map_err(|e| AdminError::Tls(e.to_string()))?;
@@ -159,7 +168,8 @@ impl AdminServer {
         Ok(Some(AdminServer {
             local_addr,
             listener,
-            tls,
+            tls: tls.config,
+            client_verifier: tls.client_verifier,
             admin: Arc::new(Admin(Context {
                 models,
                 policies,

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use serde::Deserialize;
 
 use super::error::{Invalid, invalid};
-use super::paths::relative_opt;
+use super::paths::{relative_opt, relative_vec};
 
 /// `[admin]`: the fleet-push listener, HTTPS with client certificates from the fleet CA only.
 #[derive(Debug, Clone, Deserialize)]
@@ -18,6 +18,10 @@ pub struct AdminConfig {
     /// fleet-authority anchors are certificates, those are used instead.
     #[serde(default, deserialize_with = "relative_opt")]
     pub client_ca: Option<PathBuf>,
+    /// Certificate revocation lists (PEM or DER) for admin client certificates; re-read on
+    /// SIGHUP (see `tls.client_crls`).
+    #[serde(default, deserialize_with = "relative_vec")]
+    pub client_crls: Vec<PathBuf>,
     /// Largest pushed archive (bytes, as sent and as unpacked).
     #[serde(default = "default_admin_max_upload_bytes")]
     pub max_upload_bytes: u64,

@@ -8,7 +8,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::error::{Invalid, invalid};
-use super::paths::{relative, relative_opt};
+use super::paths::{relative, relative_opt, relative_vec};
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -100,6 +100,11 @@ pub struct TlsConfig {
     /// PEM CA certificates that client certificates must chain to.
     #[serde(default, deserialize_with = "relative_opt")]
     pub client_ca: Option<PathBuf>,
+    /// Certificate revocation lists (PEM or DER) for client certificates: a client whose
+    /// issuing CA has no CRL here is refused once any is configured. Re-read on SIGHUP; a list
+    /// that does not read keeps the ones in force.
+    #[serde(default, deserialize_with = "relative_vec")]
+    pub client_crls: Vec<PathBuf>,
     /// Serve clients that present no certificate. Only for local experiments: every request
     /// is then anonymous. Off by default; `client_ca` is then still used when a client offers
     /// a certificate.

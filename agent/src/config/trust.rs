@@ -20,6 +20,12 @@ pub struct TrustConfig {
     /// PEM root certificates for model signers (OMS certificate method).
     #[serde(default, deserialize_with = "relative_vec")]
     pub model_signer_roots: Vec<PathBuf>,
+    /// Certificate revocation lists (PEM or DER) for model signers' certificates (certificate
+    /// method, with file roots or the key store's): once any is configured, a signing
+    /// certificate whose issuer has no CRL here is refused. With a key store they are re-read
+    /// on SIGHUP, and the refresh that follows unloads a version whose signer is revoked.
+    #[serde(default, deserialize_with = "relative_vec")]
+    pub model_signer_crls: Vec<PathBuf>,
     /// Days before a loaded model's signing certificate chain expires from which `warden
     /// check`, `warden status` and the metrics warn (a chain must be valid when a model is
     /// verified, so past it the model does not load again). Applies with a key store too.
@@ -32,6 +38,7 @@ impl Default for TrustConfig {
         TrustConfig {
             model_signer_keys: Vec::new(),
             model_signer_roots: Vec::new(),
+            model_signer_crls: Vec::new(),
             signer_expiry_warning_days: default_signer_expiry_warning_days(),
         }
     }

@@ -3,8 +3,9 @@
 //! "development only"; an appliance gets its identity from `warden provision` instead.
 
 use rcgen::{
-    BasicConstraints, CertificateParams, CertifiedIssuer, DistinguishedName, DnType,
-    ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose, SanType,
+    BasicConstraints, CertificateParams, CertificateRevocationListParams, CertifiedIssuer,
+    DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, KeyIdMethod, KeyPair,
+    KeyUsagePurpose, RevocationReason, RevokedCertParams, SanType, SerialNumber,
 };
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
@@ -12,10 +13,11 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 #[error("development PKI: {0}")]
 pub struct PkiError(#[from] rcgen::Error);
 
-/// A certificate and its private key, both PEM.
+/// A certificate and its private key, both PEM, and its serial number.
 pub struct IssuedCert {
     pub cert_pem: String,
     pub key_pem: String,
+    pub serial: Vec<u8>,
 }
 
 /// A CA that can issue server and client certificates.
@@ -94,12 +96,39 @@ impl DevCa {
         self.issue(params)
     }
 
-    fn issue(&self, params: CertificateParams) -> Result<IssuedCert, PkiError> {
+    /// A certificate revocation list, signed by this CA, revoking `revoked` (PEM).
+    pub fn revocation_list(&self, revoked: &[&IssuedCert]) -> Result<String, PkiError> {
+        let params = CertificateRevocationListParams {
+            this_update: rcgen::date_time_ymd(2025, 1, 1),
+            next_update: rcgen::date_time_ymd(2099, 1, 1),
+            crl_number: SerialNumber::from(1u64),
+            issuing_distribution_point: None,
+            revoked_certs: revoked
+                .iter()
+                .map(|c| RevokedCertParams {
+                    serial_number: SerialNumber::from_slice(&c.serial),
+                    revocation_time: rcgen::date_time_ymd(2025, 1, 1),
+                    reason_code: Some(RevocationReason::KeyCompromise),
+                    invalidity_date: None,
+                })
+                .collect(),
+            key_identifier_method: KeyIdMethod::Sha256,
+        };
+        Ok(params.signed_by(&self.issuer)?.pem()?)
+    }
+
+    fn issue(&self, mut params: CertificateParams) -> Result<IssuedCert, PkiError> {
+        // A random positive serial, distinct per certificate, for revocation lists to name.
+        let mut serial = uuid::Uuid::new_v4().as_bytes().to_vec();
+        serial[0] &= 0x7f;
+        serial[0] |= 0x01;
+        params.serial_number = Some(SerialNumber::from_slice(&serial));
         let key = KeyPair::generate()?;
         let cert = params.signed_by(&key, &self.issuer)?;
         Ok(IssuedCert {
             cert_pem: cert.pem(),
             key_pem: key.serialize_pem(),
+            serial,
         })
     }
 }

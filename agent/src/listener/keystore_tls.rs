@@ -16,7 +16,7 @@ use warden_keystore::KeyStore;
 use warden_keystore::tls::KeyStoreSigningKey;
 
 use crate::config::TlsConfig;
-use crate::listener::tls::{TlsError, builder_with_client_auth, load_certificates};
+use crate::listener::tls::{ListenerTls, TlsError, builder_with_client_auth, load_certificates};
 
 /// Why the TLS configuration could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -78,6 +78,8 @@ pub struct KeyStoreTlsConfig<'a> {
     pub certificate: &'a Path,
     /// PEM CAs that client certificates must chain to; `None` only with the insecure opt-in.
     pub client_ca: Option<&'a Path>,
+    /// Revocation lists for client certificates (`tls.client_crls`).
+    pub client_crls: &'a [PathBuf],
     /// Accept clients without a certificate (the same opt-in as
     /// `tls.insecure_allow_anonymous_clients`).
     pub insecure_allow_anonymous_clients: bool,
@@ -87,8 +89,12 @@ pub struct KeyStoreTlsConfig<'a> {
 pub fn server_config(
     cfg: &KeyStoreTlsConfig<'_>,
     store: Arc<dyn KeyStore>,
-) -> Result<Arc<rustls::ServerConfig>, TlsKeyStoreError> {
-    let builder = builder_with_client_auth(cfg.client_ca, cfg.insecure_allow_anonymous_clients)?;
+) -> Result<ListenerTls, TlsKeyStoreError> {
+    let (builder, client_verifier) = builder_with_client_auth(
+        cfg.client_ca,
+        cfg.client_crls,
+        cfg.insecure_allow_anonymous_clients,
+    )?;
     let chain = load_certificates(cfg.certificate)?;
     let key = KeyStoreSigningKey::new(Arc::new(OffTheReactor(store)))?;
     let certified = CertifiedKey::new(chain, Arc::new(key));
@@ -102,7 +108,10 @@ pub fn server_config(
         Arc::new(certified),
     )));
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(Arc::new(config))
+    Ok(ListenerTls {
+        config: Arc::new(config),
+        client_verifier,
+    })
 }
 
 /// The listener's TLS configuration: the key file when `tls.private_key` names one, else the
@@ -111,12 +120,13 @@ pub fn server_config(
 pub fn listener_config(
     tls: &TlsConfig,
     store: Option<&Arc<dyn KeyStore>>,
-) -> Result<Arc<rustls::ServerConfig>, TlsKeyStoreError> {
+) -> Result<ListenerTls, TlsKeyStoreError> {
     match (&tls.private_key, store) {
         (None, Some(store)) => server_config(
             &KeyStoreTlsConfig {
                 certificate: &tls.certificate,
                 client_ca: tls.client_ca.as_deref(),
+                client_crls: &tls.client_crls,
                 insecure_allow_anonymous_clients: tls.insecure_allow_anonymous_clients,
             },
             store.clone(),

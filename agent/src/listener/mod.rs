@@ -9,6 +9,7 @@
 //!   [`keystore_tls::listener_config`], which picks between the two.
 
 pub mod accept;
+pub mod client_verifier;
 pub mod inference;
 pub mod keystore_tls;
 pub mod tls;

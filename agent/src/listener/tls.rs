@@ -2,10 +2,10 @@
 //! implements only AEAD suites with forward secrecy, so nothing weaker can be negotiated),
 //! client certificates required by default, ALPN for HTTP/2 and HTTP/1.1.
 
+use super::client_verifier::ClientVerifier;
 use crate::config::TlsConfig;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use rustls::server::WebPkiClientVerifier;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -25,6 +25,8 @@ pub enum TlsError {
     ServerIdentity(rustls::Error),
     #[error("TLS setup: {0}")]
     Setup(String),
+    #[error(transparent)]
+    ClientVerifier(#[from] super::client_verifier::ClientVerifierError),
 }
 
 /// Reads every certificate of a PEM file.
@@ -53,14 +55,19 @@ fn load_private_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
     })
 }
 
+/// A server config builder that still needs the server's certificate.
+pub type WantsServerCert =
+    rustls::ConfigBuilder<rustls::ServerConfig, rustls::server::WantsServerCert>;
+
 /// A server config builder with the listener's protocol versions and client-certificate
 /// policy: certificates chaining to `client_ca` are required, unless the insecure opt-in
-/// allows anonymous clients (then a certificate, when offered, must still chain).
+/// allows anonymous clients (then a certificate, when offered, must still chain), and checked
+/// against `client_crls`. Returns the verifier too, whose CRLs can be reloaded.
 pub fn builder_with_client_auth(
     client_ca: Option<&Path>,
+    client_crls: &[PathBuf],
     insecure_allow_anonymous_clients: bool,
-) -> Result<rustls::ConfigBuilder<rustls::ServerConfig, rustls::server::WantsServerCert>, TlsError>
-{
+) -> Result<(WantsServerCert, Option<Arc<ClientVerifier>>), TlsError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
@@ -74,19 +81,22 @@ pub fn builder_with_client_auth(
                     message: e.to_string(),
                 })?;
             }
-            let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider);
-            let verifier = if insecure_allow_anonymous_clients {
-                verifier.allow_unauthenticated()
-            } else {
-                verifier
-            };
-            let verifier = verifier.build().map_err(|e| TlsError::ClientCa {
-                path: ca_path.to_path_buf(),
-                message: e.to_string(),
-            })?;
-            Ok(builder.with_client_cert_verifier(verifier))
+            let verifier = Arc::new(ClientVerifier::new(
+                provider,
+                roots,
+                ca_path,
+                insecure_allow_anonymous_clients,
+                client_crls,
+            )?);
+            Ok((
+                builder.with_client_cert_verifier(verifier.clone()),
+                Some(verifier),
+            ))
         }
-        None if insecure_allow_anonymous_clients => Ok(builder.with_no_client_auth()),
+        None if !client_crls.is_empty() => Err(TlsError::Setup(
+            "client certificate revocation lists without a client CA".into(),
+        )),
+        None if insecure_allow_anonymous_clients => Ok((builder.with_no_client_auth(), None)),
         None => Err(TlsError::Setup(
             "no client CA: client certificates are required unless insecure_allow_anonymous_clients"
                 .into(),
@@ -94,10 +104,18 @@ pub fn builder_with_client_auth(
     }
 }
 
+/// A listener's rustls configuration and the handle that reloads its client CRLs.
+#[derive(Debug, Clone)]
+pub struct ListenerTls {
+    pub config: Arc<rustls::ServerConfig>,
+    pub client_verifier: Option<Arc<ClientVerifier>>,
+}
+
 /// Builds the listener's rustls configuration from the `[tls]` table.
-pub fn server_config(cfg: &TlsConfig) -> Result<Arc<rustls::ServerConfig>, TlsError> {
-    let builder = builder_with_client_auth(
+pub fn server_config(cfg: &TlsConfig) -> Result<ListenerTls, TlsError> {
+    let (builder, client_verifier) = builder_with_client_auth(
         cfg.client_ca.as_deref(),
+        &cfg.client_crls,
         cfg.insecure_allow_anonymous_clients,
     )?;
     let chain = load_certificates(&cfg.certificate)?;
@@ -111,7 +129,10 @@ pub fn server_config(cfg: &TlsConfig) -> Result<Arc<rustls::ServerConfig>, TlsEr
         .with_single_cert(chain, key)
         .map_err(TlsError::ServerIdentity)?;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(Arc::new(config))
+    Ok(ListenerTls {
+        config: Arc::new(config),
+        client_verifier,
+    })
 }
 
 /// The names of a verified client certificate that identities are made from.

@@ -112,6 +112,10 @@ pub enum TrustError {
     AppLog(warden_attest::boot::BootError),
     #[error("{0}")]
     PushedPolicy(#[from] super::policy_set::KeptSetError),
+    #[error(transparent)]
+    SignerCrlFile(#[from] crate::crl::CrlFileError),
+    #[error("trust.model_signer_crls: {0}")]
+    SignerCrl(String),
 }
 
 /// Why a load could not be measured (the load is then refused: a quote must name exactly

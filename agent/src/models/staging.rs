@@ -215,9 +215,16 @@ pub fn trust_anchors(config: &Config) -> Result<Vec<(PathBuf, Verifier)>, ModelE
         })?;
         out.push((p.clone(), v));
     }
+    let crls = crate::crl::read_crl_files(&config.trust.model_signer_crls).map_err(|e| {
+        ModelError::Anchor {
+            path: e.path,
+            message: e.detail,
+        }
+    })?;
     for p in &config.trust.model_signer_roots {
-        let v =
-            Verifier::from_certificate_roots_pem(&read(p)?).map_err(|e| ModelError::Anchor {
+        let v = Verifier::from_certificate_roots_pem(&read(p)?)
+            .and_then(|v| v.with_revocation_lists(&crls))
+            .map_err(|e| ModelError::Anchor {
                 path: p.clone(),
                 message: e.to_string(),
             })?;

@@ -29,6 +29,9 @@ pub struct TrustContext {
     /// evaluations clone the `Arc` and never hold the lock.
     in_force: RwLock<(Arc<Admission>, Arc<PolicySetFiles>)>,
     app_log: AppEventLog,
+    /// `trust.model_signer_crls`, and the lists as last read (DER).
+    signer_crl_paths: Vec<PathBuf>,
+    signer_crls: RwLock<Arc<Vec<Vec<u8>>>>,
 }
 
 impl std::fmt::Debug for TrustContext {
@@ -59,12 +62,15 @@ impl TrustContext {
         };
         let store = open_key_store(ks)?;
         tracing::info!(keystore = %store.describe(), "key store opened");
-        Ok(Some(Arc::new(Self::new(
+        let mut trust = Self::new(
             store,
             config.admission.clone().unwrap_or_default(),
             &config.state.directory,
             &policy.directory,
-        )?)))
+        )?;
+        trust.signer_crl_paths = config.trust.model_signer_crls.clone();
+        trust.reload_signer_crls()?;
+        Ok(Some(Arc::new(trust)))
     }
 
     /// With an already opened key store (tests, the demo); `configured` is the policy set's
@@ -101,6 +107,8 @@ impl TrustContext {
             store,
             config,
             in_force: RwLock::new((Arc::new(admission), Arc::new(files))),
+            signer_crl_paths: Vec::new(),
+            signer_crls: RwLock::new(Arc::new(Vec::new())),
             app_log,
         })
     }
@@ -111,6 +119,31 @@ impl TrustContext {
             .read()
             .unwrap_or_else(PoisonError::into_inner)
             .0
+            .clone()
+    }
+
+    /// Re-reads the model signers' CRLs (start, SIGHUP); on error the lists in force stay.
+    /// Returns how many are in force.
+    pub fn reload_signer_crls(&self) -> Result<usize, TrustError> {
+        let crls = crate::crl::read_crl_files(&self.signer_crl_paths)?;
+        // Parsed now, so that a list that does not parse is refused here, not at a decision.
+        for der in &crls {
+            warden_attest::bundle::check_revocation_list(der)
+                .map_err(|e| TrustError::SignerCrl(e.to_string()))?;
+        }
+        let n = crls.len();
+        *self
+            .signer_crls
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = Arc::new(crls);
+        Ok(n)
+    }
+
+    /// The model signers' CRLs in force.
+    pub(super) fn signer_crls(&self) -> Arc<Vec<Vec<u8>>> {
+        self.signer_crls
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
             .clone()
     }
 
@@ -235,6 +268,7 @@ pub(super) async fn decide_blocking(
 ) -> Result<(admission::AdmissionFacts, Decision), DecideError> {
     let joined = tokio::task::spawn_blocking(move || {
         let admission = trust.admission();
+        let crls = trust.signer_crls();
         admission::admit(
             &admission,
             &Evidence {
@@ -242,6 +276,7 @@ pub(super) async fn decide_blocking(
                 version: &version,
                 model_dir: &dir,
                 model_file: file.as_deref(),
+                signer_crls: &crls,
                 signature: evidence.signature.as_deref(),
                 release: evidence.release.as_deref(),
                 attestations: &evidence.attestations,

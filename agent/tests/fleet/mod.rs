@@ -216,6 +216,7 @@ impl World {
         config.admin = Some(AdminConfig {
             listen: "127.0.0.1:0".parse().unwrap(),
             client_ca: Some(ca_path),
+            client_crls: Vec::new(),
             max_upload_bytes: MAX_UPLOAD,
             max_entries: 64,
             accept_new_models: false,

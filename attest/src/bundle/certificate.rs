@@ -85,10 +85,12 @@ pub(crate) fn parse_pem_certs(
         })
 }
 
-/// Configured roots of trust.
+/// Configured roots of trust, and the revocation lists of the CAs that issue signing
+/// certificates.
 #[derive(Debug, Clone)]
 pub(crate) struct Roots {
     anchors: Vec<TrustAnchor<'static>>,
+    crls: std::sync::Arc<Vec<webpki::CertRevocationList<'static>>>,
 }
 
 impl Roots {
@@ -113,7 +115,28 @@ impl Roots {
                     })
             })
             .collect::<Result<Vec<_>, _>>()?;
-        Ok(Self { anchors })
+        Ok(Self {
+            anchors,
+            crls: std::sync::Arc::new(Vec::new()),
+        })
+    }
+
+    /// The same roots, with these CRLs (DER) checked for every signing certificate: a
+    /// certificate whose issuer has no CRL among them is then refused (its revocation status
+    /// cannot be known).
+    pub(crate) fn with_crls(mut self, crls_der: &[Vec<u8>]) -> Result<Self, BundleError> {
+        let crls = crls_der
+            .iter()
+            .map(|der| {
+                webpki::OwnedCertRevocationList::from_der(der)
+                    .map(webpki::CertRevocationList::from)
+                    .map_err(|e| BundleError::MalformedCrl {
+                        detail: e.to_string(),
+                    })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        self.crls = std::sync::Arc::new(crls);
+        Ok(self)
     }
 }
 
@@ -210,6 +233,14 @@ pub(crate) fn verify_chain(
         index: 0,
         detail: e.to_string(),
     })?;
+    // With CRLs configured, the signing certificate is checked against its issuer's CRL, and
+    // refused when its issuer has none among them.
+    let crls: Vec<&webpki::CertRevocationList<'static>> = roots.crls.iter().collect();
+    let revocation = webpki::RevocationOptionsBuilder::new(&crls).ok().map(|b| {
+        b.with_depth(webpki::RevocationCheckDepth::EndEntity)
+            .with_status_policy(webpki::UnknownStatusPolicy::Deny)
+            .build()
+    });
     let path = ee
         .verify_for_usage(
             ALGORITHMS,
@@ -217,7 +248,7 @@ pub(crate) fn verify_chain(
             &chain[1..],
             UnixTime::now(),
             KeyUsage::required_if_present(EKU_CODE_SIGNING),
-            None,
+            revocation,
             None,
         )
         .map_err(|e| BundleError::UntrustedChain {
@@ -225,6 +256,14 @@ pub(crate) fn verify_chain(
             reason: match e {
                 webpki::Error::UnknownIssuer => {
                     "no path to a configured root (untrusted issuer or incomplete chain)".to_owned()
+                }
+                webpki::Error::CertRevoked => {
+                    "the signing certificate is revoked (its issuer's CRL lists it)".to_owned()
+                }
+                webpki::Error::UnknownRevocationStatus => {
+                    "no CRL of the signing certificate's issuer is configured, so its \
+                     revocation status is unknown"
+                        .to_owned()
                 }
                 other => other.to_string(),
             },

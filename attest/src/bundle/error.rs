@@ -28,6 +28,12 @@ pub enum BundleError {
         /// The directory given as the model.
         path: PathBuf,
     },
+    /// A certificate revocation list that does not parse.
+    #[error("certificate revocation list: {detail}")]
+    MalformedCrl {
+        /// Why.
+        detail: String,
+    },
     /// The model path is neither a directory nor a regular file (a FIFO, a device, a socket).
     #[error("model path {path} is neither a directory nor a regular file")]
     NotDirectoryOrFile {

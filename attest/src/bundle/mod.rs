@@ -34,7 +34,7 @@ pub use key::Curve;
 pub use manifest::Serialization;
 pub use signers::{
     CertificateVerifier, MAX_SIGNATURE_BYTES, PublicKeyVerifier, Signer, Verifier,
-    generate_private_key_pem,
+    check_revocation_list, generate_private_key_pem,
 };
 
 use manifest::SerializationDesc;

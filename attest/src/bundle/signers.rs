@@ -132,6 +132,20 @@ pub struct CertificateVerifier {
 }
 
 impl Verifier {
+    /// The same verifier, checking signing certificates against these revocation lists (DER)
+    /// for the certificate method; a key verifier has no certificate to revoke and is
+    /// unchanged.
+    pub fn with_revocation_lists(self, crls_der: &[Vec<u8>]) -> Result<Self, BundleError> {
+        match self {
+            Self::Certificate(v) if !crls_der.is_empty() => {
+                Ok(Self::Certificate(CertificateVerifier {
+                    roots: v.roots.with_crls(crls_der)?,
+                }))
+            }
+            other => Ok(other),
+        }
+    }
+
     /// A verifier for the key method, from a PEM public key (`PUBLIC KEY`) on P-256, P-384 or
     /// P-521.
     pub fn from_public_key_pem(pem: &str) -> Result<Self, BundleError> {
@@ -255,6 +269,16 @@ impl Verifier {
             }
         }
     }
+}
+
+/// Checks that `der` is a certificate revocation list that verification can use (its
+/// signature is checked against the issuing CA when a certificate is verified).
+pub fn check_revocation_list(der: &[u8]) -> Result<(), BundleError> {
+    webpki::OwnedCertRevocationList::from_der(der)
+        .map(|_| ())
+        .map_err(|e| BundleError::MalformedCrl {
+            detail: e.to_string(),
+        })
 }
 
 /// Who signed a verified envelope.

@@ -239,6 +239,8 @@ pub struct Evidence<'a> {
     pub attestations: &'a [Vec<u8>],
     /// The newest revocation list the agent holds.
     pub revocation_list: Option<&'a [u8]>,
+    /// Revocation lists (DER) for model signers' certificates (`trust.model_signer_crls`).
+    pub signer_crls: &'a [Vec<u8>],
     /// For a version already loaded: what its signature verified at load. The signature is
     /// then checked again without re-reading the model (see `bundle::reverify_model_bytes`).
     pub loaded: Option<&'a bundle::VerifiedModel>,

@@ -250,7 +250,18 @@ pub fn admit(
     evidence: &Evidence<'_>,
     store: &dyn KeyStore,
 ) -> Result<(AdmissionFacts, Decision), AnchorError> {
-    let anchors = TrustAnchors::from_key_store(store)?;
+    let mut anchors = TrustAnchors::from_key_store(store)?;
+    if !evidence.signer_crls.is_empty() {
+        anchors.model_signers = anchors
+            .model_signers
+            .into_iter()
+            .map(|v| v.with_revocation_lists(evidence.signer_crls))
+            .collect::<Result<_, _>>()
+            .map_err(|e| AnchorError::Malformed {
+                role: warden_keystore::Role::ModelSigners,
+                detail: e.to_string(),
+            })?;
+    }
     let facts = establish_facts(evidence, &anchors, store, admission.policy_digest());
     let decision = admission.decide(&facts);
     Ok((facts, decision))
