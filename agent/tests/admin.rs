@@ -594,15 +594,7 @@ async fn a_pushed_policy_set_is_verified_kept_and_decides_again() {
         assert!(body.contains(class), "{body}");
     }
     assert_eq!(r.infer("/v2/models/demo/infer").await, (200, "1".into()));
-    assert_eq!(
-        r.client()
-            .await
-            .get("/v2/health/live")
-            .await
-            .unwrap()
-            .status,
-        200
-    );
+    assert_eq!(live_status(&r).await, 200);
     assert!(uploads_empty(&r.state_dir()));
     // Before the new set, a version released for it is refused.
     assert_eq!(r.push("2", tar_of(&v2)).await.status, 422);
@@ -623,15 +615,7 @@ async fn a_pushed_policy_set_is_verified_kept_and_decides_again() {
     );
     assert_ne!(r.infer("/v2/models/demo/versions/1/infer").await.0, 200);
     // One set: the pushed route policy decides requests from now on.
-    assert_eq!(
-        r.client()
-            .await
-            .get("/v2/health/live")
-            .await
-            .unwrap()
-            .status,
-        403
-    );
+    assert_eq!(live_status(&r).await, 403);
     assert!(
         r.audit()
             .iter()
@@ -689,4 +673,15 @@ async fn a_pushed_policy_set_is_verified_kept_and_decides_again() {
     };
     assert!(err.contains("does not verify"), "{err}");
     assert!(err.contains("policy-set/active"), "{err}");
+}
+
+/// The status of `GET /v2/health/live` for the demo client.
+async fn live_status(r: &Running) -> u16 {
+    r.client()
+        .await
+        .get("/v2/health/live")
+        .await
+        .unwrap()
+        .status
+        .as_u16()
 }

@@ -748,7 +748,7 @@ async fn rate_limits_policy_reload_and_metrics() {
     // Metrics, on their own plain-HTTP loopback listener.
     let addr = server.metrics_addr.expect("metrics listener");
     assert!(addr.ip().is_loopback());
-    let text = scrape(addr).await;
+    let text = support::serving::scrape(addr).await;
     for want in [
         "warden_requests_total{route=\"/v2/models/{name}/infer\",model=\"demo\",outcome=\"ok\"} 4",
         "warden_requests_total{route=\"/v2/models/{name}/infer\",model=\"demo\",outcome=\"too_many_requests\"} 1",
@@ -833,24 +833,12 @@ async fn a_tenant_quota_covers_all_its_identities() {
         3,
         "a request over quota reached the worker"
     );
-    let text = scrape(server.metrics_addr.expect("metrics listener")).await;
+    let text = support::serving::scrape(server.metrics_addr.expect("metrics listener")).await;
     assert!(
         text.contains("warden_rate_limited_total{limit=\"tenant_quota\"} 2"),
         "{text}"
     );
     server.stop().await;
-}
-
-async fn scrape(addr: std::net::SocketAddr) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
-        .await
-        .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).await.unwrap();
-    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
-    out
 }
 
 /// Replays every record of the WAF development corpus (OWASP CRS regression requests) at the
@@ -1114,7 +1102,7 @@ async fn load_is_shed_beyond_the_in_flight_limit() {
     }
     assert!(String::from_utf8_lossy(&answer).starts_with("HTTP/1.1 200"));
     assert_eq!(c.get("/v2/health/live").await.unwrap().status, 200);
-    let text = scrape(server.metrics_addr.unwrap()).await;
+    let text = support::serving::scrape(server.metrics_addr.unwrap()).await;
     assert!(text.contains("warden_load_shed_total 1"), "{text}");
     server.stop().await;
 }
@@ -1170,7 +1158,7 @@ async fn probing_identities_get_labels_only() {
     let mut other = server.client("subject-demo").await.unwrap();
     let r = call(&mut other, "POST", infer, &server.request_body(), None).await;
     assert!(outputs(&r).contains(&"probabilities".to_string()));
-    let text = scrape(server.metrics_addr.unwrap()).await;
+    let text = support::serving::scrape(server.metrics_addr.unwrap()).await;
     assert!(
         text.contains("warden_abuse_flags_total{signal=\"near_duplicates\"} 1"),
         "{text}"

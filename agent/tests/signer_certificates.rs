@@ -167,7 +167,7 @@ async fn a_signing_chain_near_its_expiry_is_announced_by_check_status_and_metric
     let state_dir = config.state.directory.clone();
     let server = support::serving::Background::start(prepared);
 
-    let scraped = scrape(metrics).await;
+    let scraped = support::serving::scrape(metrics).await;
     assert!(
         scraped.contains(&format!(
             "warden_model_signer_valid_until_seconds{{model=\"demo\",version=\"1\"}} {expires}"
@@ -197,18 +197,6 @@ async fn a_signing_chain_near_its_expiry_is_announced_by_check_status_and_metric
         "{quiet:?}"
     );
     server.stop().await;
-}
-
-async fn scrape(addr: std::net::SocketAddr) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
-        .await
-        .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).await.unwrap();
-    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
-    out
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
