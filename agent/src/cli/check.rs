@@ -80,7 +80,7 @@ pub fn run(path: &Path) -> anyhow::Result<()> {
             );
         }
     }
-    let gateway_problems = check_gateway(&config)?;
+    let gateway_problems = check_gateway(&config, None)?;
     if failed > 0 {
         anyhow::bail!("{failed} model(s) would not be served");
     }
@@ -93,7 +93,12 @@ pub fn run(path: &Path) -> anyhow::Result<()> {
 
 /// The gateway: its policy and JWKS load (as `warden serve` would), and some identity source
 /// is configured — without one, every request is refused with 401.
-fn check_gateway(config: &Config) -> anyhow::Result<usize> {
+/// The gateway's identities and route policy; `in_force` is the policy set the agent would
+/// run when it differs from the configured one (a set pushed by the fleet authority).
+fn check_gateway(
+    config: &Config,
+    in_force: Option<&warden_agent::policy::set::PolicySetFiles>,
+) -> anyhow::Result<usize> {
     let g = &config.gateway;
     warden_agent::gateway::Gateway::new(g).context("gateway")?;
     let mut sources = Vec::new();
@@ -117,13 +122,22 @@ fn check_gateway(config: &Config) -> anyhow::Result<usize> {
             j.algorithms.join(", ")
         ));
     }
-    match &config.policy {
-        Some(p) => {
-            // The set as `serve` would read it, its route policy compiled with its data.
-            let set = warden_agent::policy::set::PolicySetFiles::read(&p.directory)
-                .context("the policy set")?;
-            warden_agent::gateway::authz::RoutePolicy::from_set(&set, g.eval_limit())
-                .context("the route policy")?;
+    let configured = match (in_force, &config.policy) {
+        (Some(_), _) | (None, None) => None,
+        (None, Some(p)) => Some(
+            warden_agent::policy::set::PolicySetFiles::read(&p.directory)
+                .context("the policy set")?,
+        ),
+    };
+    match in_force.or(configured.as_ref()) {
+        Some(set) => {
+            // The set as `serve` would run it, its route policy compiled with its data.
+            warden_agent::gateway::authz::RoutePolicy::from_set_with_rule(
+                set,
+                g.eval_limit(),
+                &g.authz.rule,
+            )
+            .context("the route policy")?;
             println!(
                 "gateway: authorization by {} (policy set digest {})",
                 set.directory()
@@ -178,7 +192,7 @@ fn check_with_key_store(config: &Config) -> anyhow::Result<()> {
         trust.admission().policy_digest(),
         config.models.len()
     );
-    if check_gateway(config)? > 0 {
+    if check_gateway(config, Some(&trust.policy_set()))? > 0 {
         anyhow::bail!("gateway problem: see the hint above");
     }
     println!("ok");
