@@ -240,6 +240,42 @@ fn main() {
             Some("1"),
         ));
     });
+    // The route policy compiled alone, and with every policy of the repository's shipped set
+    // (the startup policy, the specification's examples) as a deployment's set compiles them:
+    // each decision on a distinct input (another version), so none comes from the cache.
+    let alone =
+        warden_agent::policy::set::PolicySetFiles::read(&dir.path().join("policies")).unwrap();
+    let whole = dir.path().join("shipped");
+    copy_tree(
+        &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies"),
+        &whole,
+    );
+    std::fs::copy(
+        dir.path().join("policies/data.json"),
+        whole.join("data.json"),
+    )
+    .unwrap();
+    let whole = warden_agent::policy::set::PolicySetFiles::read(&whole).unwrap();
+    let limit = Duration::from_millis(50);
+    for (what, set) in [
+        ("  authz uncached, routes.rego alone", &alone),
+        ("  authz uncached, the whole shipped set", &whole),
+    ] {
+        let policy = warden_agent::gateway::authz::RoutePolicy::from_set(set, limit).unwrap();
+        let next = std::cell::Cell::new(0u64);
+        stage(what, &|| {
+            let version = next.get().to_string();
+            next.set(next.get() + 1);
+            std::hint::black_box(policy.decide(&warden_agent::gateway::authz::PolicyInput {
+                identity: &id,
+                tenant: &id.tenant,
+                method: "POST",
+                route: "/v2/models/{name}/infer",
+                model: Some("demo"),
+                version: Some(&version),
+            }));
+        });
+    }
     stage("  rate limits", &|| {
         std::hint::black_box(gateway.rate(&id));
     });
@@ -364,4 +400,16 @@ fn end_to_end(per_variant: usize, gateway: &GatewayConfig, token: &str) {
         drop(c);
         server.stop().await;
     });
+}
+
+fn copy_tree(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        if e.file_type().unwrap().is_dir() {
+            copy_tree(&e.path(), &to.join(e.file_name()));
+        } else {
+            std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+        }
+    }
 }
