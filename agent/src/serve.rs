@@ -205,6 +205,11 @@ impl Prepared {
                         // Model admission: a refresh that runs inside the signal loop, so a
                         // second SIGHUP waits for this one rather than racing it; the model
                         // signers' CRLs re-read first, so that it decides under them.
+                        match models.reload_file_anchors() {
+                            Some(Ok(n)) => tracing::info!(anchors = n, "SIGHUP: model signer anchors and their revocation lists reloaded"),
+                            Some(Err(e)) => tracing::error!(error = %e, "SIGHUP: model signer anchors or revocation lists refused; those in force stay"),
+                            None => {}
+                        }
                         if let Some(trust) = models.trust() {
                             match trust.reload_signer_crls() {
                                 Ok(n) => tracing::info!(crls = n, "SIGHUP: model signers' revocation lists reloaded"),

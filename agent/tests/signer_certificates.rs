@@ -306,3 +306,36 @@ fn admission_verifies_signers_against_their_crls() {
     assert_ne!(revoked.status, SignatureStatus::Valid);
     assert!(revoked.detail.contains("revoked"), "{revoked:?}");
 }
+
+/// Development mode: the anchors and their CRLs are read again on reload (what SIGHUP does);
+/// the loads that follow are decided under the new lists, and a list that does not read keeps
+/// those in force.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reloaded_signer_crls_decide_the_loads_that_follow() {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let pki = pki(now + 365 * DAY, now + 365 * DAY);
+    let dir = tempfile::tempdir().unwrap();
+    let (files, mut config) = certificate_signed_world(dir.path(), &pki);
+    let crl = files.dir.join("trust/signers.crl");
+    std::fs::write(&crl, pki.crl(false, false)).unwrap();
+    config.trust.model_signer_crls = vec![crl.clone()];
+    let prepared = serve::prepare(&config).await.unwrap();
+    let models = prepared.models.clone();
+    let mut v2 = config.models[0].clone();
+    v2.version = "2".into();
+
+    std::fs::write(&crl, b"not a list").unwrap();
+    assert!(matches!(models.reload_file_anchors(), Some(Err(_))));
+    models.add(&v2).await.unwrap();
+
+    std::fs::write(&crl, pki.crl(false, true)).unwrap();
+    assert!(matches!(models.reload_file_anchors(), Some(Ok(1))));
+    let mut v3 = v2.clone();
+    v3.version = "3".into();
+    let e = models.add(&v3).await.unwrap_err().to_string();
+    assert!(e.contains("the signing certificate is revoked"), "{e}");
+    prepared.models.shutdown().await;
+}

@@ -22,8 +22,9 @@ pub struct TrustConfig {
     pub model_signer_roots: Vec<PathBuf>,
     /// Certificate revocation lists (PEM or DER) for model signers' certificates (certificate
     /// method, with file roots or the key store's): once any is configured, a signing
-    /// certificate whose issuer has no CRL here is refused. With a key store they are re-read
-    /// on SIGHUP, and the refresh that follows unloads a version whose signer is revoked.
+    /// certificate whose issuer has no CRL here is refused. Re-read on SIGHUP: with a key store
+    /// the refresh that follows unloads a version whose signer is revoked; in development mode
+    /// they decide the loads and pushes that follow.
     #[serde(default, deserialize_with = "relative_vec")]
     pub model_signer_crls: Vec<PathBuf>,
     /// Days before a loaded model's signing certificate chain expires from which `warden

@@ -31,8 +31,9 @@ pub(super) struct Loader {
     pub(super) onnxruntime: Option<PathBuf>,
     pub(super) worker_binary: PathBuf,
     pub(super) worker_audit: Arc<AuditLog>,
-    /// File anchors (development mode, no key store).
-    pub(super) verifiers: Vec<(PathBuf, Verifier)>,
+    /// File anchors with `trust.model_signer_crls` (development mode, no key store), swapped
+    /// whole when SIGHUP reads them again.
+    pub(super) verifiers: std::sync::RwLock<Arc<Vec<(PathBuf, Verifier)>>>,
     pub(super) trust: Option<Arc<TrustContext>>,
     /// Where workers run (GPUs discovered once, their memory budgets granted).
     pub(super) placer: GpuPlacer,
@@ -42,7 +43,14 @@ impl Loader {
     pub(super) async fn load_one(&self, m: &ModelConfig) -> Result<LoadedModel, ModelError> {
         let config = &self.config;
         let (staged, evidence) = match &self.trust {
-            None => (stage_and_verify(m, &self.verifiers, &self.state_dir)?, None),
+            None => {
+                let verifiers = self
+                    .verifiers
+                    .read()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .clone();
+                (stage_and_verify(m, &verifiers, &self.state_dir)?, None)
+            }
             Some(trust) => {
                 let (staged, evidence) = self.stage_and_admit(m, trust).await?;
                 (staged, Some(evidence))

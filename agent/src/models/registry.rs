@@ -81,7 +81,7 @@ impl ModelRegistry {
                 onnxruntime,
                 worker_binary,
                 worker_audit,
-                verifiers,
+                verifiers: std::sync::RwLock::new(Arc::new(verifiers)),
                 trust,
                 placer: GpuPlacer::default(),
             },
@@ -218,6 +218,25 @@ impl ModelRegistry {
             .ok()?
             .get(&(name.to_owned(), version.to_owned()))
             .cloned()
+    }
+
+    /// Development mode (no key store): reads the file anchors and the model signers' CRLs
+    /// again (SIGHUP), for the loads and pushes that follow; on error those in force stay.
+    /// Returns how many anchors are in force; with a key store, `None` (its CRLs are the
+    /// trust context's).
+    pub fn reload_file_anchors(&self) -> Option<Result<usize, ModelError>> {
+        if self.loader.trust.is_some() {
+            return None;
+        }
+        Some(trust_anchors(&self.loader.config).map(|fresh| {
+            let n = fresh.len();
+            *self
+                .loader
+                .verifiers
+                .write()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(fresh);
+            n
+        }))
     }
 
     /// The refresh interval, when admission is configured.
