@@ -36,6 +36,8 @@ struct World {
     files: demo::DemoFiles,
     config: Config,
     model_signer: Signer,
+    /// What verifies the model signer's bundles (its public key, or the root certificate).
+    model_signer_anchor: bundle::Verifier,
     release_authority: Signer,
     fleet: Signer,
     policy_dir: PathBuf,
@@ -55,13 +57,38 @@ enum Backend {
 
 impl World {
     fn new(backend: Backend, refresh_interval_s: u64) -> World {
+        Self::with_signer(backend, refresh_interval_s, None)
+    }
+
+    /// A world whose model signer is `certificate` (a certificate-method signer and the root
+    /// anchoring it, PEM) instead of the demo's key; the demo model is signed by it again.
+    fn with_signer(
+        backend: Backend,
+        refresh_interval_s: u64,
+        certificate: Option<(Signer, String)>,
+    ) -> World {
         let dir = tempfile::tempdir().unwrap();
         let (files, mut config) = support::serving::demo_world(dir.path());
-        let model_signer = Signer::from_private_key_pem(
-            &std::fs::read_to_string(files.dir.join("trust/model-signer.key")).unwrap(),
-        )
-        .unwrap();
-        let signer_pub = std::fs::read(files.dir.join("trust/model-signer.pub")).unwrap();
+        let (model_signer, signer_pub) = match certificate {
+            None => (
+                Signer::from_private_key_pem(
+                    &std::fs::read_to_string(files.dir.join("trust/model-signer.key")).unwrap(),
+                )
+                .unwrap(),
+                std::fs::read(files.dir.join("trust/model-signer.pub")).unwrap(),
+            ),
+            Some((signer, root_pem)) => {
+                bundle::sign_model(
+                    &files.dir.join("models/demo"),
+                    &signer,
+                    &SignOptions::default(),
+                )
+                .unwrap()
+                .write_to(&files.dir.join("models/demo.sig"))
+                .unwrap();
+                (signer, root_pem.into_bytes())
+            }
+        };
         let (release_authority, release_pub) = key();
         let (fleet, fleet_pub) = key();
 
@@ -103,11 +130,18 @@ impl World {
         config.trust = Default::default();
         let revocations = files.dir.join("revocations.json");
         config.admission = Some(fleet::admission(&revocations, refresh_interval_s));
+        let model_signer_anchor = match std::str::from_utf8(&signer_pub).unwrap() {
+            pem if pem.contains("BEGIN CERTIFICATE") => {
+                bundle::Verifier::from_certificate_roots_pem(pem).unwrap()
+            }
+            pem => bundle::Verifier::from_public_key_pem(pem).unwrap(),
+        };
         let mut w = World {
             _dir: dir,
             files,
             config,
             model_signer,
+            model_signer_anchor,
             release_authority,
             fleet,
             policy_dir,
@@ -134,8 +168,18 @@ impl World {
         warden_attest::policyset::files::policy_set_digest(&self.policy_dir).unwrap()
     }
 
+    /// The model's root digest as its signer's anchor verifies it (zeros when it does not).
     fn root_digest(&self, m: &ModelConfig) -> String {
-        fleet::root_digest(&self.files, &m.directory, &m.signature_path())
+        let sig = std::fs::read(m.signature_path()).unwrap();
+        bundle::verify_model_bytes(
+            &m.directory,
+            &sig,
+            None,
+            &self.model_signer_anchor,
+            &Default::default(),
+        )
+        .map(|v| v.root_digest)
+        .unwrap_or_else(|_| format!("sha256:{}", "00".repeat(32)))
     }
 
     /// A release statement for `m`, written beside its directory.
@@ -957,5 +1001,40 @@ async fn the_specifications_startup_example_decides_real_loads() {
         "{text}"
     );
     r.assert_serves("1").await;
+    r.stop().await;
+}
+
+/// With a key store and a certificate-method model signer, the signers' CRLs re-read (what
+/// SIGHUP does before its refresh) decide the refresh: a version whose signing certificate the
+/// new list revokes is unloaded, and a list that does not read keeps those in force.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signer_revoked_by_a_reloaded_crl_is_unloaded_at_the_refresh() {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let pki = support::pki::pki(now + 365 * 86_400, now + 365 * 86_400);
+    let mut w = World::with_signer(
+        Backend::Software,
+        3600,
+        Some((pki.signer(), pki.root.clone())),
+    );
+    let crl = w.files.dir.join("trust/signers.crl");
+    std::fs::write(&crl, pki.crl(false, false)).unwrap();
+    w.config.trust.model_signer_crls = vec![crl.clone()];
+    let r = w.start().await;
+    r.assert_serves("1").await;
+    let trust = r.models.trust().unwrap().clone();
+
+    std::fs::write(&crl, b"not a list").unwrap();
+    assert!(trust.reload_signer_crls().is_err());
+    assert!(r.models.refresh().await.is_empty());
+    r.assert_serves("1").await;
+
+    std::fs::write(&crl, pki.crl(false, true)).unwrap();
+    assert_eq!(trust.reload_signer_crls().unwrap(), 1);
+    let unloaded = r.models.refresh().await;
+    assert_eq!(unloaded.len(), 1, "{unloaded:?}");
+    assert_eq!(r.infer("1").await.status, 404);
     r.stop().await;
 }

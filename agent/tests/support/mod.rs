@@ -2,6 +2,7 @@
 //! certificate, HTTP/1.1 or HTTP/2 over one kept-alive connection.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
+pub mod pki;
 pub mod serving;
 
 use bytes::Bytes;
