@@ -2,8 +2,7 @@
 //! file), bounded in size: for the listeners' client certificates and for model signers'
 //! certificates. Their signatures are checked against the CAs where they are used.
 
-use std::io::Read as _;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use rustls::pki_types::CertificateRevocationListDer;
 use rustls::pki_types::pem::PemObject as _;
@@ -27,7 +26,8 @@ pub fn read_crl_files(paths: &[PathBuf]) -> Result<Vec<Vec<u8>>, CrlFileError> {
             path: path.clone(),
             detail,
         };
-        let bytes = read_bounded(path).map_err(|e| err(e.to_string()))?;
+        let bytes = crate::state_files::read_bounded(path, MAX_CRL_BYTES)
+            .map_err(|e| err(e.to_string()))?;
         if bytes.starts_with(b"-----BEGIN") {
             let found = CertificateRevocationListDer::pem_slice_iter(&bytes)
                 .collect::<Result<Vec<_>, _>>()
@@ -41,17 +41,4 @@ pub fn read_crl_files(paths: &[PathBuf]) -> Result<Vec<Vec<u8>>, CrlFileError> {
         }
     }
     Ok(out)
-}
-
-fn read_bounded(path: &Path) -> std::io::Result<Vec<u8>> {
-    let mut bytes = Vec::new();
-    std::fs::File::open(path)?
-        .take(MAX_CRL_BYTES + 1)
-        .read_to_end(&mut bytes)?;
-    if bytes.len() as u64 > MAX_CRL_BYTES {
-        return Err(std::io::Error::other(format!(
-            "larger than {MAX_CRL_BYTES} bytes"
-        )));
-    }
-    Ok(bytes)
 }

@@ -1,8 +1,10 @@
 //! Files the agent keeps in its private state: directories are created mode 0700; files are
 //! replaced atomically (written beside the target under a unique name, then renamed over it),
 //! so a reader sees the old content or the new, never part of one, and a failed write leaves
-//! nothing behind.
+//! nothing behind. Documents the agent is handed (signed statements, revocation lists) are read
+//! with a bound.
 
+use std::io::Read as _;
 use std::io::Write as _;
 use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _, PermissionsExt as _};
 use std::path::Path;
@@ -14,6 +16,19 @@ pub fn create_private_dir(path: &Path) -> std::io::Result<()> {
         .mode(0o700)
         .create(path)?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700))
+}
+
+/// Reads `path` whole, refusing it past `limit` bytes (read one byte past the limit, so that a
+/// growing file or a FIFO cannot get around a size from metadata).
+pub fn read_bounded(path: &Path, limit: u64) -> std::io::Result<Vec<u8>> {
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)?
+        .take(limit + 1)
+        .read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > limit {
+        return Err(std::io::Error::other(format!("larger than {limit} bytes")));
+    }
+    Ok(bytes)
 }
 
 /// Whether [`write_atomically`] waits for the bytes to reach the disk before the rename.

@@ -2,7 +2,6 @@
 //! files and directories only, sizes capped), its signed documents read with a bound, and in
 //! development mode the copy verified against the file anchors of `[trust]`.
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use warden_attest::bundle::{self, HashAlgorithm, VerifiedModel, Verifier, VerifyOptions};
@@ -179,15 +178,7 @@ pub(super) fn signed_digest(
 
 /// A bounded document read (release statements, attestations, revocation lists).
 pub(super) fn read_document(path: &Path) -> std::io::Result<Vec<u8>> {
-    let f = std::fs::File::open(path)?;
-    let mut bytes = Vec::new();
-    f.take(MAX_DOCUMENT_BYTES + 1).read_to_end(&mut bytes)?;
-    if bytes.len() as u64 > MAX_DOCUMENT_BYTES {
-        return Err(std::io::Error::other(format!(
-            "larger than {MAX_DOCUMENT_BYTES} bytes"
-        )));
-    }
-    Ok(bytes)
+    crate::state_files::read_bounded(path, MAX_DOCUMENT_BYTES)
 }
 
 /// `None` when the file does not exist.

@@ -201,11 +201,7 @@ impl fmt::Display for ModelDigest {
         if let Some(n) = self.shard_size {
             write!(f, "-sharded-{n}")?;
         }
-        f.write_str(":")?;
-        for b in &self.value {
-            write!(f, "{b:02x}")?;
-        }
-        Ok(())
+        write!(f, ":{}", hex::encode(&self.value))
     }
 }
 
@@ -213,7 +209,7 @@ impl FromStr for ModelDigest {
     type Err = DigestError;
 
     fn from_str(s: &str) -> Result<ModelDigest, DigestError> {
-        let (form, hex) = s.split_once(':').ok_or(DigestError::Syntax)?;
+        let (form, digits) = s.split_once(':').ok_or(DigestError::Syntax)?;
         let (hash, shard_size) = match form.split_once("-sharded-") {
             Some((hash, n)) => {
                 // Digits only: no sign, no spaces.
@@ -231,7 +227,7 @@ impl FromStr for ModelDigest {
         if shard_size == Some(0) {
             return Err(DigestError::ShardSize);
         }
-        let value = decode_hex(hex).ok_or(DigestError::Syntax)?;
+        let value = hex::decode(digits).map_err(|_| DigestError::Syntax)?;
         let expected = if shard_size.is_some() {
             32
         } else {
@@ -254,19 +250,6 @@ impl FromStr for ModelDigest {
             value,
         })
     }
-}
-
-fn decode_hex(s: &str) -> Option<Vec<u8>> {
-    if !s.len().is_multiple_of(2) {
-        return None;
-    }
-    s.as_bytes()
-        .chunks(2)
-        .map(|pair| {
-            let digit = |b: u8| (b as char).to_digit(16);
-            Some((digit(pair[0])? * 16 + digit(pair[1])?) as u8)
-        })
-        .collect()
 }
 
 #[cfg(test)]
