@@ -45,6 +45,8 @@ if [ "$want_test" = 1 ]; then
     need_pkg systemd command -v systemd-analyze
     need_pkg util-linux command -v setpriv
     need_pkg strace command -v strace
+    # The fuzz crates' lint (scripts/test.sh) builds libFuzzer, which is C++.
+    need_pkg g++ command -v g++
 fi
 if [ "${#apt_missing[@]}" -gt 0 ]; then
     say "installing ${apt_missing[*]} (apt)"
